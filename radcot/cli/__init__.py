@@ -1,0 +1,75 @@
+"""The ``radcot`` console script: one subcommand per module, each with ``main(argv) -> int``.
+
+Subcommand modules are imported only when that subcommand runs, so ``radcot --help`` starts no JVM
+and imports no torch.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+# name -> (module under radcot.cli, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "index": ("index", "build a BM25 (Lucene) or dense (FAISS) index from a collection"),
+    "search": ("search", "search queries (optionally expanded) and write a TREC run"),
+    "evaluate": ("evaluate", "score a TREC run against qrels with ir-measures"),
+    "teach": ("teach", "generate teacher chains of thought for queries (resumable)"),
+    "teacher-serve": ("teacher_serve", "serve a local HF model as an OpenAI-compatible API on 127.0.0.1"),
+    "build-data": ("build_data", "join queries, retrieved passages and teacher CoTs into a distillation dataset"),
+    "train": ("train", "train a Fusion-in-Decoder student (resumable, DDP under torchrun)"),
+    "generate": ("generate", "generate CoTs with a trained student"),
+    "expand": ("expand", "expand queries with CoTs (query2doc/radcot formulas)"),
+    "run": ("run", "run a declarative pipeline (pipelines/*.yaml) with a stage cache"),
+    "table": ("table", "print a results table (and report) for a pipeline's runs"),
+    "make-world": ("make_world", "generate the embedded synthetic demo collection deterministically"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: radcot [-v|-q] <command> [options]", "", "LLM-free query expansion (RADCoT).", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `radcot <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``radcot`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    level = logging.INFO
+    while argv and argv[0] in ("-v", "--verbose", "-q", "--quiet"):
+        level = logging.DEBUG if argv.pop(0) in ("-v", "--verbose") else logging.WARNING
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from radcot import __version__
+
+        print(f"radcot {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"radcot: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    module = importlib.import_module(f"radcot.cli.{COMMANDS[name][0]}")
+    try:
+        return int(module.main(rest) or 0)
+    except BrokenPipeError:
+        # e.g. `radcot evaluate ... | head`: exit quietly, as Unix tools do
+        try:
+            sys.stdout = open("/dev/null", "w")
+        except OSError:
+            pass
+        return 0
+    except KeyboardInterrupt:
+        print("radcot: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - top level: one clear line, traceback with -v
+        from radcot.records import RadcotError
+
+        if isinstance(e, (RadcotError, FileNotFoundError)) and level > logging.DEBUG:
+            print(f"radcot {name}: error: {e}", file=sys.stderr)
+            return 1
+        raise

@@ -1,0 +1,190 @@
+"""Named datasets and local directories, resolved to files (corpus, queries, qrels) and an index.
+
+Named datasets (MS MARCO passage, with pyserini's prebuilt ``msmarco-v1-passage`` index):
+
+====================================  =========================  ===============================
+name                                   pyserini topics/qrels      local file names (``data_dir``)
+====================================  =========================  ===============================
+``msmarco-passage/dev-subset``         ``msmarco-passage-dev-subset``  ``topics.msmarco-passage.dev-subset.txt``, ``qrels.msmarco-passage.dev-subset.txt``
+``msmarco-passage/trec-dl-2019``       ``dl19-passage``           ``topics.dl19-passage.txt``, ``qrels.dl19-passage.txt``
+``msmarco-passage/trec-dl-2020``       ``dl20``                   ``topics.dl20.txt``, ``qrels.dl20-passage.txt``
+====================================  =========================  ===============================
+
+Resolution order for a named dataset: an explicit ``data_dir`` (or ``$RADCOT_MSMARCO_DIR``) holding the
+files above; else pyserini's bundled topics/qrels (online). The index: an explicit ``index`` directory
+(or ``$RADCOT_MSMARCO_INDEX``), else pyserini's prebuilt ``msmarco-v1-passage`` (downloaded once,
+~2 GB). Offline without them, :class:`~radcot.records.OfflineResourceError` says what to download and
+where to put it.
+
+Any local directory in BEIR layout (``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``) is a dataset too.
+
+Example:
+    >>> from radcot.data.registry import load_dataset
+    >>> ds = load_dataset("data/demo")  # doctest: +SKIP
+    >>> len(ds.queries())  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from radcot.records import OfflineResourceError, Qrel, Query, RadcotError
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedSpec:
+    topics_file: str
+    qrels_file: str
+    pyserini_topics: str
+    pyserini_qrels: str
+    prebuilt_index: str = "msmarco-v1-passage"
+
+
+NAMED: dict[str, NamedSpec] = {
+    "msmarco-passage/dev-subset": NamedSpec("topics.msmarco-passage.dev-subset.txt",
+                                            "qrels.msmarco-passage.dev-subset.txt",
+                                            "msmarco-passage-dev-subset", "msmarco-passage-dev-subset"),
+    "msmarco-passage/trec-dl-2019": NamedSpec("topics.dl19-passage.txt", "qrels.dl19-passage.txt",
+                                              "dl19-passage", "dl19-passage"),
+    "msmarco-passage/trec-dl-2020": NamedSpec("topics.dl20.txt", "qrels.dl20-passage.txt", "dl20", "dl20-passage"),
+}
+
+_DOWNLOAD_HELP = (
+    "Offline, download on a connected machine: the topics and qrels files {files} (from Anserini's "
+    "tools/topics-and-qrels, or pyserini's bundled resources) into a directory passed as data_dir / "
+    "--data-dir (or set RADCOT_MSMARCO_DIR), and the prebuilt Lucene index with "
+    "`python -c \"from pyserini.search.lucene import LuceneSearcher; "
+    "LuceneSearcher.from_prebuilt_index('msmarco-v1-passage')\"` (or build one with `radcot index "
+    "--collection collection.tsv --index DIR` from MS MARCO's collection.tsv) and pass its directory as "
+    "index / --index (or set RADCOT_MSMARCO_INDEX)."
+)
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Files of one evaluation dataset. ``corpus`` may be None (index-only, e.g. prebuilt MS MARCO)."""
+
+    name: str
+    queries_path: Path | None
+    qrels_path: Path | None
+    corpus: Path | None = None
+    index: str | None = None  # a local index directory or a pyserini prebuilt index name
+    train_queries_path: Path | None = None
+    _queries: list[Query] | None = dataclasses.field(default=None, repr=False)
+
+    def queries(self) -> list[Query]:
+        from radcot.data.readers import read_queries
+
+        if self._queries is None:
+            if self.queries_path is None:
+                raise RadcotError(f"dataset {self.name} has no queries")
+            self._queries = read_queries(self.queries_path)
+        return self._queries
+
+    def train_queries(self) -> list[Query]:
+        from radcot.data.readers import read_queries
+
+        if self.train_queries_path is None:
+            raise RadcotError(f"dataset {self.name} has no training queries (add train_queries.jsonl, or use "
+                              f"k-fold splits / synthetic queries in the pipeline)")
+        return read_queries(self.train_queries_path)
+
+    def qrels(self) -> list[Qrel]:
+        from radcot.data.readers import check_qrels, read_qrels
+
+        if self.qrels_path is None:
+            raise RadcotError(f"dataset {self.name} has no qrels")
+        qrels = read_qrels(self.qrels_path)
+        check_qrels(qrels, self.queries(), source=str(self.qrels_path))
+        return qrels
+
+    def judged_queries(self) -> list[Query]:
+        """Only the queries that have judgements (e.g. 43 of DL19's 200 topics)."""
+        judged = {q.query_id for q in self.qrels()}
+        return [q for q in self.queries() if q.query_id in judged]
+
+
+def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+                 index: str | os.PathLike | None = None) -> Dataset:
+    """Resolve a named dataset or a local BEIR-layout directory to a :class:`Dataset`.
+
+    Args:
+        name_or_path: a name from :data:`NAMED` or a directory (BEIR layout).
+        data_dir: for named datasets, a directory holding the topics/qrels files (offline use).
+        index: an index directory (or pyserini prebuilt name) to use instead of the default.
+    """
+    name = str(name_or_path)
+    if name in NAMED:
+        return _load_named(name, data_dir, index)
+    path = Path(name_or_path)
+    if not path.exists():
+        raise RadcotError(f"dataset {name!r} is neither a known name ({', '.join(NAMED)}) nor an existing directory")
+    if path.is_file():
+        return Dataset(name=path.stem, queries_path=path, qrels_path=None, index=str(index) if index else None)
+    corpus = path / "corpus.jsonl" if (path / "corpus.jsonl").is_file() else None
+    queries = next((path / n for n in ("queries.jsonl", "queries.tsv", "topics.tsv") if (path / n).is_file()), None)
+    qrels = path / "qrels" / "test.tsv" if (path / "qrels" / "test.tsv").is_file() else None
+    train = next((path / n for n in ("train_queries.jsonl", "queries.train.jsonl") if (path / n).is_file()), None)
+    return Dataset(name=path.name, queries_path=queries, qrels_path=qrels, corpus=corpus,
+                   index=str(index) if index else None, train_queries_path=train)
+
+
+def _load_named(name: str, data_dir, index) -> Dataset:
+    spec = NAMED[name]
+    data_dir = data_dir or os.environ.get("RADCOT_MSMARCO_DIR")
+    index = index or os.environ.get("RADCOT_MSMARCO_INDEX") or spec.prebuilt_index
+    if data_dir:
+        d = Path(data_dir)
+        topics, qrels = d / spec.topics_file, d / spec.qrels_file
+        missing = [str(p) for p in (topics, qrels) if not p.is_file()]
+        if missing:
+            raise OfflineResourceError(f"{name}: missing {', '.join(missing)}. "
+                                       + _DOWNLOAD_HELP.format(files=f"{spec.topics_file}, {spec.qrels_file}"))
+        return Dataset(name=name, queries_path=topics, qrels_path=qrels, index=str(index))
+    # Online: pyserini's bundled topics and qrels (needs the JVM for topics).
+    try:
+        topics, qrels = _pyserini_files(spec)
+    except Exception as e:  # noqa: BLE001 - any failure here means: not available, say what to do
+        raise OfflineResourceError(f"{name}: could not get topics/qrels from pyserini ({type(e).__name__}: {e}). "
+                                   + _DOWNLOAD_HELP.format(files=f"{spec.topics_file}, {spec.qrels_file}")) from e
+    return Dataset(name=name, queries_path=topics, qrels_path=qrels, index=str(index))
+
+
+def _pyserini_files(spec: NamedSpec) -> tuple[Path, Path]:
+    """Write pyserini's topics as TSV to a cache dir; return (topics, qrels) paths."""
+    from radcot.data.readers import write_queries_tsv
+    from radcot.java import start_jvm
+
+    start_jvm()
+    from pyserini.search import get_qrels_file, get_topics  # noqa: E402 (needs the JVM started our way)
+
+    cache = Path(os.environ.get("RADCOT_CACHE", Path.home() / ".cache" / "radcot")) / "topics"
+    topics_path = cache / spec.topics_file
+    if not topics_path.is_file():
+        topics = get_topics(spec.pyserini_topics)
+        write_queries_tsv([Query(str(q), t["title"]) for q, t in topics.items()], topics_path)
+    return topics_path, Path(get_qrels_file(spec.pyserini_qrels))
+
+
+def resolve_index(index: str | os.PathLike) -> Path:
+    """A local index directory as is; a pyserini prebuilt name downloaded (once) or a clear offline error."""
+    path = Path(index)
+    if path.is_dir():
+        return path
+    if os.sep in str(index) or str(index).startswith("."):
+        raise RadcotError(f"index directory {index} does not exist: build it with `radcot index --collection "
+                          f"PATH --index {index}`")
+    try:
+        from radcot.java import start_jvm
+
+        start_jvm()
+        from pyserini.util import download_prebuilt_index
+
+        return Path(download_prebuilt_index(str(index)))
+    except Exception as e:  # noqa: BLE001
+        raise OfflineResourceError(
+            f"prebuilt index {index!r} is not available ({type(e).__name__}: {e}). Download it on a connected "
+            f"machine with `python -c \"from pyserini.util import download_prebuilt_index; "
+            f"print(download_prebuilt_index('{index}'))\"` and pass the printed directory as the index, or "
+            f"build one with `radcot index`.") from e

