@@ -51,12 +51,20 @@ _EXPORTS = {
     # expansion
     "QueryExpander": "radcot.expansion",
     "ExpandedSearcher": "radcot.expansion",
+    "expand_queries": "radcot.expansion",
+    "expand_text": "radcot.expansion",
+    "read_expansions": "radcot.expansion",
+    "write_expansions": "radcot.expansion",
+    "make_world": "radcot.data.world",
+    "KBTeacher": "radcot.teacher.kb",
     # evaluation
     "evaluate": "radcot.evaluation",
     "paired_ttest": "radcot.evaluation",
     # pipelines
     "Pipeline": "radcot.pipeline",
     "run_pipeline": "radcot.pipeline",
+    "results_table": "radcot.report",
+    "format_table": "radcot.report",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

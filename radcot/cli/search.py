@@ -1,0 +1,120 @@
+"""``radcot search``: search queries (optionally replaced by expanded texts) and write a TREC run.
+
+Example:
+    radcot search --index runs/vaswani-bm25 --queries ../shared/data/vaswani --run runs/vaswani.trec --k 1000
+    radcot search --index runs/dl19-bm25 --queries topics.tsv --expansions expanded.tsv --run runs/q2d.trec
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("radcot.cli.search")
+
+
+def read_expansions(path: str | Path) -> dict[str, str]:
+    """Read ``qid \\t expanded query text`` lines (text may contain further tabs; they become spaces).
+
+    Raises:
+        DataFormatError: a line without a tab, or a repeated query id (file and line named).
+    """
+    from radcot.data.readers import _open
+    from radcot.records import DataFormatError
+
+    out: dict[str, str] = {}
+    first: dict[str, int] = {}
+    with _open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n\r")
+            if not line.strip():
+                continue
+            qid, sep, text = line.partition("\t")
+            if not sep:
+                raise DataFormatError(path, lineno, "query-id <TAB> expanded text", f"no tab in {line[:80]!r}",
+                                      "Write one `qid\\ttext` line per query (radcot expand does)")
+            qid = qid.strip()
+            if qid in first:
+                raise DataFormatError(path, lineno, "each query id once", f"query id {qid!r} again (first at line "
+                                      f"{first[qid]})")
+            first[qid] = lineno
+            out[qid] = " ".join(text.split())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="radcot search",
+                                description="Search queries against a BM25 or dense index and write a TREC run.")
+    p.add_argument("--index", required=True, help="index directory (from `radcot index`, or any Lucene index)")
+    p.add_argument("--queries", required=True,
+                   help="queries: BEIR dir / queries.jsonl, qid<TAB>text TSV, or TREC <top> topics")
+    p.add_argument("--run", required=True, help="output TREC run file (written atomically)")
+    p.add_argument("--k", type=int, default=1000, help="hits per query (default 1000)")
+    p.add_argument("--expansions", default=None,
+                   help="qid<TAB>expanded-query TSV whose text replaces each query's text (e.g. from `radcot expand`)")
+    p.add_argument("--keep-unexpanded", action="store_true",
+                   help="with --expansions, search queries missing from it with their original text instead of failing")
+    p.add_argument("--bm25-k1", type=float, default=0.9, help="BM25 k1 (default 0.9)")
+    p.add_argument("--bm25-b", type=float, default=0.4, help="BM25 b (default 0.4)")
+    p.add_argument("--rm3", action="store_true", help="BM25 + RM3 pseudo-relevance feedback")
+    p.add_argument("--rm3-fb-terms", type=int, default=10, help="RM3 expansion terms (default 10)")
+    p.add_argument("--rm3-fb-docs", type=int, default=10, help="RM3 feedback documents (default 10)")
+    p.add_argument("--rm3-weight", type=float, default=0.5, help="RM3 original-query weight (default 0.5)")
+    p.add_argument("--rocchio", action="store_true", help="BM25 + Rocchio pseudo-relevance feedback")
+    p.add_argument("--max-query-terms", type=int, default=None,
+                   help="truncate longer queries (with a warning) instead of hitting Lucene's clause limit "
+                        "(default 8192)")
+    p.add_argument("--threads", type=int, default=2, help="search threads (default 2)")
+    p.add_argument("--heap", default=None, help="JVM heap, e.g. 4g (default $RADCOT_JAVA_HEAP or 2g)")
+    p.add_argument("--tag", default=None, help="run tag in the TREC file (default radcot-bm25 / radcot-dense)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.k < 1:
+        p.error(f"--k must be >= 1, got {args.k}")
+    if args.rm3 and args.rocchio:
+        p.error("choose one of --rm3 and --rocchio")
+
+    from radcot.data.readers import read_queries, write_run
+    from radcot.records import Query, RadcotError
+    from radcot.retrieval import index_kind
+
+    queries = read_queries(args.queries)
+    if args.expansions:
+        expanded = read_expansions(args.expansions)
+        missing = [q.query_id for q in queries if q.query_id not in expanded]
+        if missing and not args.keep_unexpanded:
+            raise RadcotError(f"{len(missing)} of {len(queries)} queries have no line in {args.expansions} "
+                              f"(e.g. {missing[:5]}); add them or pass --keep-unexpanded to search them unexpanded")
+        if missing:
+            logger.warning("%d queries have no expansion in %s; searching their original text", len(missing),
+                           args.expansions)
+        unknown = set(expanded) - {q.query_id for q in queries}
+        if unknown:
+            logger.warning("%d query ids in %s are not among the queries of %s (ignored), e.g. %s", len(unknown),
+                           args.expansions, args.queries, sorted(unknown)[:5])
+        queries = [Query(q.query_id, expanded.get(q.query_id, q.text)) for q in queries]
+
+    kind = index_kind(args.index)
+    progress = False if args.no_progress else None
+    if kind == "dense":
+        if args.rm3 or args.rocchio:
+            p.error("--rm3/--rocchio apply to BM25 indexes only")
+        from radcot.retrieval.dense import DenseRetriever
+
+        retriever = DenseRetriever(args.index)
+        run = retriever.run(queries, k=args.k, threads=args.threads, show_progress=progress)
+        tag = args.tag or "radcot-dense"
+    else:
+        from radcot.retrieval.bm25 import DEFAULT_MAX_QUERY_TERMS, BM25Retriever
+
+        retriever = BM25Retriever(args.index, k1=args.bm25_k1, b=args.bm25_b, rm3=args.rm3, rocchio=args.rocchio,
+                                  rm3_params={"fb_terms": args.rm3_fb_terms, "fb_docs": args.rm3_fb_docs,
+                                              "original_query_weight": args.rm3_weight},
+                                  max_query_terms=args.max_query_terms or DEFAULT_MAX_QUERY_TERMS, heap=args.heap)
+        run = retriever.run(queries, k=args.k, threads=args.threads, show_progress=progress)
+        tag = args.tag or ("radcot-bm25-rm3" if args.rm3 else "radcot-bm25-rocchio" if args.rocchio else "radcot-bm25")
+    write_run(run, args.run, tag=tag)
+    n_hits = sum(len(v) for v in run.values())
+    print(f"wrote {args.run}: {len(run)} queries, {n_hits} hits", file=sys.stderr)
+    return 0

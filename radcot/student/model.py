@@ -1,0 +1,309 @@
+"""The Fusion-in-Decoder student: a T5 whose decoder reads k (query, passage) encodings at once.
+
+Each of the ``N`` (query, passage) inputs of an example is encoded independently by the T5 encoder;
+the ``N`` encoder outputs are concatenated along the sequence and the decoder cross-attends to all of
+them (Izacard & Grave, 2021). :class:`FiDStudent` wraps an unmodified
+:class:`~transformers.T5ForConditionalGeneration` (no monkey-patched encoder): the reshape happens in
+:meth:`FiDStudent.encode`, and :meth:`FiDStudent.generate` hands the pre-computed ``encoder_outputs``
+and the concatenated attention mask to the stock ``generate()``, so greedy, beam search, sampling and
+the KV cache all work as for any T5, with encoder states computed once per example.
+
+A saved student is a normal Hugging Face T5 directory (``config.json``, ``model.safetensors``, the
+tokenizer) plus ``fid_config.json`` (number of passages, max lengths, input template).
+
+Example:
+    >>> from radcot.student.model import FiDStudent
+    >>> student = FiDStudent.from_pretrained("runs/student/best")  # doctest: +SKIP
+    >>> student.generate_text([{"query": "what is a wing", "passages": [{"title": "", "text": "..."}]}])  # doctest: +SKIP
+    ['A wing is ...']
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from radcot._deps import require
+from radcot.records import DataFormatError, OfflineResourceError, RadcotError
+from radcot.student.data import NO_CONTEXT_TEMPLATE, PASSAGE_TEMPLATE, FiDCollator
+from radcot.utils import atomic_dir, write_json
+
+logger = logging.getLogger("radcot.student")
+
+FID_CONFIG_FILE = "fid_config.json"
+FID_FORMAT_VERSION = 1
+
+torch = require("torch", "the FiD student")
+transformers = require("transformers", "the FiD student")
+
+
+@dataclasses.dataclass
+class FiDConfig:
+    """How the student reads its inputs; saved as ``fid_config.json`` next to the weights.
+
+    Args:
+        n_context: passages per query ``N`` (the ``k`` of the distillation data; 1 for no-context).
+        text_maxlength: max tokens of one (query, passage) input (the paper: 300).
+        target_maxlength: max tokens of a training target (teacher CoT), ``</s>`` included.
+        template: per-passage input template with ``{query}`` and ``{passage}`` (``{query}`` only for
+            the no-context ablation).
+        no_context: the "distillation without retrieval" ablation (one input per query, no passages).
+    """
+
+    n_context: int = 10
+    text_maxlength: int = 300
+    target_maxlength: int = 256
+    template: str = PASSAGE_TEMPLATE
+    no_context: bool = False
+
+    def __post_init__(self):
+        if self.no_context and "{passage}" in self.template:
+            self.template = NO_CONTEXT_TEMPLATE
+        if self.no_context:
+            self.n_context = 1
+        if self.n_context < 1:
+            raise ValueError(f"n_context must be >= 1, got {self.n_context}")
+        if self.text_maxlength < 8:
+            raise ValueError(f"text_maxlength must be >= 8 tokens, got {self.text_maxlength}")
+        if self.target_maxlength < 2:
+            raise ValueError(f"target_maxlength must be >= 2 tokens, got {self.target_maxlength}")
+        if "{query}" not in self.template:
+            raise ValueError(f"template must contain {{query}}, got {self.template!r}")
+        if not self.no_context and "{passage}" not in self.template:
+            raise ValueError(f"template must contain {{passage}} (or set no_context=True), got {self.template!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "format_version": FID_FORMAT_VERSION}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "FiDConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@contextlib.contextmanager
+def quiet_hf():
+    """Silence transformers' own progress bars (loading/writing shards) inside the block, then restore."""
+    hf_logging = transformers.utils.logging
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``) answers a TCP connection within ``timeout`` seconds.
+
+    Checked before loading a hub name so that an offline machine fails in seconds, not after the hub
+    client's minute of retries. ``HF_HUB_OFFLINE=1`` counts as unreachable.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _is_hub_name(name: str) -> bool:
+    return not os.path.isabs(name) and not name.startswith(".") and name.count("/") <= 1 and not os.path.exists(name)
+
+
+class FiDStudent(torch.nn.Module):
+    """Fusion-in-Decoder around a Hugging Face ``T5ForConditionalGeneration``.
+
+    Args:
+        t5: the seq2seq model (any T5/Flan-T5 checkpoint, or the offline tiny T5).
+        tokenizer: its tokenizer.
+        config: a :class:`FiDConfig` (defaults: 10 passages, 300 tokens each).
+
+    Inputs everywhere are ``input_ids``/``attention_mask`` of shape ``(B, N, L)`` and an optional
+    ``passage_mask`` ``(B, N)`` (0 = empty slot: ignored by the decoder), as made by :attr:`collator`.
+
+    Example:
+        >>> student = FiDStudent.from_pretrained("google/flan-t5-base", n_context=10)  # doctest: +SKIP
+        >>> batch = student.collator([{"query": "q", "passages": [...], "target": "because ..."}])  # doctest: +SKIP
+        >>> loss = student(**batch).loss  # doctest: +SKIP
+    """
+
+    def __init__(self, t5, tokenizer, config: FiDConfig | None = None):
+        super().__init__()
+        self.t5 = t5
+        self.tokenizer = tokenizer
+        self.fid_config = config or FiDConfig()
+        self.collator = FiDCollator(tokenizer, n_context=self.fid_config.n_context,
+                                    text_maxlength=self.fid_config.text_maxlength,
+                                    target_maxlength=self.fid_config.target_maxlength,
+                                    template=self.fid_config.template)
+
+    # ---------------------------------------------------------------------------------- loading/saving
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | os.PathLike, *, local_files_only: bool | None = None,
+                        torch_dtype=None, **fid_overrides) -> "FiDStudent":
+        """Load a saved student directory, any local T5 directory, or a hub name (``google/flan-t5-base``).
+
+        Args:
+            name_or_dir: a directory (``fid_config.json`` is read when present) or a Hugging Face model name.
+            local_files_only: passed to transformers (default: only for directories).
+            torch_dtype: optional dtype for the weights (default float32).
+            **fid_overrides: :class:`FiDConfig` fields overriding the saved ones (``n_context=5``).
+
+        Raises:
+            OfflineResourceError: a hub name that cannot be downloaded (no internet, unknown name).
+        """
+        src = str(name_or_dir)
+        path = Path(src)
+        saved: dict[str, Any] = {}
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise DataFormatError(path, None, "a model directory with config.json (HF format)",
+                                      f"{sorted(p.name for p in path.iterdir())[:8]}",
+                                      "pass a directory written by save_pretrained / radcot train (RUN_DIR/best)")
+            if (path / FID_CONFIG_FILE).is_file():
+                saved = json.loads((path / FID_CONFIG_FILE).read_text(encoding="utf-8"))
+            local = True if local_files_only is None else local_files_only
+        elif _is_hub_name(src):
+            local = bool(local_files_only)
+            if not local and not hub_reachable():
+                logger.info("the Hugging Face hub is not reachable: looking for %s in the local HF cache only", src)
+                local = True
+        else:
+            raise FileNotFoundError(f"student model {src} does not exist (expected a directory such as RUN_DIR/best "
+                                    f"or a Hugging Face name such as google/flan-t5-base)")
+        kwargs: dict[str, Any] = {"local_files_only": local}
+        if torch_dtype is not None:
+            kwargs["dtype"] = torch_dtype
+        try:
+            with quiet_hf():
+                tokenizer = transformers.AutoTokenizer.from_pretrained(src, local_files_only=local)
+                t5 = transformers.T5ForConditionalGeneration.from_pretrained(src, **kwargs)
+        except OSError as e:
+            if path.is_dir():
+                raise DataFormatError(path, None, "loadable T5 weights and tokenizer (HF format)", str(e).split("\n")[0],
+                                      "re-save the model with FiDStudent.save_pretrained") from e
+            raise OfflineResourceError(
+                f"could not load {src!r} from the Hugging Face hub ({str(e).splitlines()[0][:200]}). On a machine "
+                f"without internet, download it elsewhere (`huggingface-cli download {src} --local-dir DIR`) and pass "
+                f"DIR, or build an offline model with --model tiny-t5 (radcot.student.offline.build_tiny_t5)") from e
+        if not t5.config.is_encoder_decoder:
+            raise RadcotError(f"{src} is not an encoder-decoder (T5) model")
+        cfg = FiDConfig.from_dict({**saved, **fid_overrides})
+        student = cls(t5, tokenizer, cfg)
+        student.name_or_path = src
+        return student
+
+    def save_pretrained(self, out_dir: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
+        """Write HF-format weights (safetensors), tokenizer and ``fid_config.json`` to ``out_dir``, atomically."""
+        with atomic_dir(out_dir) as tmp:
+            self.save_into(tmp, extra)
+        return Path(out_dir)
+
+    def save_into(self, directory: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> None:
+        """Like :meth:`save_pretrained` but into an existing (temporary) directory, non-atomically."""
+        with quiet_hf():
+            self.t5.save_pretrained(directory)
+            self.tokenizer.save_pretrained(directory)
+        write_json(Path(directory) / FID_CONFIG_FILE, {**self.fid_config.to_dict(), **(extra or {})})
+
+    # -------------------------------------------------------------------------------------- computing
+
+    @property
+    def device(self):
+        return next(self.t5.parameters()).device
+
+    def encode(self, input_ids, attention_mask, passage_mask=None):
+        """Encode every (query, passage) input separately and concatenate per example.
+
+        Args:
+            input_ids: ``(B, N, L)`` token ids.
+            attention_mask: ``(B, N, L)``.
+            passage_mask: ``(B, N)``, 0 for empty passage slots (their states are masked out).
+
+        Returns:
+            ``(encoder_outputs, mask)``: a ``BaseModelOutput`` with ``last_hidden_state`` ``(B, N*L, H)``
+            and the decoder's cross-attention mask ``(B, N*L)``.
+        """
+        B, N, L = input_ids.shape
+        mask = attention_mask
+        if passage_mask is not None:
+            pm = passage_mask.to(mask.dtype).clone()
+            pm[pm.sum(1) == 0, 0] = 1  # an example with no passage at all still reads its question (slot 0)
+            mask = mask * pm.unsqueeze(-1)  # (B, N, L)
+        flat_ids = input_ids.reshape(B * N, L)  # (B * N, L)
+        flat_mask = attention_mask.reshape(B * N, L)  # (B * N, L)
+        out = self.t5.get_encoder()(input_ids=flat_ids, attention_mask=flat_mask, return_dict=True)
+        H = out.last_hidden_state.shape[-1]
+        hidden = out.last_hidden_state.reshape(B, N * L, H)  # (B * N, L, H) -> (B, N * L, H)
+        enc = transformers.modeling_outputs.BaseModelOutput(last_hidden_state=hidden)
+        return enc, mask.reshape(B, N * L)  # (B, N * L)
+
+    def forward(self, input_ids, attention_mask, passage_mask=None, labels=None, **kwargs):
+        """Teacher-forced forward pass; returns the T5 ``Seq2SeqLMOutput`` (``.loss`` when ``labels`` given).
+
+        ``labels`` is ``(B, T)`` with -100 at padding.
+        """
+        enc, mask = self.encode(input_ids, attention_mask, passage_mask)
+        return self.t5(encoder_outputs=enc, attention_mask=mask, labels=labels, return_dict=True, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask, passage_mask=None, **generate_kwargs):
+        """Generate with the stock T5 ``generate()`` from encoder states computed once.
+
+        Args:
+            input_ids, attention_mask, passage_mask: as in :meth:`encode`.
+            **generate_kwargs: anything ``generate()`` takes (``max_new_tokens``, ``num_beams``,
+                ``do_sample``, ``top_p``, ``num_return_sequences``, ...). ``use_cache`` defaults to True.
+
+        Returns:
+            token ids ``(B * num_return_sequences, T)`` (decoder start token first).
+        """
+        enc, mask = self.encode(input_ids, attention_mask, passage_mask)
+        generate_kwargs.setdefault("use_cache", True)
+        return self.t5.generate(encoder_outputs=enc, attention_mask=mask, **generate_kwargs)
+
+    def generate_text(self, examples: Sequence[Mapping[str, Any]], **generate_kwargs) -> list[str]:
+        """Collate ``examples`` (``{"query", "passages"}``), generate and decode (one string per sequence)."""
+        batch = self.collator.encode_inputs(examples)
+        dev = self.device
+        ids = self.generate(*(t.to(dev) for t in batch), **generate_kwargs)
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+
+    @torch.no_grad()
+    def naive_greedy(self, input_ids, attention_mask, passage_mask=None, max_new_tokens: int = 150) -> list[list[int]]:
+        """Reference greedy decoding without any cache: every step re-runs encoder and decoder on the full
+        prefix, one example at a time. Slow; used to check :meth:`generate` and in ``bench/``.
+
+        Returns:
+            one list of token ids per example (decoder start token first, ``</s>`` last if reached).
+        """
+        start = self.t5.config.decoder_start_token_id
+        eos = self.t5.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos])
+        out = []
+        for b in range(input_ids.shape[0]):
+            pm = None if passage_mask is None else passage_mask[b:b + 1]
+            seq = [start]
+            for _ in range(max_new_tokens):
+                dec = torch.tensor([seq], dtype=torch.long, device=input_ids.device)
+                logits = self.forward(input_ids[b:b + 1], attention_mask[b:b + 1], pm,
+                                      decoder_input_ids=dec, use_cache=False).logits  # (1, t, V)
+                nxt = int(logits[0, -1].argmax())
+                seq.append(nxt)
+                if nxt in eos:
+                    break
+            out.append(seq)
+        return out

@@ -1,0 +1,638 @@
+"""Train a FiD student on distillation data: resumable exactly, DDP under ``torchrun``, best checkpoint kept.
+
+A run directory holds everything a run produced::
+
+    RUN_DIR/train_config.json       the TrainConfig (checked on resume)
+    RUN_DIR/init-model/             the offline tiny T5 the run started from (``model="tiny-t5..."`` only)
+    RUN_DIR/checkpoints/step-N/     weights (safetensors, HF format) + fid_config.json + trainer_state.pt
+                                    (optimizer, scheduler, grad scaler, every rank's RNG, data position)
+    RUN_DIR/best/                   the checkpoint with the best dev ROUGE-L (or dev loss): load with
+                                    FiDStudent.from_pretrained(RUN_DIR / "best")
+    RUN_DIR/metrics.jsonl, .csv     one row per logged train step and per evaluation
+    RUN_DIR/eval/step-N.jsonl       the dev generations of each evaluation
+
+Checkpoints are written to a temp dir and renamed into place, so a run killed at any moment resumes
+from its last complete checkpoint; optimizer, scheduler, RNG and data order are restored, and the
+resumed run computes the same losses as an uninterrupted one (tested on CPU).
+
+Data: one epoch is a seeded permutation of the train split (``DistributedSampler``, ``drop_last=False``:
+under ``torchrun`` every example is used, the last batch is topped up by wrapping around; not launched
+distributed, one process sees all examples -- the original FiD code silently kept 1/n_gpu of them).
+
+Example:
+    >>> from radcot.student.train import TrainConfig, train
+    >>> run_dir = train(TrainConfig(data="data/distill", model="tiny-t5", out="runs/student",
+    ...                             max_steps=200))  # doctest: +SKIP
+    >>> # torchrun --nproc_per_node=2 -m radcot train --data data/distill --model tiny-t5 --out runs/ddp
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from radcot._deps import require
+from radcot.records import RadcotError
+from radcot.utils import atomic_dir, progress_enabled, write_json
+
+logger = logging.getLogger("radcot.student")
+
+CONFIG_FILE = "train_config.json"
+STATE_FILE = "trainer_state.pt"
+CSV_COLUMNS = ("kind", "step", "epoch", "loss", "lr", "grad_norm", "examples", "dev_loss", "rougeL",
+               "n_dev", "elapsed_s")
+#: fields that may differ when resuming (they do not change what is computed)
+RESUME_MUTABLE = {"eval_every", "save_every", "log_every", "keep_checkpoints", "eval_batch_size", "device",
+                  "log_examples"}
+
+
+class TrainingError(RadcotError, RuntimeError):
+    """Training cannot start or continue (bad run directory, config mismatch on resume, ...)."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as ``RUN_DIR/train_config.json``.
+
+    Args:
+        data: distillation data directory (``radcot build-data``).
+        model: a Hugging Face T5 name (``google/flan-t5-base``), a local T5/student directory, or the
+            offline ``tiny-t5[:d_model=128,layers=2,...]`` built from the training texts.
+        out: the run directory.
+        n_context: passages per query (default: the data's ``k``; 1 for no-context data).
+        text_maxlength: max tokens of one (query, passage) input (paper: 300).
+        target_maxlength: max tokens of the teacher CoT target.
+        template: the per-passage input template (default: the paper's).
+        max_steps: optimizer steps.
+        batch_size: examples per micro-batch per process.
+        grad_accum: micro-batches per optimizer step.
+        lr, weight_decay, clip: AdamW learning rate and weight decay, gradient-norm clipping (paper: 1e-4, 0.1, 1.0).
+        scheduler: ``constant`` or ``linear`` (decay to 0 at ``max_steps``), both after ``warmup_steps``.
+        warmup_steps: linear warm-up steps.
+        eval_every: evaluate on the dev split every this many steps (0: only at the end).
+        eval_batch_size: dev examples per generation batch.
+        eval_max_new_tokens: generated tokens per dev example (teacher length, 150 by default).
+        eval_max_examples: evaluate on at most this many dev examples (None: all).
+        metric_for_best: ``rougeL`` (higher is better) or ``dev_loss`` (lower is better).
+        save_every: checkpoint every this many steps (the last step is always saved).
+        keep_checkpoints: how many recent checkpoints to keep.
+        log_every: log the train loss every this many steps.
+        precision: ``auto`` (bf16 autocast on a GPU that supports it, else fp32), ``fp32``, ``bf16``, ``fp16`` (GPU).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
+        seed: seed of the data order, dropout and (for tiny-t5) the initialisation.
+        log_examples: write the query ids of every step's batch to ``RUN_DIR/examples.rank{R}.tsv``.
+
+    Example:
+        >>> TrainConfig(data="d", model="tiny-t5", out="r", lr=3e-4).scheduler
+        'constant'
+    """
+
+    data: str
+    model: str
+    out: str
+    n_context: int | None = None
+    text_maxlength: int = 300
+    target_maxlength: int = 256
+    template: str | None = None
+    max_steps: int = 1000
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    clip: float = 1.0
+    scheduler: str = "constant"
+    warmup_steps: int = 0
+    eval_every: int = 100
+    eval_batch_size: int = 16
+    eval_max_new_tokens: int = 150
+    eval_max_examples: int | None = 200
+    metric_for_best: str = "rougeL"
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    precision: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    log_examples: bool = False
+
+    def __post_init__(self):
+        for name in ("data", "model", "out"):
+            setattr(self, name, str(getattr(self, name)))
+        positive = ("max_steps", "batch_size", "grad_accum", "text_maxlength", "target_maxlength",
+                    "eval_batch_size", "eval_max_new_tokens", "save_every", "keep_checkpoints", "log_every")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_context is not None and self.n_context < 1:
+            raise ValueError(f"TrainConfig.n_context must be >= 1, got {self.n_context}")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.clip < 0 or self.warmup_steps < 0 or self.eval_every < 0:
+            raise ValueError("TrainConfig.weight_decay, clip, warmup_steps and eval_every must be >= 0")
+        if self.scheduler not in ("constant", "linear"):
+            raise ValueError(f"TrainConfig.scheduler must be 'constant' or 'linear', got {self.scheduler!r}")
+        if self.metric_for_best not in ("rougeL", "dev_loss"):
+            raise ValueError(f"TrainConfig.metric_for_best must be 'rougeL' or 'dev_loss', got {self.metric_for_best!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"TrainConfig.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.eval_max_examples is not None and self.eval_max_examples < 1:
+            raise ValueError(f"TrainConfig.eval_max_examples must be >= 1 or None, got {self.eval_max_examples}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        """Build from a dict; unknown keys raise (a typo must not be ignored). ``steps`` means ``max_steps``."""
+        d = dict(d)
+        if "steps" in d:
+            d["max_steps"] = d.pop("steps")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; valid fields: {sorted(names)}")
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **overrides) -> "TrainConfig":
+        """Read a JSON or YAML config file; ``overrides`` (not None) replace its fields."""
+        text = Path(path).read_text(encoding="utf-8")
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml
+
+            d = yaml.safe_load(text) or {}
+        else:
+            d = json.loads(text)
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(d)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+class _Dist:
+    """Process-group facts (a single process when not launched by torchrun)."""
+
+    def __init__(self, torch):
+        self.torch = torch
+        dist = torch.distributed
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.enabled = self.world > 1
+        self.initialized_here = False
+        if self.enabled and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend=backend)
+            self.initialized_here = True
+        self.rank = dist.get_rank() if self.enabled else 0
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.main = self.rank == 0
+
+    def barrier(self):
+        if self.enabled:
+            self.torch.distributed.barrier()
+
+    def all_gather(self, obj) -> list:
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world
+        self.torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj):
+        if not self.enabled:
+            return obj
+        box = [obj]
+        self.torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def mean(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        t = self.torch.tensor([value], dtype=self.torch.float64)
+        self.torch.distributed.all_reduce(t)
+        return float(t.item()) / self.world
+
+    def close(self):
+        if self.initialized_here:
+            self.torch.distributed.destroy_process_group()
+
+
+def _rng_state(torch) -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
+    except ImportError:  # pragma: no cover
+        pass
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(torch, state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, ``[(step, path)]`` sorted by step."""
+    root = Path(run_dir) / "checkpoints"
+    out = []
+    if root.is_dir():
+        for p in root.iterdir():
+            m = _STEP_DIR.match(p.name)
+            if m and (p / STATE_FILE).is_file() and (p / "config.json").is_file():
+                out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def _lr_lambda(config: TrainConfig):
+    total, warm, kind = config.max_steps, config.warmup_steps, config.scheduler
+
+    def f(step: int) -> float:  # step = optimizer steps taken so far (0-based)
+        if warm and step < warm:
+            return (step + 1) / warm
+        if kind == "linear":
+            return max(0.0, (total - step) / max(1, total - warm))
+        return 1.0
+
+    return f
+
+
+def _rouge_l(predictions: list[str], references: list[str]) -> float:
+    rouge_scorer = require("rouge_score.rouge_scorer", "ROUGE-L evaluation", extra="student")
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    if not predictions:
+        return 0.0
+    return sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)) / len(predictions)
+
+
+class _MetricsLog:
+    """``metrics.jsonl`` + ``metrics.csv``; on resume, rows after the checkpoint's step are dropped."""
+
+    def __init__(self, run_dir: Path, resume_step: int):
+        self.jsonl, self.csv = run_dir / "metrics.jsonl", run_dir / "metrics.csv"
+        rows = []
+        if resume_step > 0 and self.jsonl.exists():
+            for line in self.jsonl.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # torn last line of a killed run
+                    continue
+                if int(row.get("step", 0)) <= resume_step:
+                    rows.append(row)
+        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        with open(self.csv, "w", encoding="utf-8", newline="") as f:
+            w = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        with open(self.jsonl, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        with open(self.csv, "a", encoding="utf-8", newline="") as f:
+            csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n").writerow(row)
+
+
+def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[dict]:
+    """Rows of ``RUN_DIR/metrics.jsonl`` (``kind``: ``train`` or ``eval`` to filter)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in rows if kind is None or r.get("kind") == kind]
+
+
+def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
+    saved = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    now = config.to_dict()
+    diff = {k: (saved.get(k), now.get(k)) for k in set(saved) | set(now)
+            if k not in RESUME_MUTABLE and k != "out" and saved.get(k) != now.get(k)}
+    if diff:
+        desc = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in sorted(diff.items()))
+        raise TrainingError(f"cannot resume {run_dir}: its config differs ({desc}). Use the same settings, "
+                            f"or a new --out directory for a new run")
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def train(config: TrainConfig, *, resume: bool = False, show_progress: bool | None = None,
+          stop_after: int | None = None) -> Path:
+    """Train a FiD student; returns the run directory (best model at ``RUN_DIR/best``).
+
+    Args:
+        config: the :class:`TrainConfig`.
+        resume: continue from the last complete checkpoint in ``config.out`` if there is one (else start).
+            Without it, an ``out`` that already holds a run is an error.
+        show_progress: progress bar (default: from the log level).
+        stop_after: end this invocation after that step, without a final save, as if the process had
+            been killed there (for testing resume and for time-sliced jobs).
+
+    Returns:
+        ``Path(config.out)``.
+
+    Raises:
+        TrainingError: ``out`` holds another run (without ``resume``) or a run with a different config.
+        DistillationDataError: the data directory is not a distillation dataset.
+    """
+    torch = require("torch", "student training")
+    from tqdm.auto import tqdm
+
+    from radcot.student.data import NO_CONTEXT_TEMPLATE, PASSAGE_TEMPLATE, load_distillation_data
+    from radcot.student.model import FiDStudent
+    from radcot.student.offline import build_tiny_t5, is_tiny_spec, parse_tiny_spec
+
+    t_start = time.time()
+    dist = _Dist(torch)
+    run_dir = Path(config.out)
+    try:
+        # ---------------------------------------------------------------- run directory and resume point
+        ckpts = list_checkpoints(run_dir)
+        if (run_dir / CONFIG_FILE).exists():
+            if not resume:
+                raise TrainingError(f"{run_dir} already holds a training run; pass --resume (resume=True) to continue "
+                                    f"it, or choose another --out")
+            _check_resume_config(run_dir, config)
+        elif ckpts:
+            raise TrainingError(f"{run_dir} has checkpoints but no {CONFIG_FILE}; it was not written by radcot train")
+        resume_from = ckpts[-1] if (resume and ckpts) else None
+        resume_step = resume_from[0] if resume_from else 0
+        if resume_step >= config.max_steps and (run_dir / "best").is_dir():
+            logger.info("train: %s already finished (%d steps)", run_dir, resume_step)
+            return run_dir
+        if dist.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / CONFIG_FILE, config.to_dict())
+            for stale in (run_dir / "checkpoints").glob(".step-*.tmp") if (run_dir / "checkpoints").is_dir() else []:
+                shutil.rmtree(stale, ignore_errors=True)  # half-written checkpoint of a killed run
+        dist.barrier()
+
+        # ---------------------------------------------------------------- data
+        dd, meta = load_distillation_data(config.data)
+        train_ds = dd["train"]
+        dev_ds = dd["dev"] if "dev" in dd else None
+        no_context = bool(meta.get("no_context", False))
+        n_context = 1 if no_context else (config.n_context or int(meta.get("k") or 10))
+        template = config.template or (NO_CONTEXT_TEMPLATE if no_context else PASSAGE_TEMPLATE)
+        n_train = len(train_ds)
+
+        # ---------------------------------------------------------------- device / precision
+        if config.device == "auto":
+            device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
+        else:
+            device = torch.device(config.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        precision = config.precision
+        if precision == "auto":
+            precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        if precision == "fp16" and device.type != "cuda":
+            raise TrainingError("precision fp16 needs a GPU; use fp32 or bf16 on CPU")
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+        # ---------------------------------------------------------------- model
+        torch.manual_seed(config.seed + dist.rank)
+        random.seed(config.seed + dist.rank)
+        fid_kwargs = dict(n_context=n_context, text_maxlength=config.text_maxlength,
+                          target_maxlength=config.target_maxlength, template=template, no_context=no_context)
+        if resume_from is not None:
+            source = resume_from[1]
+            logger.info("train: resuming %s from step %d", run_dir, resume_step)
+        elif is_tiny_spec(config.model):
+            source = run_dir / "init-model"
+            if dist.main and not (source / "config.json").is_file():
+                texts = list(train_ds["query"]) + list(train_ds["target"])
+                for ps in train_ds["passages"]:
+                    texts.extend(f"{p['title']} {p['text']}" for p in ps)
+                logger.info("train: building %s from %d training texts", config.model, len(texts))
+                build_tiny_t5(texts[:50_000], source, **parse_tiny_spec(config.model))
+            dist.barrier()
+        else:
+            source = config.model
+        student = FiDStudent.from_pretrained(source, **fid_kwargs)
+        student.to(device)
+        student.train()
+
+        decay, no_decay = [], []
+        for name, p in student.named_parameters():
+            (no_decay if ("layer_norm" in name or name.endswith(".bias")) else decay).append(p)
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+        model = student
+        if dist.enabled:
+            model = torch.nn.parallel.DistributedDataParallel(
+                student, device_ids=[device.index] if device.type == "cuda" else None)
+
+        step, epoch, batch_pos, examples_seen = 0, 0, 0, 0
+        best: dict[str, Any] = {"step": None, "value": None}
+        if resume_from is not None:
+            state = torch.load(resume_from[1] / STATE_FILE, map_location="cpu", weights_only=False)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            if state["world_size"] != dist.world:
+                raise TrainingError(f"{resume_from[1]} was written by {state['world_size']} processes, now "
+                                    f"{dist.world}: resume with the same number of processes")
+            _set_rng_state(torch, state["rng"][dist.rank])
+            step, epoch, batch_pos = state["step"], state["epoch"], state["batch_pos"]
+            examples_seen, best = state["examples_seen"], state["best"]
+
+        # ---------------------------------------------------------------- data order
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            range(n_train), num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=config.seed, drop_last=False)
+
+        def epoch_batches(e: int) -> list[list[int]]:
+            sampler.set_epoch(e)
+            idx = list(sampler)
+            return [idx[i:i + config.batch_size] for i in range(0, len(idx), config.batch_size)]
+
+        batches = epoch_batches(epoch)
+
+        def next_batch() -> list[int]:
+            nonlocal epoch, batch_pos, batches
+            if batch_pos >= len(batches):
+                epoch, batch_pos = epoch + 1, 0
+                batches = epoch_batches(epoch)
+            b = batches[batch_pos]
+            batch_pos += 1
+            return b
+
+        collator = student.collator
+        metrics = _MetricsLog(run_dir, resume_step) if dist.main else None
+        examples_log = None
+        if config.log_examples:
+            ex_path = run_dir / f"examples.rank{dist.rank}.tsv"
+            kept = []
+            if resume_step and ex_path.exists():
+                kept = [ln for ln in ex_path.read_text(encoding="utf-8").splitlines()
+                        if ln.split("\t")[0].isdigit() and int(ln.split("\t")[0]) <= resume_step]
+            ex_path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+            examples_log = open(ex_path, "a", encoding="utf-8")
+
+        def autocast():
+            if amp_dtype is None:
+                import contextlib
+
+                return contextlib.nullcontext()
+            return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+        # ---------------------------------------------------------------- evaluation and checkpoints
+        def evaluate_dev() -> dict | None:
+            if dev_ds is None or len(dev_ds) == 0:
+                return None
+            n = len(dev_ds) if config.eval_max_examples is None else min(len(dev_ds), config.eval_max_examples)
+            rows = [dev_ds[i] for i in range(n)]
+            preds, losses = [], []
+            student.eval()
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+                for i in range(0, n, config.eval_batch_size):
+                    chunk = rows[i:i + config.eval_batch_size]
+                    batch = {k: v.to(device) for k, v in collator(chunk).items()}
+                    with autocast():
+                        out = student(**batch, use_cache=False)
+                        losses.append(float(out.loss) * len(chunk))
+                        ids = student.generate(batch["input_ids"], batch["attention_mask"], batch["passage_mask"],
+                                               max_new_tokens=config.eval_max_new_tokens, num_beams=1, do_sample=False)
+                    preds.extend(student.tokenizer.batch_decode(ids, skip_special_tokens=True))
+            student.train()
+            refs = [r["target"] for r in rows]
+            result = {"dev_loss": sum(losses) / n, "rougeL": _rouge_l(preds, refs), "n_dev": n}
+            with open(_mkdir(run_dir / "eval") / f"step-{step}.jsonl", "w", encoding="utf-8") as f:
+                for r, p in zip(rows, preds):
+                    f.write(json.dumps({"query_id": r["query_id"], "query": r["query"], "prediction": p,
+                                        "target": r["target"]}, ensure_ascii=False) + "\n")
+            return result
+
+        def is_better(value: float) -> bool:
+            if best["value"] is None:
+                return True
+            return value > best["value"] if config.metric_for_best == "rougeL" else value < best["value"]
+
+        def save_checkpoint() -> None:
+            rng = dist.all_gather(_rng_state(torch))
+            if dist.main:
+                final = run_dir / "checkpoints" / f"step-{step}"
+                with atomic_dir(final) as tmp:
+                    student.save_into(tmp, {"step": step})
+                    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                "scaler": scaler.state_dict() if scaler is not None else None,
+                                "rng": rng, "world_size": dist.world, "step": step, "epoch": epoch,
+                                "batch_pos": batch_pos, "examples_seen": examples_seen, "best": best},
+                               tmp / STATE_FILE)
+                    write_json(tmp / "trainer_state.json", {"step": step, "epoch": epoch, "batch_pos": batch_pos,
+                                                            "examples_seen": examples_seen, "best": best,
+                                                            "world_size": dist.world})
+                for _, old in list_checkpoints(run_dir)[:-config.keep_checkpoints]:
+                    shutil.rmtree(old, ignore_errors=True)
+            dist.barrier()
+
+        def save_best(reason: dict) -> None:
+            student.save_pretrained(run_dir / "best", {"step": step, "train_config": config.to_dict(), **reason})
+
+        # ---------------------------------------------------------------- the loop
+        bar = tqdm(total=config.max_steps, initial=step, desc="training", unit="step",
+                   disable=not (dist.main and progress_enabled(show_progress)))
+        while step < config.max_steps:
+            loss_sum, n_ex = 0.0, 0
+            for micro in range(config.grad_accum):
+                idx = next_batch()
+                examples = [train_ds[i] for i in idx]
+                if examples_log is not None:
+                    examples_log.writelines(f"{step + 1}\t{ex['query_id']}\n" for ex in examples)
+                batch = {k: v.to(device) for k, v in collator(examples).items()}
+                sync = micro == config.grad_accum - 1 or not dist.enabled
+                ctx = model.no_sync() if (dist.enabled and not sync) else _null()
+                with ctx:
+                    with autocast():
+                        loss = model(**batch, use_cache=False).loss / config.grad_accum
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                loss_sum += float(loss.detach())
+                n_ex += len(examples)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), config.clip)) if config.clip > 0 \
+                else float("nan")
+            lr = scheduler.get_last_lr()[0]
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            examples_seen += n_ex * dist.world
+            if examples_log is not None:
+                examples_log.flush()
+            loss_mean = dist.mean(loss_sum)
+            if not math.isfinite(loss_mean):
+                raise TrainingError(f"training diverged at step {step} (loss {loss_mean}); lower --lr or use fp32/bf16")
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_mean:.4f}")
+            if dist.main and (step % config.log_every == 0 or step == config.max_steps or step == 1):
+                metrics.write({"kind": "train", "step": step, "epoch": epoch, "loss": loss_mean, "lr": lr,
+                               "grad_norm": grad_norm, "examples": examples_seen,
+                               "elapsed_s": round(time.time() - t_start, 3)})
+            if (config.eval_every and step % config.eval_every == 0) or step == config.max_steps:
+                result = evaluate_dev() if dist.main else None
+                if dist.main and result is not None:
+                    metrics.write({"kind": "eval", "step": step, "epoch": epoch, **result,
+                                   "elapsed_s": round(time.time() - t_start, 3)})
+                    bar.write(f"step {step}: dev loss {result['dev_loss']:.4f}  ROUGE-L {result['rougeL']:.4f}")
+                    value = result[config.metric_for_best]
+                    if is_better(value):
+                        best = {"step": step, "value": value, "metric": config.metric_for_best}
+                        save_best({"best": best, **result})
+                best = dist.broadcast(best)
+                dist.barrier()
+            if step % config.save_every == 0 or step == config.max_steps:
+                save_checkpoint()
+            if stop_after is not None and step >= stop_after and step < config.max_steps:
+                logger.info("train: stopping after step %d as asked (resume with --resume)", step)
+                bar.close()
+                return run_dir
+        bar.close()
+        if dist.main and best["step"] is None:
+            logger.warning("train: no dev split to select on; RUN_DIR/best is the final model (step %d)", step)
+            save_best({"best": {"step": step, "value": None, "metric": None}})
+        dist.barrier()
+        if examples_log is not None:
+            examples_log.close()
+        logger.info("train: %d steps done in %.1f s -> %s (best: %s)", step, time.time() - t_start, run_dir, best)
+        return run_dir
+    finally:
+        dist.close()
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

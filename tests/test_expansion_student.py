@@ -1,0 +1,52 @@
+"""QueryExpander with a trained student as its source (a tiny FiD trained on Cranfield, real BM25 passages)."""
+from __future__ import annotations
+
+import pytest
+
+from _student_fixtures import *  # noqa: F401,F403  (session fixtures + one torch thread)
+from radcot.expansion import ExpandedSearcher, QueryExpander, expand_text, read_expansions
+from radcot.records import Query
+
+pytestmark = [pytest.mark.java, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def five_queries(cranfield):
+    from radcot.data.readers import read_queries
+
+    return read_queries(cranfield)[10:15]
+
+
+def test_student_source_generates_and_expands(trained_student, cranfield_retriever, five_queries, tmp_path):
+    ex = QueryExpander(trained_student, formula="radcot", retriever=cranfield_retriever,
+                       generate_kwargs={"max_new_tokens": 16, "batch_size": 8}, cache_dir=tmp_path)
+    assert ex.kind == "student" and ex.student == trained_student / "best"
+    cots = ex.cots(five_queries)
+    assert all(len(c) == 1 and c[0].strip() for c in cots.values()), cots
+    expanded = ex.expand_all(five_queries)
+    for q in five_queries:
+        assert expanded[q.query_id] == expand_text(q.text, cots[q.query_id][0], "radcot")
+    # the generations were written as teacher-format JSONL in the cache directory
+    assert (tmp_path / "student-cots.jsonl").is_file()
+
+
+def test_searcher_hands_its_retriever_to_the_student(trained_student, cranfield_retriever, five_queries):
+    ex = QueryExpander(trained_student, formula="query2doc", generate_kwargs={"max_new_tokens": 12})
+    searcher = ExpandedSearcher(cranfield_retriever, ex)
+    res = searcher.batch_search(five_queries, k=10)
+    assert set(res) == {q.query_id for q in five_queries} and all(len(v) == 10 for v in res.values())
+    assert ex.last_missing == []
+
+
+def test_expand_cli_with_student(trained_student, cranfield_bm25_index, five_queries, tmp_path):
+    from radcot.cli import main
+    from radcot.data.readers import write_queries_tsv
+
+    qfile, out = tmp_path / "q.tsv", tmp_path / "exp.tsv"
+    write_queries_tsv(five_queries, qfile)
+    assert main(["expand", "--student", str(trained_student), "--index", str(cranfield_bm25_index),
+                 "--queries", str(qfile), "--out", str(out), "--max-new-tokens", "12"]) == 0
+    got = read_expansions(out)
+    for q in five_queries:
+        head = (q.text + " ") * 5 + " "  # a long query: n = 5, then the student's CoT
+        assert got[q.query_id].startswith(head) and got[q.query_id][len(head):].strip()

@@ -1,0 +1,100 @@
+"""Pipeline configs, the stage cache and the table computed from run files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from radcot.pipeline import Pipeline, PipelineError, apply_overrides
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", ["demo", "vaswani", "cranfield", "trec-dl-2019", "trec-dl-2020", "msmarco-dev"])
+def test_shipped_pipelines_parse(name):
+    p = Pipeline.from_yaml(REPO / "pipelines" / f"{name}.yaml")
+    assert p.rows and p.config["evaluation"]["baseline"] == p.rows[0].name
+
+
+def test_paper_pipelines_have_the_paper_rows():
+    for name in ("trec-dl-2019", "trec-dl-2020", "msmarco-dev"):
+        p = Pipeline.from_yaml(REPO / "pipelines" / f"{name}.yaml")
+        kinds = [(r.kind, (r.spec.get("student") or {}).get("model"), (r.spec.get("student") or {}).get("context"))
+                 for r in p.rows]
+        assert kinds[0] == ("bm25", None, None) and p.rows[1].spec.get("rm3")
+        assert ("cots", None, None) in kinds
+        assert ("student", None, False) in kinds  # distillation without retrieval (flan-t5-base, the default)
+        for size in ("small", "base", "large"):
+            assert ("student", f"google/flan-t5-{size}", True) in kinds
+        assert p.config["student"]["n_context"] == 10
+
+
+def test_overrides_and_params(tmp_path):
+    cfg = {"experiment": "x", "params": {"data": "/nowhere"}, "dataset": {"path": "${data}/sub"},
+           "rows": [{"name": "bm25"}]}
+    p = Pipeline(apply_overrides(cfg, ["params.data=/d", "student.train.max_steps=7"]))
+    assert p.config["dataset"]["path"] == "/d/sub"
+    assert p.config["student"]["train"]["max_steps"] == 7
+    with pytest.raises(PipelineError, match="key.subkey=value"):
+        apply_overrides(cfg, ["oops"])
+
+
+def test_bad_configs_name_the_problem(tmp_path):
+    with pytest.raises(PipelineError, match="experiment"):
+        Pipeline({"rows": [{"name": "a"}]})
+    with pytest.raises(PipelineError, match="duplicate row"):
+        Pipeline({"experiment": "x", "rows": [{"name": "a"}, {"name": "a"}], "evaluation": {"baseline": "a"}})
+    with pytest.raises(PipelineError, match="baseline"):
+        Pipeline({"experiment": "x", "rows": [{"name": "a"}]})
+    with pytest.raises(PipelineError, match="params.nope"):
+        Pipeline({"experiment": "x", "dataset": {"path": "${nope}"}, "rows": [{"name": "bm25"}]})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experiment: [unclosed\n")
+    with pytest.raises(PipelineError, match="bad.yaml"):
+        Pipeline.from_yaml(bad)
+
+
+@pytest.mark.java
+def test_bm25_pipeline_caches_and_table_matches_ir_measures(cranfield, tmp_path):
+    """A BM25/RM3 pipeline on Cranfield: cached re-run, and the table equals ir-measures on the run files."""
+    import ir_measures
+
+    from radcot.report import format_table, results_table, write_report
+
+    cfg = {"experiment": "cran", "dataset": {"path": str(cranfield)},
+           "rows": [{"name": "bm25", "label": "BM25"}, {"name": "rm3", "label": "BM25+RM3", "rm3": True}]}
+    exp = Pipeline(cfg, runs_dir=tmp_path, show_progress=False).run()
+    manifest = json.loads((exp / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["inputs"]["corpus_sha256"]
+    assert {s["reused"] for s in manifest["stages"].values()} == {False}
+
+    table = results_table(exp)
+    qrels = {}
+    for line in (cranfield / "qrels" / "test.tsv").read_text().splitlines()[1:]:  # BEIR: header, qid docid rel
+        qid, docid, rel = line.split("\t")
+        qrels.setdefault(qid, {})[docid] = int(rel)
+    for row in table.rows:
+        run = list(ir_measures.read_trec_run(row.run))
+        per_q = {q: 0.0 for q in qrels}
+        for m in ir_measures.iter_calc([ir_measures.nDCG @ 10], qrels, run):
+            per_q[m.query_id] = m.value
+        assert row.metrics["nDCG@10"] == pytest.approx(sum(per_q.values()) / len(qrels), abs=1e-9)
+    # the shared data README's pyserini BM25 figure
+    assert table.row("bm25").metrics["nDCG@10"] == pytest.approx(0.3510, abs=5e-4)
+    assert "rm3" in [r.name for r in table.rows] and table.row("rm3").p_value
+    md = format_table(table)
+    assert "BM25+RM3" in md and "0.35" in md
+    report = write_report(exp, table)
+    assert report.is_file() and list(report.parent.glob("delta-nDCG_10-rm3.png"))
+
+    # unchanged config: every stage is reused
+    exp2 = Pipeline(cfg, runs_dir=tmp_path, show_progress=False).run()
+    manifest = json.loads((exp2 / "manifest.json").read_text())
+    assert {s["reused"] for s in manifest["stages"].values()} == {True}
+    # changing one row's parameters redoes that row's search only
+    cfg["rows"][1]["b"] = 0.6
+    Pipeline(cfg, runs_dir=tmp_path, show_progress=False).run()
+    manifest = json.loads((exp2 / "manifest.json").read_text())
+    redone = sorted(n for n, s in manifest["stages"].items() if not s["reused"])
+    assert redone == ["search-rm3"]
