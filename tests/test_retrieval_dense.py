@@ -156,3 +156,49 @@ def test_rrf_of_bm25_and_dense(dense_index, cran_docs, cranfield_bm25_index):
     fused = reciprocal_rank_fusion([bm25, dense], k=60, depth=100)
     assert set(fused) == {q.query_id for q in queries}
     assert sum(next(iter(fused[q.query_id])) == q.query_id for q in queries) >= 8
+
+
+@pytest.mark.slow
+def test_interrupted_build_resumes_from_saved_chunks(cran_docs, tmp_path, caplog):
+    """Kill a real build after two embedding chunks, rebuild: the saved chunks are reused, the index completes."""
+    import logging
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    pytest.importorskip("faiss")
+    from radcot.retrieval.dense import DenseRetriever
+
+    coll = tmp_path / "coll"
+    coll.mkdir()
+    (coll / "corpus.jsonl").write_text("".join(json.dumps({"_id": d.doc_id, "title": d.title, "text": d.text}) + "\n"
+                                               for d in cran_docs))
+    out = tmp_path / "idx"
+    partial = tmp_path / ".idx.partial"
+    code = ("from radcot.retrieval.dense import DenseRetriever\n"
+            f"DenseRetriever.build({str(coll)!r}, {str(out)!r}, chunk_size=20, max_seq_length=64, show_progress=False)\n")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 400
+    try:
+        while not (partial / "emb-00001.npy").exists():
+            assert proc.poll() is None, f"build ended before it could be interrupted: {proc.stderr.read()[-2000:]!r}"
+            assert time.time() < deadline, "no embedding chunk written in 400 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert not out.exists()  # nothing half-written where the index goes
+    done_before = sorted(p.name for p in partial.glob("emb-*.npy"))
+    assert 2 <= len(done_before) < 6
+    with caplog.at_level(logging.INFO, logger="radcot.retrieval.dense"):
+        r = DenseRetriever.build(coll, out, chunk_size=20, max_seq_length=64, show_progress=False)
+    assert any(f"{len(done_before)} of 6 embedding chunks already done" in m for m in caplog.messages)
+    assert r.num_docs == N_DOCS and not partial.exists()
+    probes = [d for d in cran_docs if len(d.title.split()) >= 5][:10]
+    hits = r.batch_search([Query(d.doc_id, d.title) for d in probes], k=1)
+    assert sum(hits[d.doc_id][0].doc_id == d.doc_id for d in probes) >= 8

@@ -69,9 +69,7 @@ def test_beam_and_sampling(student, cranfield_distill):
     torch.manual_seed(1)
     s2 = student.generate(ii, am, pm, max_new_tokens=12, do_sample=True, top_k=0, top_p=0.9)
     assert torch.equal(s1, s2)
-    # beam search's best sequence scores at least as high as greedy under the model
-    greedy = student.generate(ii, am, pm, max_new_tokens=12)
-    assert greedy.shape[0] == 3
+    assert student.generate(ii, am, pm, max_new_tokens=12).shape[0] == 3  # greedy: one per example
 
 
 def test_save_load_round_trip(student, cranfield_distill, tmp_path):

@@ -253,7 +253,9 @@ class BM25Retriever:
         from tqdm.auto import tqdm
 
         t0 = time.time()
-        with tempfile.TemporaryDirectory(prefix=".radcot-jsoncoll-", dir=index_dir.parent if index_dir.parent.exists() else None) as tmp:
+        index_dir.parent.mkdir(parents=True, exist_ok=True)
+        # the JsonCollection copy goes next to the index (same disk), and is deleted afterwards
+        with tempfile.TemporaryDirectory(prefix=f".{index_dir.name}.jsoncoll-", dir=index_dir.parent) as tmp:
             coll_dir = Path(tmp) / "collection"
             coll_dir.mkdir()
             files = [open(coll_dir / f"docs{i:02d}.jsonl", "w", encoding="utf-8") for i in range(threads)]

@@ -270,7 +270,14 @@ def build_distillation_data(
         "target_words": {"median": target_words[len(target_words) // 2], "max": target_words[-1]},
     }
     with atomic_dir(out_dir) as tmp:
-        dd.save_to_disk(str(tmp))
+        bars = datasets.is_progress_bar_enabled()
+        if not progress_enabled(show_progress):
+            datasets.disable_progress_bars()
+        try:
+            dd.save_to_disk(str(tmp))
+        finally:
+            if bars:
+                datasets.enable_progress_bars()
         write_json(Path(tmp) / META_FILE, meta)
         with open(Path(tmp) / EXCLUDED_FILE, "w", encoding="utf-8", newline="") as f:
             w = csv.writer(f, delimiter="\t", lineterminator="\n")

@@ -378,6 +378,7 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool | No
         if resume_step >= config.max_steps and (run_dir / "best").is_dir():
             logger.info("train: %s already finished (%d steps)", run_dir, resume_step)
             return run_dir
+        dist.barrier()  # every rank has inspected run_dir before rank 0 writes into it
         if dist.main:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / CONFIG_FILE, config.to_dict())
