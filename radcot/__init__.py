@@ -11,8 +11,9 @@ imports no torch::
 """
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from radcot._deps import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -70,13 +71,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'radcot' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, _ = lazy_exports("radcot", _EXPORTS, globals())
 
 
 def __dir__():

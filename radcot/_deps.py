@@ -39,3 +39,24 @@ def require(module: str, what: str = "", extra: str | None = None) -> ModuleType
         extra = extra or _EXTRA_OF.get(top, "all")
         purpose = f"{what} needs {top}" if what else f"{top} is not installed"
         raise MissingDependencyError(f"{purpose}: pip install 'radcot[{extra}]' ({e})") from e
+
+
+def lazy_exports(package: str, exports: dict[str, str], namespace: dict):
+    """``(__getattr__, __dir__)`` for a package whose public names live in submodules imported on first use.
+
+    Keeps ``import radcot`` (and its subpackages) free of torch, jnius and faiss. The value is cached in
+    ``namespace`` (the package's ``globals()``) so later look-ups are plain attribute reads.
+    """
+
+    def __getattr__(name: str):
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        namespace[name] = value
+        return value
+
+    def __dir__():
+        return sorted(set(exports) | {k for k in namespace if not k.startswith("_")})
+
+    return __getattr__, __dir__

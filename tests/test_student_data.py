@@ -83,6 +83,24 @@ def test_generate_cots_teacher_format_resumable(trained_student, cranfield_disti
                       limit=12, show_progress=False)
 
 
+def test_generate_no_repeat_ngram_guard(trained_student, cranfield_distill, tmp_path):
+    from radcot.student.generate import generate_cots
+    from radcot.student.model import FiDStudent
+    from radcot.teacher.runner import read_teacher_output
+
+    out = generate_cots(trained_student / "best", tmp_path / "nr.jsonl", data=cranfield_distill, split="dev",
+                        max_new_tokens=40, limit=6, no_repeat_ngram_size=2, show_progress=False)
+    recs = list(read_teacher_output(out).values())
+    assert len(recs) == 6 and recs[0]["params"]["no_repeat_ngram_size"] == 2
+    tok = FiDStudent.from_pretrained(trained_student / "best").tokenizer
+    for r in recs:  # no token bigram occurs twice in any output
+        ids = tok(r["text"], add_special_tokens=False)["input_ids"]
+        bigrams = list(zip(ids, ids[1:]))
+        assert len(bigrams) == len(set(bigrams)), r["text"]
+    with pytest.raises(ValueError, match="no_repeat_ngram_size"):
+        generate_cots(trained_student / "best", tmp_path / "bad.jsonl", data=cranfield_distill, no_repeat_ngram_size=-1)
+
+
 def test_generate_cots_from_queries_and_index_with_beams(trained_student, cranfield, cranfield_retriever, tmp_path):
     from radcot.student.generate import DEFAULT_MAX_NEW_TOKENS, generate_cots
     from radcot.teacher.runner import read_teacher_output

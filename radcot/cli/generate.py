@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling p (with --do-sample)")
     p.add_argument("--num-return-sequences", type=int, default=1,
                    help="sequences per query (record 'texts'; 'text' is the first)")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                   help="forbid repeating any n-gram of this size (default 0: off; 3 stops tiny students looping)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="transformers' repetition penalty (1.0: off)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     p.add_argument("--limit", type=int, help="only the first N queries")
@@ -43,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
                         retriever=args.index, k=args.k, max_new_tokens=args.max_new_tokens,
                         batch_size=args.batch_size, num_beams=args.num_beams, do_sample=args.do_sample,
                         temperature=args.temperature, top_p=args.top_p,
-                        num_return_sequences=args.num_return_sequences, seed=args.seed, device=args.device,
+                        num_return_sequences=args.num_return_sequences,
+                        no_repeat_ngram_size=args.no_repeat_ngram_size,
+                        repetition_penalty=args.repetition_penalty, seed=args.seed, device=args.device,
                         overwrite=args.overwrite, limit=args.limit,
                         show_progress=False if args.no_progress else None)
     print(out)

@@ -14,10 +14,11 @@ Example:
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
+
+from radcot._deps import lazy_exports
 
 from radcot.retrieval.errors import RetrievalIndexError
 
@@ -33,13 +34,7 @@ _LAZY = {
 META_FILE = "radcot_index.json"
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'radcot.retrieval' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports("radcot.retrieval", _LAZY, globals())
 
 
 def index_kind(index_dir: str | os.PathLike) -> str:

@@ -10,7 +10,7 @@ Example:
 """
 from __future__ import annotations
 
-import importlib
+from radcot._deps import lazy_exports
 
 _EXPORTS = {
     "build_distillation_data": "radcot.student.data",
@@ -34,13 +34,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'radcot.student' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, _ = lazy_exports("radcot.student", _EXPORTS, globals())
 
 
 def __dir__():

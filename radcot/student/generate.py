@@ -143,6 +143,8 @@ def generate_cots(
     temperature: float = 1.0,
     top_p: float = 1.0,
     num_return_sequences: int = 1,
+    no_repeat_ngram_size: int = 0,
+    repetition_penalty: float = 1.0,
     seed: int = 0,
     device: str = "auto",
     overwrite: bool = False,
@@ -163,6 +165,8 @@ def generate_cots(
         batch_size: queries per generation batch.
         num_beams, do_sample, temperature, top_p, num_return_sequences: decoding (greedy by default).
             With ``num_return_sequences > 1`` a record's ``text`` is the first sequence and ``texts`` all.
+        no_repeat_ngram_size, repetition_penalty: transformers' guards against the loops small students
+            fall into ("draws draws draws"); 0 / 1.0 (default) = off.
         seed: sampling seed (reset per batch, so resumed runs sample the same).
         device: ``auto``, ``cpu``, ``cuda``...
         overwrite: start the output again instead of resuming.
@@ -184,6 +188,9 @@ def generate_cots(
         raise ValueError("pass exactly one of data= (a distillation dataset) or queries= (with retriever=)")
     if num_return_sequences < 1 or max_new_tokens < 1 or batch_size < 1 or num_beams < 1:
         raise ValueError("num_return_sequences, max_new_tokens, batch_size and num_beams must be >= 1")
+    if no_repeat_ngram_size < 0 or repetition_penalty <= 0:
+        raise ValueError(f"no_repeat_ngram_size must be >= 0 and repetition_penalty > 0, got "
+                         f"{no_repeat_ngram_size} and {repetition_penalty}")
     if not do_sample and num_return_sequences > num_beams:
         raise ValueError(f"num_return_sequences={num_return_sequences} needs num_beams >= it or do_sample=True")
     out = Path(out_path)
@@ -200,6 +207,10 @@ def generate_cots(
               "num_return_sequences": num_return_sequences, "seed": seed, "k": 0 if fid.no_context else k}
     if do_sample:
         params.update(temperature=temperature, top_p=top_p)
+    if no_repeat_ngram_size:  # recorded only when used, so outputs written before these options still resume
+        params["no_repeat_ngram_size"] = no_repeat_ngram_size
+    if repetition_penalty != 1.0:
+        params["repetition_penalty"] = repetition_penalty
     config = {"student": str(Path(student_name).resolve()) if os.path.exists(student_name) else student_name,
               "fid_config": fid.to_dict(), "params": params}
     cfg_path = _config_path(out)
@@ -230,6 +241,10 @@ def generate_cots(
                                       num_return_sequences=num_return_sequences, use_cache=True)
     if do_sample:
         gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    if no_repeat_ngram_size:
+        gen_kwargs["no_repeat_ngram_size"] = no_repeat_ngram_size
+    if repetition_penalty != 1.0:
+        gen_kwargs["repetition_penalty"] = repetition_penalty
     eos = student.t5.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
     pad = student.tokenizer.pad_token_id
