@@ -106,3 +106,22 @@ def test_bad_model_dir_names_the_problem(tmp_path):
         FiDStudent.from_pretrained(tmp_path / "m")
     with pytest.raises(FileNotFoundError, match="RUN_DIR/best"):
         FiDStudent.from_pretrained(tmp_path / "nope" / "x")
+
+
+def test_offline_tokenizer_keeps_words_whole_and_round_trips():
+    """The tiny T5's tokenizer: frequent words and names are single tokens; any ASCII text decodes back."""
+    from pathlib import Path
+
+    from radcot.student.offline import train_t5_tokenizer
+
+    world = Path(__file__).resolve().parent.parent / "data" / "demo" / "corpus.jsonl"
+    texts = [json.loads(line)["text"] for line in world.read_text(encoding="utf-8").splitlines()[:3000]]
+    tok = train_t5_tokenizer(texts, vocab_size=3000)
+    assert [tok.pad_token_id, tok.eos_token_id, tok.unk_token_id] == [0, 1, 2]
+    pieces = tok.tokenize("By trade Nourk is a tanner, and the workshop is rarely quiet.")
+    assert pieces[:6] == ["▁By", "▁trade", "▁Nourk", "▁is", "▁a", "▁tanner"] and "," in pieces
+    # characters and words never seen in training still survive encode -> decode (no <unk>)
+    text = "Zyxq {JSON}: 42% of ~users@HOST wrote \"quotes\" & (brackets) [ok]?"
+    ids = tok(text)["input_ids"]
+    assert ids[-1] == tok.eos_token_id and tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True) == text
