@@ -184,9 +184,16 @@ def write_expansions(expanded: Mapping[str, str], path: str | os.PathLike) -> No
 
 
 def read_expansions(path: str | os.PathLike) -> dict[str, str]:
-    """Read a ``qid \\t expanded text`` file written by :func:`write_expansions` / ``radcot expand``."""
+    """Read a ``qid \t expanded text`` file written by :func:`write_expansions` / ``radcot expand`` (``.gz`` too).
+
+    Raises:
+        DataFormatError: a line without a tab, or a repeated query id (file and line named).
+    """
+    from radcot.data.readers import _open
+
     out: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
+    first: dict[str, int] = {}
+    with _open(path) as f:
         for i, line in enumerate(f, 1):
             line = line.rstrip("\n\r")
             if not line.strip():
@@ -194,9 +201,11 @@ def read_expansions(path: str | os.PathLike) -> dict[str, str]:
             qid, sep, text = line.partition("\t")
             if not sep:
                 raise DataFormatError(path, i, "2 tab-separated fields (query-id \\t expanded text)",
-                                      f"no tab: {line[:80]!r}", "Write it with `radcot expand`")
-            if qid in out:
-                raise DataFormatError(path, i, "each query id once", f"query id {qid!r} again")
+                                      f"no tab: {line[:80]!r}", "Write one `qid\\ttext` line per query (radcot expand does)")
+            qid = qid.strip()
+            if qid in first:
+                raise DataFormatError(path, i, "each query id once", f"query id {qid!r} again (first at line {first[qid]})")
+            first[qid] = i
             out[qid] = text
     return out
 

@@ -5,7 +5,6 @@ import pytest
 
 from _student_fixtures import *  # noqa: F401,F403  (session fixtures + one torch thread)
 from radcot.expansion import ExpandedSearcher, QueryExpander, expand_text, read_expansions
-from radcot.records import Query
 
 pytestmark = [pytest.mark.java, pytest.mark.slow]
 

@@ -3,12 +3,10 @@ and ``radcot teacher-serve`` answering the ``openai`` backend over HTTP on 127.0
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest

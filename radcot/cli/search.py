@@ -9,38 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 logger = logging.getLogger("radcot.cli.search")
-
-
-def read_expansions(path: str | Path) -> dict[str, str]:
-    """Read ``qid \\t expanded query text`` lines (text may contain further tabs; they become spaces).
-
-    Raises:
-        DataFormatError: a line without a tab, or a repeated query id (file and line named).
-    """
-    from radcot.data.readers import _open
-    from radcot.records import DataFormatError
-
-    out: dict[str, str] = {}
-    first: dict[str, int] = {}
-    with _open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n\r")
-            if not line.strip():
-                continue
-            qid, sep, text = line.partition("\t")
-            if not sep:
-                raise DataFormatError(path, lineno, "query-id <TAB> expanded text", f"no tab in {line[:80]!r}",
-                                      "Write one `qid\\ttext` line per query (radcot expand does)")
-            qid = qid.strip()
-            if qid in first:
-                raise DataFormatError(path, lineno, "each query id once", f"query id {qid!r} again (first at line "
-                                      f"{first[qid]})")
-            first[qid] = lineno
-            out[qid] = " ".join(text.split())
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
     queries = read_queries(args.queries)
     if args.expansions:
+        from radcot.expansion import read_expansions
+
         expanded = read_expansions(args.expansions)
         missing = [q.query_id for q in queries if q.query_id not in expanded]
         if missing and not args.keep_unexpanded:
