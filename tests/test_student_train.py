@@ -138,3 +138,48 @@ def test_ddp_two_ranks_on_cpu_uses_every_example(cranfield_distill, tiny_t5, tmp
     state = json.loads((out / "checkpoints" / f"step-{steps}" / "trainer_state.json").read_text())
     assert state["world_size"] == 2
     assert (out / "best" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_cli_training_killed_with_sigkill_resumes_exactly(cranfield_distill, tiny_t5, tmp_path):
+    """`radcot train` killed with SIGKILL after its step-6 checkpoint, then `--resume`d: the losses of every
+    step and the final weights equal those of an uninterrupted `radcot train` (both one thread)."""
+    import signal
+    import time
+
+    from radcot.student.train import list_checkpoints, read_metrics
+
+    cfg = _small_config(cranfield_distill, tiny_t5, "unused", max_steps=30, save_every=3).to_dict()
+    cfg.pop("out")
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "radcot", "train", "--config", str(tmp_path / "cfg.json"), "--no-progress"]
+
+    full = subprocess.run(cmd + ["--out", str(tmp_path / "full")], env=env, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step-6").is_dir():
+        assert proc.poll() is None, "training ended before its step-6 checkpoint"
+        assert time.time() < deadline, "no step-6 checkpoint after 300 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    steps_at_kill = [s for s, _ in list_checkpoints(killed)]
+    assert max(steps_at_kill) < 30 and not (killed / "best").exists(), "the kill came too late to test anything"
+
+    resumed = subprocess.run(cmd + ["--out", str(killed), "--resume"], env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    la = [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "full", "train")]
+    lb = [(r["step"], r["loss"]) for r in read_metrics(killed, "train")]
+    assert [s for s, _ in lb] == list(range(1, 31))
+    assert la == lb
+    from safetensors.torch import load_file
+
+    wa = load_file(str(tmp_path / "full" / "checkpoints" / "step-30" / "model.safetensors"))
+    wb = load_file(str(killed / "checkpoints" / "step-30" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
