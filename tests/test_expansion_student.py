@@ -49,3 +49,24 @@ def test_expand_cli_with_student(trained_student, cranfield_bm25_index, five_que
     for q in five_queries:
         head = (q.text + " ") * 5 + " "  # a long query: n = 5, then the student's CoT
         assert got[q.query_id].startswith(head) and got[q.query_id][len(head):].strip()
+
+
+def test_student_samples_fused_with_rrf(trained_student, cranfield_retriever, five_queries):
+    """samples=3: the student samples three CoTs per query; the searcher's run is the RRF of the three runs."""
+    from radcot.retrieval.fusion import reciprocal_rank_fusion
+
+    ex = QueryExpander(trained_student, formula="query2doc", samples=3, retriever=cranfield_retriever,
+                       generate_kwargs={"max_new_tokens": 12, "temperature": 1.0, "seed": 5})
+    cots = ex.cots(five_queries)
+    # three sampled sequences per query; a tiny 40-step student may sample an empty one, which is dropped
+    assert all(1 <= len(c) <= 3 for c in cots.values()) and any(len(c) == 3 for c in cots.values()), cots
+    assert any(len(set(c)) > 1 for c in cots.values()), "sampling gave identical CoTs for every query"
+    per_sample = ex.expand_samples(five_queries)
+    assert len(per_sample) == 3
+    runs = [cranfield_retriever.batch_search([type(q)(q.query_id, s[q.query_id]) for q in five_queries], k=50)
+            for s in per_sample]
+    fused = ExpandedSearcher(cranfield_retriever, ex, rrf_k=60, depth=50).batch_search(five_queries, k=10)
+    expected = reciprocal_rank_fusion(runs, k=60, depth=50)
+    for q in five_queries:
+        top = sorted(expected[q.query_id].items(), key=lambda t: (-t[1], t[0]))[:10]
+        assert [d for d, _ in top] == [s.doc_id for s in fused[q.query_id]]

@@ -258,7 +258,7 @@ def generate_cots(
                 torch.manual_seed(seed + i)
             ids = student.generate(input_ids.to(device), attention_mask.to(device), passage_mask.to(device),
                                    **gen_kwargs).cpu()  # (B * num_return_sequences, T)
-            texts = student.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+            texts = student.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
             elapsed = (time.time() - t0) / len(chunk)
             lines = []
             for b, ex in enumerate(chunk):

@@ -280,7 +280,7 @@ class FiDStudent(torch.nn.Module):
         batch = self.collator.encode_inputs(examples)
         dev = self.device
         ids = self.generate(*(t.to(dev) for t in batch), **generate_kwargs)
-        return self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     @torch.no_grad()
     def naive_greedy(self, input_ids, attention_mask, passage_mask=None, max_new_tokens: int = 150) -> list[list[int]]:
