@@ -154,3 +154,20 @@ def test_missing_gguf_file_is_named(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="nope.gguf"):
         HFBackend(model=tmp_path / "nope.gguf")
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_teach_cli_hf_backend_matches_the_api(hf_run, cranfield, cranfield_queries, tmp_path):
+    """`radcot teach --backend hf` in a fresh process writes the same greedy CoTs as the Python API."""
+    _, recs = hf_run
+    out = tmp_path / "cli.jsonl"
+    cmd = [sys.executable, "-m", "radcot", "teach", "--backend", "hf", "--queries", str(cranfield), "--limit", "2",
+           "--max-tokens", str(PARAMS.max_tokens), "--batch-size", "2", "--out", str(out), "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = read_teacher_output(out)
+    assert list(got) == [q.query_id for q in cranfield_queries[:2]]
+    for qid, r in got.items():
+        assert r["text"] == recs[qid]["text"] and r["model"] == "SmolLM2-135M-Instruct"
