@@ -70,8 +70,9 @@ def train_t5_tokenizer(texts: Iterable[str], vocab_size: int = 4000):
 
     BPE rather than ``tokenizers``' Unigram trainer: on the demo world's texts (tokenizers 0.23.3) the
     Unigram trainer returned a degenerate vocabulary (``Answer`` -> ``A n s wer``, ``is`` -> ``▁ is``, 2,232
-    pieces for a requested 4,000) on which the tiny students did not learn to copy names. Printable ASCII
-    is always in the alphabet, so a character missing from the training texts is not lost as ``<unk>``.
+    pieces for a requested 4,000): longer sequences, and demo students trained on it for 200 steps wrote
+    the same CoT for every query. Printable ASCII is always in the alphabet, so a character missing from
+    the training texts is not lost as ``<unk>``.
     """
     tokenizers = require("tokenizers", "the offline tiny T5")
     transformers = require("transformers", "the offline tiny T5")
@@ -134,8 +135,9 @@ def build_tiny_t5(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = transformers.T5ForConditionalGeneration(config)
-        # untied lm_head: HF initialises it with std 1.0, giving logits of std ~sqrt(d_model) and an initial
-        # loss of ~40 nats; std d_model**-0.5 gives unit-variance logits (loss ~ln(vocab)) and learns faster
+        # tie_word_embeddings=False means "no d_model**-0.5 output scaling" (T5 v1.1 / flan-t5 style); transformers 5
+        # ties lm_head to the shared embedding regardless, so this sets both: std d_model**-0.5 gives logits of
+        # unit variance (initial loss ~ln(vocab), not ~40 nats with std 1.0) and learns faster
         with torch.no_grad():
             model.lm_head.weight.normal_(0.0, d_model ** -0.5)
     model.generation_config.decoder_start_token_id = 0
