@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import sys
 import tempfile
@@ -30,25 +29,21 @@ sys.path.insert(0, str(REPO))
 
 
 def load_inputs(cranfield: Path, n: int, k: int) -> tuple[list[dict], list[str]]:
-    docs = {}
-    for line in open(cranfield / "corpus.jsonl", encoding="utf-8"):
-        d = json.loads(line)
-        docs[d["_id"]] = d
+    from radcot.data.readers import read_corpus, read_qrels, read_queries
+
+    docs = {d.doc_id: d for d in read_corpus(cranfield)}
     qrels = collections.defaultdict(list)
-    with open(cranfield / "qrels" / "test.tsv", encoding="utf-8") as f:
-        next(f)
-        for line in f:
-            q, d, s = line.split()
-            qrels[q].append((-int(s), d))
-    queries = [json.loads(line) for line in open(cranfield / "queries.jsonl", encoding="utf-8")][:n]
+    for r in read_qrels(cranfield, split="test"):
+        qrels[r.query_id].append((-r.relevance, r.doc_id))
+    queries = read_queries(cranfield)[:n]
     ids = sorted(docs)
     examples = []
     for i, q in enumerate(queries):
-        rel = [d for _, d in sorted(qrels[q["_id"]])][:k]
+        rel = [d for _, d in sorted(qrels[q.query_id])][:k]
         rel += [ids[(i * 7 + j) % len(ids)] for j in range(k - len(rel))]  # top up to k passages
-        examples.append({"query_id": q["_id"], "query": q["text"],
-                         "passages": [{"title": docs[d]["title"], "text": docs[d]["text"]} for d in rel]})
-    return examples, [f"{d['title']} {d['text']}" for d in docs.values()]
+        examples.append({"query_id": q.query_id, "query": q.text,
+                         "passages": [{"title": docs[d].title, "text": docs[d].text} for d in rel]})
+    return examples, [f"{d.title} {d.text}" for d in docs.values()]
 
 
 def main(argv=None) -> int:

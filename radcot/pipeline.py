@@ -438,11 +438,8 @@ class Pipeline:
                     "n_context": k, "seed": self.config["seed"]}
 
             def do_train(d: Path, data_dir=data_dir):
-                opts = dict(s.get("train") or {})
-                if not context and "{passage}" in str(opts.get("template") or ""):
-                    opts.pop("template")  # a passage template does not apply to the no-context ablation
                 config = TrainConfig(data=str(data_dir), model=str(s["model"]), out=str(d / "run"),
-                                     seed=self.config["seed"], **opts)
+                                     seed=self.config["seed"], **(s.get("train") or {}))
                 train(config, resume=True, show_progress=self.show_progress)
 
             run_dir = self._stage(f"train-{row.name}-f{f}", tcfg, do_train, resumable=True) / "run"

@@ -41,9 +41,10 @@ def test_no_context_ablation_trains_and_generates(cranfield, cranfield_cots, tin
     dd, meta = load_distillation_data(data)
     assert meta["no_context"] and meta["retriever"] is None
     assert all(len(p) == 0 for p in dd["train"]["passages"])
+    # the experiment's passage template (shared with the RADCoT row) gives way to the no-context one
     run = train(TrainConfig(data=str(data), model=str(tiny_t5), out=str(tmp_path / "run"), max_steps=6, batch_size=8,
                             lr=2e-3, target_maxlength=48, eval_every=0, eval_max_examples=4, eval_max_new_tokens=8,
-                            log_every=1), show_progress=False)
+                            log_every=1, template="question: {query} context: {passage}"), show_progress=False)
     student = FiDStudent.from_pretrained(run / "best")
     assert student.fid_config.no_context and student.fid_config.n_context == 1
     assert student.fid_config.template == NO_CONTEXT_TEMPLATE

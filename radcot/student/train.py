@@ -393,6 +393,11 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool | No
         no_context = bool(meta.get("no_context", False))
         n_context = 1 if no_context else (config.n_context or int(meta.get("k") or 10))
         template = config.template or (NO_CONTEXT_TEMPLATE if no_context else PASSAGE_TEMPLATE)
+        if no_context and "{passage}" in template:
+            # one config for both rows of an experiment: a passage template means nothing to the ablation
+            logger.info("train: no-context data; the passage template %r is replaced by %r", template,
+                        NO_CONTEXT_TEMPLATE)
+            template = NO_CONTEXT_TEMPLATE
         n_train = len(train_ds)
 
         # ---------------------------------------------------------------- device / precision
