@@ -1,0 +1,92 @@
+"""One writer per output: an exclusive advisory lock beside every file or directory radcot writes.
+
+Every command that writes a resumable output or a directory (teach, generate, train, build-data, index,
+run, the pipeline's stages) holds :func:`output_lock` on it while it writes. A second writer fails at once
+with :class:`OutputLockedError`, naming the holder's PID, its command line and the lock file, instead of
+appending the same records a second time.
+
+The lock is ``fcntl.flock`` on a hidden file beside the output (``.<name>.lock``): the kernel releases it
+when the holder exits, however it exits (SIGKILL included), so a stale lock file never blocks a rerun.
+The file itself is left in place (deleting a lock file another process may have open is racy); it holds
+the last holder's PID for the message.
+
+Example:
+    >>> from radcot.locks import output_lock
+    >>> with output_lock("runs/x/cot.jsonl"):  # doctest: +SKIP
+    ...     pass  # write runs/x/cot.jsonl
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from radcot.records import RadcotError
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+
+class OutputLockedError(RadcotError, RuntimeError):
+    """Another process is writing the same output."""
+
+
+def lock_path(output: str | os.PathLike) -> Path:
+    """The lock file guarding ``output``: ``.<name>.lock`` in the same directory."""
+    p = Path(output).absolute()
+    return p.parent / f".{p.name}.lock"
+
+
+def _holder(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        text = ""
+    pid, _, cmd = text.partition(" ")
+    return f"PID {pid} ({cmd})" if pid else "another process"
+
+
+@contextlib.contextmanager
+def output_lock(output: str | os.PathLike, what: str = "output") -> Iterator[Path]:
+    """Hold an exclusive lock on ``output`` (a file or directory) for the ``with`` block.
+
+    Args:
+        output: the file or directory about to be written (it need not exist; its parent is created).
+        what: a word for messages ("teacher output", "index", ...).
+
+    Raises:
+        OutputLockedError: another process holds the lock; names its PID and the lock file.
+    """
+    path = lock_path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # pragma: no cover - Windows: filelock, without the holder's PID
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise OutputLockedError(f"{what} {output} is being written by another process (lock {path}); "
+                                    f"wait for it to finish or stop it, then run again") from None
+        try:
+            yield path
+        finally:
+            lock.release()
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputLockedError(
+                f"{what} {output} is being written by {_holder(path)} (lock {path}); wait for it to finish "
+                f"or stop it, then run again (one writer per output)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {' '.join(sys.argv)[:200]}\n".encode("utf-8", "replace"))
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock

@@ -1,0 +1,58 @@
+"""radcot.locks: a second writer of the same output fails at once, naming the holder; the lock dies with its holder."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from radcot.locks import OutputLockedError, lock_path, output_lock
+
+HOLD = """
+import sys, time
+from radcot.locks import output_lock
+with output_lock(sys.argv[1], "teacher output"):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def _holder(out):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_second_process_is_refused_with_pid_and_lock_path(tmp_path):
+    out = tmp_path / "cot.jsonl"
+    proc = _holder(out)
+    try:
+        with pytest.raises(OutputLockedError) as e:
+            with output_lock(out, "teacher output"):
+                pass
+        msg = str(e.value)
+        assert f"PID {proc.pid}" in msg and str(lock_path(out)) in msg and "teacher output" in msg
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_lock_released_when_holder_is_killed(tmp_path):
+    out = tmp_path / "run-dir"
+    proc = _holder(out)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with output_lock(out):  # the kernel dropped the dead holder's lock
+        assert lock_path(out).is_file()
+
+
+def test_sequential_writers_in_one_process(tmp_path):
+    out = tmp_path / "a" / "b.tsv"  # parent created
+    with output_lock(out):
+        pass
+    with output_lock(out):
+        pass
+    assert lock_path(out).parent == out.parent
