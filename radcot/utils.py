@@ -43,7 +43,8 @@ def atomic_dir(path: str | os.PathLike):
     """Yield a temp directory that replaces ``path`` (renamed) when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    # the PID in the name lets a later build remove what a killed one left (radcot.retrieval.base)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():

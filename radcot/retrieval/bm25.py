@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from radcot.records import DataFormatError, Doc, Query, RadcotError, ScoredDoc
+from radcot.retrieval.base import (as_queries, build_temp_prefix, collection_fingerprint, iter_docs,
+                                   remove_stale_build_dirs, rmtree_retry, run_interruptibly, sigterm_as_interrupt)
 from radcot.retrieval.errors import RetrievalIndexError
 
 logger = logging.getLogger(__name__)
@@ -47,20 +49,6 @@ CONTENTS_FIELD = "contents"
 DEFAULT_MAX_QUERY_TERMS = 8192
 
 _HIT = re.compile(r"doc=(\d+) score=(\S+) shardIndex=-?\d+ fields=\[[^,\]]*, \[([0-9a-f ]*)\]\]")
-
-
-def _as_queries(queries: Iterable[Query] | Mapping[str, str]) -> list[Query]:
-    if isinstance(queries, Mapping):
-        return [Query(str(q), str(t)) for q, t in queries.items()]
-    out = []
-    for q in queries:
-        if isinstance(q, Query):
-            out.append(q)
-        elif isinstance(q, (tuple, list)) and len(q) == 2:
-            out.append(Query(str(q[0]), str(q[1])))
-        else:
-            raise TypeError(f"expected Query(query_id, text) records or a {{qid: text}} mapping, got {type(q).__name__}")
-    return out
 
 
 def _heap_mb(heap: str) -> int:
@@ -164,6 +152,7 @@ class BM25Retriever:
         self._j: dict[str, Any] | None = None      # Java objects for the fast path, opened lazily
         self._simple = None                         # io.anserini.search.SimpleSearcher, opened lazily
         self._ids: dict[int, str] = {}              # Lucene doc number -> external doc id (cache)
+        self._fast_checked = False                  # the fast path agreed with SimpleSearcher on one query
 
     # ------------------------------------------------------------------------------------------ metadata
 
@@ -228,17 +217,39 @@ class BM25Retriever:
         Example:
             >>> bm25 = BM25Retriever.build("../shared/data/vaswani", "runs/vaswani-bm25")  # doctest: +SKIP
         """
-        from radcot.utils import atomic_dir, config_hash, progress_enabled
-
         index_dir = Path(index_dir)
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        fingerprint = _collection_fingerprint(collection)
+        fingerprint = collection_fingerprint(collection)
+        if cls._reusable(index_dir, fingerprint, overwrite):
+            return cls(index_dir, heap=heap, **params)
+        from radcot.java import start_jvm
+
+        start_jvm(heap)
+        t0 = time.time()
+        index_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_build_dirs(index_dir)
+        # the JsonCollection copy goes next to the index (same disk); it is deleted however the build ends
+        # (an exception, Ctrl-C or SIGTERM); a SIGKILLed build's copy is removed by the next build
+        tmp = Path(tempfile.mkdtemp(prefix=build_temp_prefix(index_dir, "jsoncoll"), dir=index_dir.parent))
+        try:
+            with sigterm_as_interrupt():
+                n = _write_json_collection(collection, tmp / "collection", threads, show_progress)
+                indexed = cls._index_collection(collection, tmp / "collection", index_dir, n, threads, heap,
+                                                fingerprint, t0)
+        finally:
+            rmtree_retry(tmp)
+        logger.info("indexed %d documents in %.1f s", indexed, time.time() - t0)
+        return cls(index_dir, heap=heap, **params)
+
+    @classmethod
+    def _reusable(cls, index_dir: Path, fingerprint: str | None, overwrite: bool) -> bool:
+        """Whether ``index_dir`` is a complete index of the same collection; refuses to replace foreign files."""
         if index_dir.exists() and not overwrite and fingerprint is not None:
             meta = cls._read_meta(index_dir) if index_dir.is_dir() else {}
             if meta.get("kind") == cls.kind and meta.get("collection_fingerprint") == fingerprint and meta.get("complete"):
                 logger.info("reusing BM25 index %s (built %s from the same collection)", index_dir, meta.get("created"))
-                return cls(index_dir, heap=heap, **params)
+                return True
         if index_dir.exists() and not index_dir.is_dir():
             raise FileExistsError(f"{index_dir} exists and is not a directory; choose another --index path")
         if index_dir.is_dir() and not overwrite and any(index_dir.iterdir()) and not (index_dir / META_FILE).is_file():
@@ -246,74 +257,33 @@ class BM25Retriever:
                                   f"Choose another --index path, or pass overwrite=True (--overwrite)")
         if index_dir.is_dir() and (index_dir / META_FILE).is_file() and not overwrite:
             logger.info("rebuilding %s: the collection or its files changed since it was built", index_dir)
+        return False
 
-        from radcot.java import autoclass, java_heap, start_jvm
+    @classmethod
+    def _index_collection(cls, collection, coll_dir: Path, index_dir: Path, n: int, threads: int, heap: str | None,
+                          fingerprint: str | None, t0: float) -> int:
+        """Anserini ``IndexCollection`` over ``coll_dir`` into a temp dir renamed to ``index_dir``; returns #indexed."""
+        from radcot.java import autoclass, java_heap
+        from radcot.utils import atomic_dir
 
-        start_jvm(heap)
-        from tqdm.auto import tqdm
-
-        t0 = time.time()
-        index_dir.parent.mkdir(parents=True, exist_ok=True)
-        # the JsonCollection copy goes next to the index (same disk), and is deleted afterwards
-        with tempfile.TemporaryDirectory(prefix=f".{index_dir.name}.jsoncoll-", dir=index_dir.parent) as tmp:
-            coll_dir = Path(tmp) / "collection"
-            coll_dir.mkdir()
-            files = [open(coll_dir / f"docs{i:02d}.jsonl", "w", encoding="utf-8") for i in range(threads)]
-            n = 0
-            docs = _iter_docs(collection)
+        buffer_mb = max(64, min(2048, _heap_mb(java_heap(heap)) // 4))
+        args = ["-collection", "JsonCollection", "-input", str(coll_dir), "-generator",
+                "DefaultLuceneDocumentGenerator", "-threads", str(threads), "-storePositions", "-storeDocvectors",
+                "-storeRaw", "-memoryBuffer", str(buffer_mb), "-quiet"]
+        with atomic_dir(index_dir) as out:
+            logger.info("indexing %d documents with Anserini IndexCollection (%d threads) into %s", n, threads, index_dir)
+            parser_args = autoclass("io.anserini.index.IndexCollection$Args")()
+            _parse_java_args(parser_args, args + ["-index", str(out)])
+            indexer = autoclass("io.anserini.index.IndexCollection")(parser_args)
             try:
-                with tqdm(desc="writing JsonCollection", unit="doc", disable=not progress_enabled(show_progress)) as bar:
-                    for doc in docs:
-                        rec = {"id": doc.doc_id, "contents": doc.contents}
-                        if doc.title:
-                            rec["title"] = doc.title
-                        files[n % threads].write(json.dumps(rec, ensure_ascii=False) + "\n")
-                        n += 1
-                        if n % 2000 == 0:
-                            bar.update(2000)
-                    bar.update(n % 2000)
-            finally:
-                for f in files:
-                    f.close()
-            if n == 0:
-                raise DataFormatError(str(collection) if isinstance(collection, (str, os.PathLike)) else "<documents>",
-                                      None, "at least one document", "none", "Check the collection path and format")
-            buffer_mb = max(64, min(2048, _heap_mb(java_heap(heap)) // 4))
-            args = ["-collection", "JsonCollection", "-input", str(coll_dir), "-generator",
-                    "DefaultLuceneDocumentGenerator", "-threads", str(threads), "-storePositions", "-storeDocvectors",
-                    "-storeRaw", "-memoryBuffer", str(buffer_mb), "-quiet"]
-            with atomic_dir(index_dir) as out:
-                logger.info("indexing %d documents with Anserini IndexCollection (%d threads) into %s", n, threads, index_dir)
-                parser_args = autoclass("io.anserini.index.IndexCollection$Args")()
-                _parse_java_args(parser_args, args + ["-index", str(out)])
-                indexer = autoclass("io.anserini.index.IndexCollection")(parser_args)
-                try:
-                    indexer.run()
-                except Exception as e:  # noqa: BLE001 - jnius wraps Java exceptions
-                    raise RetrievalIndexError(f"Anserini IndexCollection failed on {index_dir} ({type(e).__name__}: {e}); "
-                                      "if it ran out of memory, raise the heap (--heap 4g / RADCOT_JAVA_HEAP)") from e
-                counters = indexer.getCounters()
-                indexed = int(counters.indexed.get())
-                empty, unindexable, skipped, errors = (int(getattr(counters, c).get()) for c in
-                                                       ("empty", "unindexable", "skipped", "errors"))
-                if errors:
-                    raise RetrievalIndexError(f"Anserini reported {errors} errors while indexing {n} documents into {index_dir}")
-                if empty or unindexable or skipped:
-                    logger.warning("%d of %d documents were not indexed (empty: %d, unindexable: %d, skipped: %d); "
-                                   "they can never be retrieved", empty + unindexable + skipped, n, empty, unindexable, skipped)
-                meta = {
-                    "kind": cls.kind, "format": "lucene", "complete": True, "num_docs": indexed,
-                    "documents_read": n, "not_indexed": empty + unindexable + skipped,
-                    "collection": str(collection) if isinstance(collection, (str, os.PathLike)) else None,
-                    "collection_fingerprint": fingerprint, "contents": "title + '\\n' + text",
-                    "analyzer": "anserini DefaultEnglishAnalyzer (porter, stopwords)", "stored": ["positions", "docvectors", "raw"],
-                    "threads": threads, "anserini_jar": _jar_name(), "seconds": round(time.time() - t0, 2),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                }
-                meta["config_hash"] = config_hash({k: meta[k] for k in ("collection_fingerprint", "contents", "analyzer")})
-                (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        logger.info("indexed %d documents in %.1f s", indexed, time.time() - t0)
-        return cls(index_dir, heap=heap, **params)
+                # in a worker thread: Ctrl-C/SIGTERM interrupt the wait at once, and the temp dirs are removed
+                run_interruptibly(indexer.run, name="radcot-index")
+            except Exception as e:  # noqa: BLE001 - jnius wraps Java exceptions
+                raise RetrievalIndexError(f"Anserini IndexCollection failed on {index_dir} ({type(e).__name__}: {e}); "
+                                          "if it ran out of memory, raise the heap (--heap 4g / RADCOT_JAVA_HEAP)") from e
+            meta = _index_meta(cls.kind, indexer.getCounters(), collection, n, threads, fingerprint, index_dir, t0)
+            (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return meta["num_docs"]
 
     # ------------------------------------------------------------------------------------------ Java side
 
@@ -385,17 +355,46 @@ class BM25Retriever:
             text = text[:cut if cut > 0 else limit]
         return text
 
+    #: one hit in Lucene's ``TopFieldDocs.toString`` (Lucene 9.9): doc number, score, hex bytes of the id sort value
+    _hit_pattern = _HIT
+
     def _search_fast(self, query_id: str, text: str, k: int) -> list[tuple[str, float]]:
-        """One query through Lucene directly; ids from sort values, all hits in one string. BM25 only."""
+        """One query through Lucene directly; ids from sort values, all hits in one string. BM25 only.
+
+        The string is Lucene's ``toString`` of the hits, parsed by :attr:`_hit_pattern`. So that a change of that
+        format can never pass for "no results": the parsed hits must number what Lucene counted, and the first
+        query with hits is compared with Anserini's own ``SimpleSearcher`` (:meth:`_check_fast_path`).
+
+        Raises:
+            RetrievalIndexError: the parsed hits disagree with Lucene's count or with ``SimpleSearcher``.
+        """
         j = self._java()
         text = self._prepare(query_id, text)
         try:
             query = j["generator"].buildQuery(CONTENTS_FIELD, j["analyzer"], text)
             top = j["searcher"].search(query, int(k), j["sort"], True)
             dump = j["to_string"].toString(top)
+            total = top.totalHits  # TotalHits: "N hits" (exact) or "N+ hits" (a lower bound)
+            total_n, exact = int(total.value), not str(total.toString()).endswith("+ hits")
         except j["JavaException"] as e:
             raise RadcotError(f"Lucene failed on query {query_id} ({len(text)} characters): {e}") from e
-        hits = _HIT.findall(dump)
+        hits = self._parse_hits(dump)
+        expected = min(int(k), total_n)
+        if len(hits) < expected or (exact and len(hits) != expected):
+            raise RetrievalIndexError(
+                f"BM25 fast path on {self.index_dir}: read {len(hits)} hits for query {query_id!r} where Lucene found "
+                f"{expected} (k={k}); the format of Lucene's TopFieldDocs.toString has changed (Lucene "
+                f"{_lucene_version()}). Use batch_search(..., fast=False) and report this to radcot")
+        ranked = self._hits_to_ids(hits)
+        if ranked and not self._fast_checked:
+            self._check_fast_path(query_id, text, ranked)
+        return ranked
+
+    def _parse_hits(self, dump: str) -> list[tuple[str, str, str]]:
+        """``(lucene doc number, score, hex id bytes)`` of each hit in Lucene's ``toString`` of the top docs."""
+        return self._hit_pattern.findall(dump)
+
+    def _hits_to_ids(self, hits: list[tuple[str, str, str]]) -> list[tuple[str, float]]:
         ids = self._ids
         docids = []
         for lucene_doc, _, hexid in hits:
@@ -408,6 +407,30 @@ class BM25Retriever:
         scores = _adjust_ties([float(s) for _, s, _ in hits])
         return list(zip(docids, scores))
 
+    def _check_fast_path(self, query_id: str, text: str, ranked: list[tuple[str, float]], n: int = 10) -> None:
+        """Compare the fast path's top ``n`` for one query with Anserini's ``SimpleSearcher`` (once per retriever).
+
+        Raises:
+            RetrievalIndexError: different doc ids, order or scores.
+        """
+        n = min(n, len(ranked))
+        reference = [(h.docid, float(h.score)) for h in self._simple_searcher().search(text, n)]
+        mine = ranked[:n]
+        same = len(reference) == n and all(a == c and abs(b - d) <= 1e-3 * max(1.0, abs(d))
+                                           for (a, b), (c, d) in zip(mine, reference))
+        if not same:
+            raise RetrievalIndexError(
+                f"BM25 fast path on {self.index_dir} disagrees with Anserini's SimpleSearcher on query {query_id!r}: "
+                f"fast {mine[:3]}... vs SimpleSearcher {reference[:3]}...; Lucene's TopFieldDocs.toString format "
+                f"has probably changed (Lucene {_lucene_version()}). Use batch_search(..., fast=False) and report this")
+        self._fast_checked = True
+
+    def _lucene_count(self, text: str) -> int:
+        """How many documents match the (prepared) query text, by Lucene's own count (BM25, no feedback)."""
+        j = self._java()
+        query = j["generator"].buildQuery(CONTENTS_FIELD, j["analyzer"], text)
+        return int(j["searcher"].count(query))
+
     def _search_java_run(self, queries: Sequence[Query], k: int, threads: int) -> dict[str, list[tuple[str, float]]]:
         """Anserini ``SearchCollection`` writes the run in Java (used with RM3/Rocchio)."""
         from radcot.java import autoclass, ensure_max_clause_count, start_jvm
@@ -416,45 +439,60 @@ class BM25Retriever:
         ensure_max_clause_count(self.max_query_terms + 1024)
         with tempfile.TemporaryDirectory(prefix="radcot-search-") as tmp:
             topics, out = Path(tmp) / "topics.tsv", Path(tmp) / "run.trec"
-            with open(topics, "w", encoding="utf-8") as f:
-                for q in queries:
-                    if "\t" in q.query_id or "\n" in q.query_id or " " in q.query_id:
-                        raise DataFormatError("<queries>", None, "query ids without whitespace", repr(q.query_id))
-                    text = self._prepare(q.query_id, q.text)
-                    if text:  # an empty query matches nothing: its (empty) result list is already in place
-                        f.write(f"{q.query_id}\t{text}\n")
-            args = ["-index", str(self.index_dir.resolve()), "-topics", str(topics), "-topicReader", "TsvString",
-                    "-output", str(out), "-bm25", "-bm25.k1", repr(self.k1), "-bm25.b", repr(self.b), "-hits", str(k),
-                    "-threads", str(threads), "-parallelism", "1", "-runtag", "radcot", "-quiet"]
-            if self.rm3:
-                p = self.rm3_params
-                args += ["-rm3", "-rm3.fbTerms", str(int(p["fb_terms"])), "-rm3.fbDocs", str(int(p["fb_docs"])),
-                         "-rm3.originalQueryWeight", repr(float(p["original_query_weight"]))]
-                if not p["filter_terms"]:
-                    args.append("-rm3.noTermFilter")
-            if self.rocchio:
-                p = self.rocchio_params
-                args += ["-rocchio", "-rocchio.topFbTerms", str(int(p["top_fb_terms"])),
-                         "-rocchio.topFbDocs", str(int(p["top_fb_docs"])),
-                         "-rocchio.bottomFbTerms", str(int(p["bottom_fb_terms"])),
-                         "-rocchio.bottomFbDocs", str(int(p["bottom_fb_docs"])),
-                         "-rocchio.alpha", repr(float(p["alpha"])), "-rocchio.beta", repr(float(p["beta"])),
-                         "-rocchio.gamma", repr(float(p["gamma"]))]
-                if p["use_negative"]:
-                    args.append("-rocchio.useNegative")
+            prepared = self._write_topics(queries, topics)
             jargs = autoclass("io.anserini.search.SearchCollection$Args")()
-            _parse_java_args(jargs, args)
+            _parse_java_args(jargs, self._search_collection_args(topics, out, k, threads))
             sc = autoclass("io.anserini.search.SearchCollection")(jargs)
             try:
                 sc.run()
             finally:
                 sc.close()
-            results: dict[str, list[tuple[str, float]]] = {q.query_id: [] for q in queries}
-            with open(out, encoding="utf-8") as f:
-                for line in f:
-                    qid, _, did, _, score, _ = line.split()
-                    results.setdefault(qid, []).append((did, float(score)))
+            results = _read_java_run(out, queries)
+        self._check_empty_results(results, prepared)
         return results
+
+    def _write_topics(self, queries: Sequence[Query], topics: Path) -> dict[str, str]:
+        """The TSV topics file for ``SearchCollection``; returns ``{qid: prepared text}`` of the non-empty queries."""
+        prepared = {}
+        with open(topics, "w", encoding="utf-8") as f:
+            for q in queries:
+                if "\t" in q.query_id or "\n" in q.query_id or " " in q.query_id:
+                    raise DataFormatError("<queries>", None, "query ids without whitespace", repr(q.query_id))
+                text = self._prepare(q.query_id, q.text)
+                if text:  # an empty query matches nothing: its (empty) result list is already in place
+                    f.write(f"{q.query_id}\t{text}\n")
+                    prepared[q.query_id] = text
+        return prepared
+
+    def _search_collection_args(self, topics: Path, out: Path, k: int, threads: int) -> list[str]:
+        args = ["-index", str(self.index_dir.resolve()), "-topics", str(topics), "-topicReader", "TsvString",
+                "-output", str(out), "-bm25", "-bm25.k1", repr(self.k1), "-bm25.b", repr(self.b), "-hits", str(k),
+                "-threads", str(threads), "-parallelism", "1", "-runtag", "radcot", "-quiet"]
+        if self.rm3:
+            p = self.rm3_params
+            args += ["-rm3", "-rm3.fbTerms", str(int(p["fb_terms"])), "-rm3.fbDocs", str(int(p["fb_docs"])),
+                     "-rm3.originalQueryWeight", repr(float(p["original_query_weight"]))]
+            if not p["filter_terms"]:
+                args.append("-rm3.noTermFilter")
+        if self.rocchio:
+            p = self.rocchio_params
+            args += ["-rocchio", "-rocchio.topFbTerms", str(int(p["top_fb_terms"])),
+                     "-rocchio.topFbDocs", str(int(p["top_fb_docs"])),
+                     "-rocchio.bottomFbTerms", str(int(p["bottom_fb_terms"])),
+                     "-rocchio.bottomFbDocs", str(int(p["bottom_fb_docs"])),
+                     "-rocchio.alpha", repr(float(p["alpha"])), "-rocchio.beta", repr(float(p["beta"])),
+                     "-rocchio.gamma", repr(float(p["gamma"]))]
+            if p["use_negative"]:
+                args.append("-rocchio.useNegative")
+        return args
+
+    def _check_empty_results(self, results: dict[str, list], prepared: dict[str, str]) -> None:
+        """A non-empty query with no hits must be one Lucene itself matches nothing for (else raise)."""
+        for qid, text in prepared.items():
+            if not results.get(qid) and self._lucene_count(text) > 0:
+                raise RetrievalIndexError(
+                    f"Anserini SearchCollection returned no hits for query {qid!r} on {self.index_dir}, but Lucene "
+                    f"matches {self._lucene_count(text)} documents; the run file could not be read correctly")
 
     # ------------------------------------------------------------------------------------------ public search
 
@@ -496,7 +534,7 @@ class BM25Retriever:
         Returns:
             ``{qid: [ScoredDoc, ...]}`` with every query id present (``[]`` when nothing matched).
         """
-        qs = _as_queries(queries)
+        qs = as_queries(queries)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if not fast:
@@ -513,7 +551,7 @@ class BM25Retriever:
             >>> run = bm25.run(read_queries("../shared/data/vaswani"), k=1000)   # doctest: +SKIP
             >>> write_run(run, "runs/vaswani.bm25.trec")                         # doctest: +SKIP
         """
-        qs = _as_queries(queries)
+        qs = as_queries(queries)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         return {qid: dict(hits) for qid, hits in self._ranked(qs, k, threads, show_progress).items()}
@@ -669,28 +707,86 @@ def _parse_java_args(args_obj, argv: list[str]) -> None:
         raise RadcotError(f"Anserini rejected the arguments {argv}: {e}") from e
 
 
-def _iter_docs(collection) -> Iterable[Doc]:
-    if isinstance(collection, (str, os.PathLike)):
-        from radcot.data.readers import read_corpus
+def _write_json_collection(collection, coll_dir: Path, threads: int, show_progress: bool | None) -> int:
+    """Stream the documents into ``threads`` JsonCollection files (``{"id", "contents"[, "title"]}``); returns #docs.
 
-        return read_corpus(collection)
-    return (d if isinstance(d, Doc) else Doc(*d) for d in collection)
+    Raises:
+        DataFormatError: the collection holds no document.
+    """
+    from tqdm.auto import tqdm
+
+    from radcot.utils import progress_enabled
+
+    coll_dir.mkdir(parents=True)
+    files = [open(coll_dir / f"docs{i:02d}.jsonl", "w", encoding="utf-8") for i in range(threads)]
+    n = 0
+    try:
+        with tqdm(desc="writing JsonCollection", unit="doc", disable=not progress_enabled(show_progress)) as bar:
+            for doc in iter_docs(collection):
+                rec = {"id": doc.doc_id, "contents": doc.contents}
+                if doc.title:
+                    rec["title"] = doc.title
+                files[n % threads].write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += 1
+                if n % 2000 == 0:
+                    bar.update(2000)
+            bar.update(n % 2000)
+    finally:
+        for f in files:
+            f.close()
+    if n == 0:
+        raise DataFormatError(str(collection) if isinstance(collection, (str, os.PathLike)) else "<documents>",
+                              None, "at least one document", "none", "Check the collection path and format")
+    return n
 
 
-def _collection_fingerprint(collection) -> str | None:
-    """Size and mtime of the collection's files (cheap; a changed collection means a rebuild)."""
-    if not isinstance(collection, (str, os.PathLike)):
-        return None
-    path = Path(collection)
-    if not path.exists():
-        raise FileNotFoundError(f"collection {path} does not exist (expected a BEIR directory, a JsonCollection "
-                                f"directory/file or an MS MARCO collection.tsv)")
+def _index_meta(kind: str, counters, collection, n: int, threads: int, fingerprint: str | None, index_dir: Path,
+                t0: float) -> dict:
+    """``radcot_index.json`` of a finished build, from Anserini's counters (raises if it reported errors)."""
     from radcot.utils import config_hash
 
-    from radcot.data.readers import _corpus_files
+    indexed = int(counters.indexed.get())
+    empty, unindexable, skipped, errors = (int(getattr(counters, c).get()) for c in
+                                           ("empty", "unindexable", "skipped", "errors"))
+    if errors:
+        raise RetrievalIndexError(f"Anserini reported {errors} errors while indexing {n} documents into {index_dir}")
+    if empty or unindexable or skipped:
+        logger.warning("%d of %d documents were not indexed (empty: %d, unindexable: %d, skipped: %d); "
+                       "they can never be retrieved", empty + unindexable + skipped, n, empty, unindexable, skipped)
+    meta = {
+        "kind": kind, "format": "lucene", "complete": True, "num_docs": indexed,
+        "documents_read": n, "not_indexed": empty + unindexable + skipped,
+        "collection": str(collection) if isinstance(collection, (str, os.PathLike)) else None,
+        "collection_fingerprint": fingerprint, "contents": "title + '\\n' + text",
+        "analyzer": "anserini DefaultEnglishAnalyzer (porter, stopwords)", "stored": ["positions", "docvectors", "raw"],
+        "threads": threads, "anserini_jar": _jar_name(), "seconds": round(time.time() - t0, 2),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    meta["config_hash"] = config_hash({k: meta[k] for k in ("collection_fingerprint", "contents", "analyzer")})
+    return meta
 
-    files = _corpus_files(path)
-    return config_hash([(str(p.resolve()), p.stat().st_size, int(p.stat().st_mtime)) for p in files], n=16)
+
+def _read_java_run(path: Path, queries: Sequence[Query]) -> dict[str, list[tuple[str, float]]]:
+    """The TREC run ``SearchCollection`` wrote, as ``{qid: [(doc_id, score), ...]}`` for exactly ``queries``."""
+    results: dict[str, list[tuple[str, float]]] = {q.query_id: [] for q in queries}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if len(fields) != 6 or fields[0] not in results:
+                raise RetrievalIndexError(f"Anserini SearchCollection wrote an unexpected line {lineno} in {path}: "
+                                          f"{line.strip()[:120]!r} (expected 'qid Q0 docid rank score tag' of a "
+                                          "known query)")
+            results[fields[0]].append((fields[2], float(fields[4])))
+    return results
+
+
+def _lucene_version() -> str:
+    try:
+        from radcot.java import autoclass
+
+        return str(autoclass("org.apache.lucene.util.Version").LATEST.toString())
+    except Exception:  # noqa: BLE001 - informational only
+        return "unknown"
 
 
 def _jar_name() -> str | None:
