@@ -16,6 +16,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from radcot.records import DataFormatError, Doc, OfflineResourceError, Query, ScoredDoc
+from radcot.retrieval.base import (as_queries, collection_fingerprint, iter_docs, remove_stale_build_dirs,
+                                   sigterm_as_interrupt)
 from radcot.retrieval.errors import RetrievalIndexError
 
 logger = logging.getLogger(__name__)
@@ -68,7 +71,7 @@ def load_encoder(name: str | None = None, device: str = "cpu"):
         MissingDependencyError: sentence-transformers is not installed.
         OfflineResourceError: the model is neither local nor downloadable.
     """
-    from radcot._deps import require
+    from radcot._deps import hub_reachable, require
 
     st = require("sentence_transformers", "dense retrieval", extra="dense")
     recorded, source = resolve_encoder(name)
@@ -81,7 +84,7 @@ def load_encoder(name: str | None = None, device: str = "cpu"):
         return st.SentenceTransformer(source, device=device, local_files_only=True)
     except Exception as e:  # noqa: BLE001 - missing-from-cache errors come in several types
         cache_error = e
-    if not _hub_reachable():
+    if not hub_reachable():
         raise OfflineResourceError(f"could not load the sentence-transformers encoder {recorded!r}: {hint} "
                                    f"({type(cache_error).__name__}: {str(cache_error)[:200]})") from cache_error
     try:
@@ -90,35 +93,6 @@ def load_encoder(name: str | None = None, device: str = "cpu"):
         raise OfflineResourceError(f"could not load the sentence-transformers encoder {recorded!r} "
                                    f"({type(e).__name__}: {str(e)[:300]}); check the name, or download it and "
                                    "pass the local directory") from e
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers a TCP connection (False at once under HF_HUB_OFFLINE=1)."""
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _as_queries(queries) -> list[Query]:
-    if isinstance(queries, Mapping):
-        return [Query(str(q), str(t)) for q, t in queries.items()]
-    return [q if isinstance(q, Query) else Query(str(q[0]), str(q[1])) for q in queries]
-
-
-def _iter_docs(collection) -> Iterable[Doc]:
-    if isinstance(collection, (str, os.PathLike)):
-        from radcot.data.readers import read_corpus
-
-        return read_corpus(collection)
-    return (d if isinstance(d, Doc) else Doc(*d) for d in collection)
 
 
 class DenseRetriever:
@@ -186,6 +160,10 @@ class DenseRetriever:
               show_progress: bool | None = True, overwrite: bool = False, **params) -> "DenseRetriever":
         """Encode a collection and write a FAISS index (resumable; atomic).
 
+        An interrupted build (an exception, Ctrl-C, SIGTERM) leaves no half-written index: the temporary copy
+        is removed, and only the finished embedding chunks stay in ``.<index>.partial/`` for the same command
+        to resume from. Temporary directories of builds killed outright (SIGKILL) are removed by the next build.
+
         Args:
             collection: anything :func:`radcot.data.readers.read_corpus` reads, or an iterable of :class:`Doc`.
             index_dir: output directory.
@@ -207,10 +185,8 @@ class DenseRetriever:
         Example:
             >>> DenseRetriever.build("../shared/data/cranfield", "runs/cran-dense", index_type="hnsw")  # doctest: +SKIP
         """
-        import numpy as np
-
         from radcot._deps import require
-        from radcot.utils import atomic_dir, config_hash, progress_enabled
+        from radcot.utils import config_hash
 
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}")
@@ -218,102 +194,57 @@ class DenseRetriever:
         index_dir = Path(index_dir)
         recorded, _ = resolve_encoder(encoder)
         settings = {"encoder": recorded, "normalize": bool(normalize), "max_seq_length": max_seq_length,
-                    "collection": _fingerprint(collection), "chunk_size": int(chunk_size)}
+                    "collection": collection_fingerprint(collection), "chunk_size": int(chunk_size)}
         key = config_hash(settings)
+        if cls._reusable(index_dir, settings, key, index_type, overwrite):
+            return cls(index_dir, device=device, **params)
+        remove_stale_build_dirs(index_dir)
+        work = index_dir.parent / f".{index_dir.name}.partial"
+        t0 = time.time()
+        try:
+            with sigterm_as_interrupt():
+                n = _write_docs(collection, work, key, settings)
+                model = load_encoder(encoder, device=device)
+                if max_seq_length:
+                    model.max_seq_length = int(max_seq_length)
+                dims = _dims(model)
+                _encode_chunks(model, work, n, chunk_size, batch_size, normalize, show_progress)
+                index = _faiss_index(faiss, work, n, dims, chunk_size, index_type, hnsw_m, ef_construction, index_dir)
+                meta = {"kind": cls.kind, "format": "faiss", "complete": True, "encoder": recorded, "dims": dims,
+                        "index_type": index_type, "metric": "inner_product", "normalize": bool(normalize),
+                        "num_docs": n, "max_seq_length": int(model.max_seq_length), "build_key": key,
+                        "collection": str(collection) if isinstance(collection, (str, os.PathLike)) else None,
+                        "hnsw_m": int(hnsw_m) if index_type == "hnsw" else None,
+                        "ef_construction": int(ef_construction) if index_type == "hnsw" else None,
+                        "seconds": round(time.time() - t0, 2),
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                _write_index(faiss, index, work, index_dir, meta)
+        except KeyboardInterrupt:
+            if work.exists():
+                logger.warning("dense build of %s interrupted: the finished embedding chunks are kept in %s; the same "
+                               "command resumes from them (delete the directory to start over)", index_dir, work)
+            raise
+        shutil.rmtree(work, ignore_errors=True)
+        logger.info("dense index %s: %d docs x %d dims (%s) in %.1f s", index_dir, n, dims, index_type, time.time() - t0)
+        retriever = cls(index_dir, device=device, **params)
+        retriever._model = model
+        return retriever
+
+    @classmethod
+    def _reusable(cls, index_dir: Path, settings: dict, key: str, index_type: str, overwrite: bool) -> bool:
+        """Whether ``index_dir`` is a complete index with the same build key; refuses to replace foreign files."""
         if index_dir.is_dir() and not overwrite and settings["collection"] is not None:
             meta_path = index_dir / META_FILE
             if meta_path.is_file():
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
                 if meta.get("build_key") == key and meta.get("index_type") == index_type and meta.get("complete"):
                     logger.info("reusing dense index %s (same collection and encoder)", index_dir)
-                    return cls(index_dir, device=device, **params)
+                    return True
         if index_dir.is_dir() and not overwrite and any(index_dir.iterdir()) and not (index_dir / META_FILE).is_file():
             raise FileExistsError(f"{index_dir} exists and was not built by radcot; refusing to replace it. "
                                   f"Choose another --index path, or pass overwrite=True (--overwrite)")
-        work = index_dir.parent / f".{index_dir.name}.partial"
-        state_path = work / "state.json"
-        if work.exists():
-            state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-            if state.get("build_key") != key:
-                logger.info("discarding partial dense build %s (different collection or settings)", work)
-                shutil.rmtree(work)
-        work.mkdir(parents=True, exist_ok=True)
-        t0 = time.time()
-        # 1. documents -> docids.txt, docs.jsonl, offsets (cheap; redone unless complete)
-        if not (work / "docs.done").is_file():
-            offsets = []
-            with open(work / "docids.txt", "w", encoding="utf-8") as fid, open(work / "docs.jsonl", "wb") as fdoc:
-                for doc in _iter_docs(collection):
-                    if "\n" in doc.doc_id:
-                        raise DataFormatError("<collection>", None, "doc ids without newlines", repr(doc.doc_id))
-                    offsets.append(fdoc.tell())
-                    fdoc.write((json.dumps({"id": doc.doc_id, "title": doc.title, "text": doc.text},
-                                           ensure_ascii=False) + "\n").encode("utf-8"))
-                    fid.write(doc.doc_id + "\n")
-            if not offsets:
-                raise DataFormatError(str(collection), None, "at least one document", "none",
-                                      "Check the collection path and format")
-            np.save(work / "doc_offsets.npy", np.asarray(offsets, dtype=np.int64))
-            state_path.write_text(json.dumps({"build_key": key, **settings}, indent=2, default=str))
-            (work / "docs.done").write_text("ok\n")
-        offsets = np.load(work / "doc_offsets.npy")
-        n = len(offsets)
-        # 2. embeddings, chunk by chunk (resumable)
-        model = load_encoder(encoder, device=device)
-        if max_seq_length:
-            model.max_seq_length = int(max_seq_length)
-        dims = _dims(model)
-        n_chunks = (n + chunk_size - 1) // chunk_size
-        todo = [c for c in range(n_chunks) if not (work / f"emb-{c:05d}.npy").is_file()]
-        if len(todo) < n_chunks:
-            logger.info("resuming dense build: %d of %d embedding chunks already done", n_chunks - len(todo), n_chunks)
-        from tqdm.auto import tqdm
+        return False
 
-        with open(work / "docs.jsonl", "rb") as fdoc, \
-                tqdm(total=n, initial=n - sum(min(n, (c + 1) * chunk_size) - c * chunk_size for c in todo), desc="encoding docs",
-                     unit="doc", disable=not progress_enabled(show_progress)) as bar:
-            for c in todo:
-                lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
-                fdoc.seek(int(offsets[lo]))
-                texts = []
-                for _ in range(hi - lo):
-                    obj = json.loads(fdoc.readline())
-                    texts.append(Doc(obj["id"], obj["text"], obj["title"]).contents)
-                emb = model.encode(texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True,
-                                   normalize_embeddings=normalize).astype(np.float32)  # (chunk, dims)
-                tmp = work / f".emb-{c:05d}.npy"
-                np.save(tmp, emb)
-                os.replace(tmp, work / f"emb-{c:05d}.npy")
-                bar.update(hi - lo)
-        # 3. FAISS index, written atomically with the docs and metadata
-        if index_type == "flat":
-            index = faiss.IndexFlatIP(dims)
-        else:
-            index = faiss.IndexHNSWFlat(dims, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = int(ef_construction)
-        for c in range(n_chunks):
-            index.add(np.load(work / f"emb-{c:05d}.npy"))
-        if index.ntotal != n:
-            raise RetrievalIndexError(f"dense build of {index_dir}: {index.ntotal} vectors for {n} documents; "
-                                      f"delete {work} and rebuild")
-        with atomic_dir(index_dir) as out:
-            faiss.write_index(index, str(out / "index.faiss"))
-            for name in ("docids.txt", "docs.jsonl", "doc_offsets.npy"):
-                shutil.copyfile(work / name, out / name)
-            meta = {"kind": cls.kind, "format": "faiss", "complete": True, "encoder": recorded, "dims": dims,
-                    "index_type": index_type, "metric": "inner_product", "normalize": bool(normalize),
-                    "num_docs": n, "max_seq_length": int(model.max_seq_length), "build_key": key,
-                    "collection": str(collection) if isinstance(collection, (str, os.PathLike)) else None,
-                    "hnsw_m": int(hnsw_m) if index_type == "hnsw" else None,
-                    "ef_construction": int(ef_construction) if index_type == "hnsw" else None,
-                    "seconds": round(time.time() - t0, 2),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        shutil.rmtree(work, ignore_errors=True)
-        logger.info("dense index %s: %d docs x %d dims (%s) in %.1f s", index_dir, n, dims, index_type, time.time() - t0)
-        retriever = cls(index_dir, device=device, **params)
-        retriever._model = model
-        return retriever
 
     # ------------------------------------------------------------------------------------------ loading
 
@@ -388,16 +319,13 @@ class DenseRetriever:
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        qs = _as_queries(queries)
+        qs = as_queries(queries)
         self._load()
         if not qs:
             return {}
-        if threads:
-            import faiss
-
-            faiss.omp_set_num_threads(int(threads))
         q_emb = self.encode_queries([q.text for q in qs], show_progress=show_progress)  # (Q, dims)
-        scores, rows = self._index.search(q_emb, min(int(k), self._index.ntotal))      # (Q, k), (Q, k)
+        with _faiss_threads(threads):
+            scores, rows = self._index.search(q_emb, min(int(k), self._index.ntotal))  # (Q, k), (Q, k)
         out: dict[str, list[ScoredDoc]] = {}
         docids = self._docids
         for q, srow, irow in zip(qs, scores.tolist(), rows.tolist()):
@@ -440,18 +368,120 @@ class DenseRetriever:
         return Doc(obj["id"], obj["text"], obj.get("title", ""))
 
     def close(self) -> None:
-        """Drop the index and encoder from memory."""
+        """Drop the index and encoder from memory (they load again on the next search)."""
         self._index = self._model = self._docids = self._row_of = self._offsets = None
 
+    def __enter__(self):
+        return self
 
-def _fingerprint(collection) -> str | None:
-    if not isinstance(collection, (str, os.PathLike)):
-        return None
-    from radcot.data.readers import _corpus_files
-    from radcot.utils import config_hash
+    def __exit__(self, *exc):
+        self.close()
 
-    files = _corpus_files(Path(collection))
-    return config_hash([(str(p.resolve()), p.stat().st_size, int(p.stat().st_mtime)) for p in files], n=16)
+
+@contextlib.contextmanager
+def _faiss_threads(threads: int | None):
+    """FAISS's (process-wide) OpenMP thread count set to ``threads`` for the block, and restored after."""
+    if not threads:
+        yield
+        return
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _write_docs(collection, work: Path, key: str, settings: dict) -> int:
+    """Step 1 (redone unless complete): ``docids.txt``, ``docs.jsonl`` and ``doc_offsets.npy`` in ``work``; #docs."""
+    import numpy as np
+
+    state_path = work / "state.json"
+    if work.exists():
+        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+        if state.get("build_key") != key:
+            logger.info("discarding partial dense build %s (different collection or settings)", work)
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "docs.done").is_file():
+        offsets = []
+        with open(work / "docids.txt", "w", encoding="utf-8") as fid, open(work / "docs.jsonl", "wb") as fdoc:
+            for doc in iter_docs(collection):
+                if "\n" in doc.doc_id:
+                    raise DataFormatError("<collection>", None, "doc ids without newlines", repr(doc.doc_id))
+                offsets.append(fdoc.tell())
+                fdoc.write((json.dumps({"id": doc.doc_id, "title": doc.title, "text": doc.text},
+                                       ensure_ascii=False) + "\n").encode("utf-8"))
+                fid.write(doc.doc_id + "\n")
+        if not offsets:
+            raise DataFormatError(str(collection), None, "at least one document", "none",
+                                  "Check the collection path and format")
+        np.save(work / "doc_offsets.npy", np.asarray(offsets, dtype=np.int64))
+        state_path.write_text(json.dumps({"build_key": key, **settings}, indent=2, default=str))
+        (work / "docs.done").write_text("ok\n")
+    return len(np.load(work / "doc_offsets.npy"))
+
+
+def _encode_chunks(model, work: Path, n: int, chunk_size: int, batch_size: int, normalize: bool,
+                   show_progress: bool | None) -> None:
+    """Step 2 (resumable): embed the documents chunk by chunk into ``work/emb-NNNNN.npy``."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from radcot.utils import progress_enabled
+
+    offsets = np.load(work / "doc_offsets.npy")
+    n_chunks = (n + chunk_size - 1) // chunk_size
+    todo = [c for c in range(n_chunks) if not (work / f"emb-{c:05d}.npy").is_file()]
+    if len(todo) < n_chunks:
+        logger.info("resuming dense build: %d of %d embedding chunks already done", n_chunks - len(todo), n_chunks)
+    done = n - sum(min(n, (c + 1) * chunk_size) - c * chunk_size for c in todo)
+    with open(work / "docs.jsonl", "rb") as fdoc, \
+            tqdm(total=n, initial=done, desc="encoding docs", unit="doc", disable=not progress_enabled(show_progress)) as bar:
+        for c in todo:
+            lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
+            fdoc.seek(int(offsets[lo]))
+            texts = []
+            for _ in range(hi - lo):
+                obj = json.loads(fdoc.readline())
+                texts.append(Doc(obj["id"], obj["text"], obj["title"]).contents)
+            emb = model.encode(texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True,
+                               normalize_embeddings=normalize).astype(np.float32)  # (chunk, dims)
+            tmp = work / f".emb-{c:05d}.npy"
+            np.save(tmp, emb)
+            os.replace(tmp, work / f"emb-{c:05d}.npy")
+            bar.update(hi - lo)
+
+
+def _faiss_index(faiss, work: Path, n: int, dims: int, chunk_size: int, index_type: str, hnsw_m: int,
+                 ef_construction: int, index_dir: Path):
+    """Step 3: the FAISS index over the saved chunks (flat inner product, or HNSW)."""
+    import numpy as np
+
+    if index_type == "flat":
+        index = faiss.IndexFlatIP(dims)
+    else:
+        index = faiss.IndexHNSWFlat(dims, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(ef_construction)
+    for c in range((n + chunk_size - 1) // chunk_size):
+        index.add(np.load(work / f"emb-{c:05d}.npy"))
+    if index.ntotal != n:
+        raise RetrievalIndexError(f"dense build of {index_dir}: {index.ntotal} vectors for {n} documents; "
+                                  f"delete {work} and rebuild")
+    return index
+
+
+def _write_index(faiss, index, work: Path, index_dir: Path, meta: dict) -> None:
+    """Step 4: index, documents and metadata into a temp dir renamed to ``index_dir`` (removed on any failure)."""
+    from radcot.utils import atomic_dir
+
+    with atomic_dir(index_dir) as out:
+        faiss.write_index(index, str(out / "index.faiss"))
+        for name in ("docids.txt", "docs.jsonl", "doc_offsets.npy"):
+            shutil.copyfile(work / name, out / name)
+        (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _dims(model) -> int:

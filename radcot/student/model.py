@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from radcot._deps import require
+from radcot._deps import hub_reachable, require  # noqa: F401 - hub_reachable is re-exported (tests, callers)
 from radcot.records import DataFormatError, OfflineResourceError, RadcotError
 from radcot.student.data import NO_CONTEXT_TEMPLATE, PASSAGE_TEMPLATE, FiDCollator
 from radcot.utils import atomic_dir, write_json
@@ -96,26 +96,6 @@ def quiet_hf():
     finally:
         if was:
             hf_logging.enable_progress_bar()
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub (``HF_ENDPOINT``) answers a TCP connection within ``timeout`` seconds.
-
-    Checked before loading a hub name so that an offline machine fails in seconds, not after the hub
-    client's minute of retries. ``HF_HUB_OFFLINE=1`` counts as unreachable.
-    """
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _is_hub_name(name: str) -> bool:

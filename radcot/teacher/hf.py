@@ -141,7 +141,9 @@ class HFBackend(TeacherBackend):
             require("gguf", "loading a GGUF model", extra="teacher")
             require("accelerate", "loading a GGUF model (transformers needs it)", extra="teacher")
         if local_files_only is None:
-            local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+            from radcot._deps import hub_offline
+
+            local_files_only = hub_offline()
         kwargs: dict[str, Any] = {"local_files_only": local_files_only, "trust_remote_code": trust_remote_code}
         if gguf:
             kwargs["gguf_file"] = gguf
