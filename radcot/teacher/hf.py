@@ -94,7 +94,8 @@ class HFBackend(TeacherBackend):
         chat: use the tokenizer's chat template (``None``: when the tokenizer has one).
         system: optional system message for the chat template (``None`` keeps the template's default).
         max_input_tokens: prompts longer than this are cut from the left (keeps the question's end).
-        threads: ``torch.set_num_threads`` (``None`` leaves torch's default).
+        threads: torch's intra-op threads while this backend lives (``None`` leaves torch's setting alone).
+            ``torch.set_num_threads`` is process-wide: the previous value is restored by :meth:`close`.
         local_files_only: never contact the hub (``None``: from ``HF_HUB_OFFLINE``).
         show_progress: show transformers' loading bars.
 
@@ -133,7 +134,9 @@ class HFBackend(TeacherBackend):
         self.device = device
         self.system = system
         self.max_input_tokens = int(max_input_tokens)
+        self._threads_before: int | None = None
         if threads:
+            self._threads_before = torch.get_num_threads()
             torch.set_num_threads(int(threads))
         source, gguf, display = _resolve_model(model, gguf_file)
         self.source, self.gguf_file, self.model = source, gguf, display
@@ -257,15 +260,15 @@ class HFBackend(TeacherBackend):
             "pad_token_id": tok.pad_token_id,
             "eos_token_id": self._eos,
         }
+        seed = None
         if params.temperature > 0:
             gen_kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
+            seed = params.seed
         else:
             gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if params.stop:
             gen_kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
-        with torch.inference_mode():
+        with self._seeded(seed), torch.inference_mode():
             seqs = self._model.generate(**enc, **gen_kwargs)  # (B, L + T)
         new = seqs[:, prompt_len:]  # (B, T) generated part, right-padded with pad after eos
         results = []
@@ -284,6 +287,27 @@ class HFBackend(TeacherBackend):
                                       completion_tokens=n + eos_seen))
         return results
 
+    def _seeded(self, seed: int | None):
+        """A context in which torch's global RNG is seeded with ``seed``, restored afterwards (nothing if ``None``)."""
+        import contextlib
+
+        if seed is None:
+            return contextlib.nullcontext()
+        torch = self._torch
+        dev = torch.device(self.device)
+        devices = [dev.index or 0] if dev.type == "cuda" else []
+
+        @contextlib.contextmanager
+        def seeded():
+            with torch.random.fork_rng(devices=devices):
+                torch.random.default_generator.manual_seed(seed)
+                if devices:  # only the model's device: other GPUs' generators are left alone
+                    with torch.cuda.device(devices[0]):
+                        torch.cuda.manual_seed(seed)
+                yield
+
+        return seeded()
+
     def generate(self, items: Sequence[TeachItem], params: GenerationParams) -> list[Generation | TeacherError]:
         texts = [self.format_prompt(it.prompt) for it in items]
         try:
@@ -292,4 +316,8 @@ class HFBackend(TeacherBackend):
             return [TeacherError(f"{self.model} generation failed: {type(e).__name__}: {e}")] * len(items)
 
     def close(self) -> None:
+        """Drop the model and restore torch's thread count if ``threads`` changed it."""
         self._model = None  # type: ignore[assignment]
+        if self._threads_before is not None:
+            self._torch.set_num_threads(self._threads_before)
+            self._threads_before = None
