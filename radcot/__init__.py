@@ -36,6 +36,7 @@ _EXPORTS = {
     # retrieval
     "BM25Retriever": "radcot.retrieval.bm25",
     "DenseRetriever": "radcot.retrieval.dense",
+    "Retriever": "radcot.retrieval.base",
     "load_retriever": "radcot.retrieval",
     "reciprocal_rank_fusion": "radcot.retrieval.fusion",
     # teacher

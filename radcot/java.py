@@ -94,6 +94,7 @@ def start_jvm(heap: str | None = None) -> None:
     Process-wide effects (a JVM is one per process): pyjnius finds ``libjvm`` through ``JAVA_HOME`` when it
     starts the JVM, so ``JAVA_HOME`` is set to :func:`java_home` for that moment only and restored (or unset)
     right after; the JVM's heap, classpath and logging levels stay as set here for the life of the process.
+    The JVM is started with ``-Xrs``, so it leaves the process's SIGINT/SIGTERM handling to Python.
 
     Args:
         heap: maximum heap, e.g. ``"4g"``; default ``$RADCOT_JAVA_HEAP`` or ``2g``.
@@ -128,7 +129,9 @@ def start_jvm(heap: str | None = None) -> None:
         if str(jar) not in (jnius_config.classpath or []):
             jnius_config.add_classpath(str(jar))
         options = set(jnius_config.get_options())
-        for opt in (f"-Xmx{xmx}", "-Dlog4j2.level=WARN", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn"):
+        # -Xrs: the JVM installs no SIGINT/SIGTERM handlers of its own (they would end the process at once,
+        # skipping Python's clean-up); Ctrl-C stays a KeyboardInterrupt
+        for opt in (f"-Xmx{xmx}", "-Xrs", "-Dlog4j2.level=WARN", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn"):
             if opt not in options:
                 jnius_config.add_options(opt)
         # jnius locates libjvm through JAVA_HOME when it is imported: overwrite it (never setdefault) for the

@@ -53,8 +53,6 @@ def test_expand_cli_with_student(trained_student, cranfield_bm25_index, five_que
 
 def test_student_samples_fused_with_rrf(trained_student, cranfield_retriever, five_queries):
     """samples=3: the student samples three CoTs per query; the searcher's run is the RRF of the three runs."""
-    from radcot.retrieval.fusion import reciprocal_rank_fusion
-
     ex = QueryExpander(trained_student, formula="query2doc", samples=3, retriever=cranfield_retriever,
                        generate_kwargs={"max_new_tokens": 12, "temperature": 1.0, "seed": 5})
     cots = ex.cots(five_queries)
@@ -66,7 +64,13 @@ def test_student_samples_fused_with_rrf(trained_student, cranfield_retriever, fi
     runs = [cranfield_retriever.batch_search([type(q)(q.query_id, s[q.query_id]) for q in five_queries], k=50)
             for s in per_sample]
     fused = ExpandedSearcher(cranfield_retriever, ex, rrf_k=60, depth=50).batch_search(five_queries, k=10)
-    expected = reciprocal_rank_fusion(runs, k=60, depth=50)
+    # RRF computed here by hand (Cormack et al. 2009): sum over runs of 1 / (60 + rank), ranks from 1
     for q in five_queries:
-        top = sorted(expected[q.query_id].items(), key=lambda t: (-t[1], t[0]))[:10]
+        expected: dict[str, float] = {}
+        for run in runs:
+            ranked = sorted(run[q.query_id], key=lambda h: (-h.score, h.doc_id))[:50]
+            for rank, hit in enumerate(ranked, start=1):
+                expected[hit.doc_id] = expected.get(hit.doc_id, 0.0) + 1.0 / (60 + rank)
+        top = sorted(expected.items(), key=lambda t: (-t[1], t[0]))[:10]
         assert [d for d, _ in top] == [s.doc_id for s in fused[q.query_id]]
+        assert [s.score for s in fused[q.query_id]] == pytest.approx([v for _, v in top])

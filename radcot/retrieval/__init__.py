@@ -4,9 +4,11 @@
 - :class:`~radcot.retrieval.dense.DenseRetriever`: a sentence-transformers encoder + FAISS.
 - :func:`~radcot.retrieval.fusion.reciprocal_rank_fusion` of runs.
 
-Both retrievers share one shape: ``build(collection, index_dir, ...)``, ``search(query, k)``,
-``batch_search(queries, k) -> {qid: [ScoredDoc]}``, ``run(queries, k) -> {qid: {docid: score}}`` and
-``doc(doc_id) -> Doc | None``. Nothing heavy (JVM, torch, FAISS) is imported until an index is used.
+Both retrievers implement one contract, :class:`~radcot.retrieval.base.Retriever` (a ``typing.Protocol``):
+``search(query, k)``, ``batch_search(queries, k, threads) -> {qid: [ScoredDoc]}``,
+``run(queries, k) -> {qid: {docid: score}}``, ``write_run``, ``doc(doc_id) -> Doc | None``, ``close()``,
+``config``, ``num_docs``, ``kind`` and ``index_dir``; each also has ``build(collection, index_dir, ...)``.
+Nothing heavy (JVM, torch, FAISS) is imported until an index is used.
 
 Example:
     >>> from radcot.retrieval import load_retriever
@@ -22,12 +24,13 @@ from radcot._deps import lazy_exports
 
 from radcot.retrieval.errors import RetrievalIndexError
 
-__all__ = ["BM25Retriever", "DenseRetriever", "load_retriever", "index_kind", "reciprocal_rank_fusion",
+__all__ = ["BM25Retriever", "DenseRetriever", "Retriever", "load_retriever", "index_kind", "reciprocal_rank_fusion",
            "RetrievalIndexError"]
 
 _LAZY = {
     "BM25Retriever": "radcot.retrieval.bm25",
     "DenseRetriever": "radcot.retrieval.dense",
+    "Retriever": "radcot.retrieval.base",
     "reciprocal_rank_fusion": "radcot.retrieval.fusion",
 }
 

@@ -221,6 +221,21 @@ def remove_stale_build_dirs(index_dir: PathLike) -> list[Path]:
     return removed
 
 
+def remove_own_build_dirs(index_dir: PathLike) -> None:
+    """Remove this process's temporary build directories of ``index_dir`` (after an interrupted build).
+
+    Retries while a writer thread that is being abandoned (the JVM's indexer) may still add files.
+    """
+    index_dir = Path(index_dir)
+    if not index_dir.parent.is_dir():
+        return
+    patterns = [re.compile(p.format(name=re.escape(index_dir.name))) for p in _TEMP_PATTERNS]
+    for entry in index_dir.parent.iterdir():
+        m = next((m for p in patterns if (m := p.fullmatch(entry.name))), None)
+        if m is not None and int(m.group(1)) == os.getpid():
+            rmtree_retry(entry)
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True

@@ -33,7 +33,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from radcot.records import DataFormatError, Doc, Query, RadcotError, ScoredDoc
 from radcot.retrieval.base import (as_queries, build_temp_prefix, collection_fingerprint, iter_docs,
-                                   remove_stale_build_dirs, rmtree_retry, run_interruptibly, sigterm_as_interrupt)
+                                   remove_own_build_dirs, remove_stale_build_dirs, rmtree_retry, run_interruptibly,
+                                   sigterm_as_interrupt)
 from radcot.retrieval.errors import RetrievalIndexError
 
 logger = logging.getLogger(__name__)
@@ -237,6 +238,9 @@ class BM25Retriever:
                 n = _write_json_collection(collection, tmp / "collection", threads, show_progress)
                 indexed = cls._index_collection(collection, tmp / "collection", index_dir, n, threads, heap,
                                                 fingerprint, t0)
+        except BaseException:
+            remove_own_build_dirs(index_dir)  # the half-written index too, even while an abandoned writer runs on
+            raise
         finally:
             rmtree_retry(tmp)
         logger.info("indexed %d documents in %.1f s", indexed, time.time() - t0)

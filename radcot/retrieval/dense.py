@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from radcot.records import DataFormatError, Doc, OfflineResourceError, Query, ScoredDoc
-from radcot.retrieval.base import (as_queries, collection_fingerprint, iter_docs, remove_stale_build_dirs,
-                                   sigterm_as_interrupt)
+from radcot.retrieval.base import (as_queries, collection_fingerprint, iter_docs, remove_own_build_dirs,
+                                   remove_stale_build_dirs, sigterm_as_interrupt)
 from radcot.retrieval.errors import RetrievalIndexError
 
 logger = logging.getLogger(__name__)
@@ -219,8 +219,9 @@ class DenseRetriever:
                         "seconds": round(time.time() - t0, 2),
                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
                 _write_index(faiss, index, work, index_dir, meta)
-        except KeyboardInterrupt:
-            if work.exists():
+        except BaseException as e:
+            remove_own_build_dirs(index_dir)
+            if isinstance(e, KeyboardInterrupt) and work.exists():
                 logger.warning("dense build of %s interrupted: the finished embedding chunks are kept in %s; the same "
                                "command resumes from them (delete the directory to start over)", index_dir, work)
             raise
