@@ -22,6 +22,7 @@ from pathlib import Path
 
 from radcot._deps import lazy_exports
 
+from radcot.retrieval.base import META_FILE
 from radcot.retrieval.errors import RetrievalIndexError
 
 __all__ = ["BM25Retriever", "DenseRetriever", "Retriever", "load_retriever", "index_kind", "reciprocal_rank_fusion",
@@ -34,7 +35,6 @@ _LAZY = {
     "reciprocal_rank_fusion": "radcot.retrieval.fusion",
 }
 
-META_FILE = "radcot_index.json"
 
 
 __getattr__, __dir__ = lazy_exports("radcot.retrieval", _LAZY, globals())

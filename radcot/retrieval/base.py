@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 Run = dict[str, dict[str, float]]
 
+#: written into every index directory radcot builds (kind, build settings, completeness); ``load_retriever`` reads it
+META_FILE = "radcot_index.json"
+
 
 @runtime_checkable
 class Retriever(Protocol):

@@ -32,18 +32,13 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from radcot.records import DataFormatError, Doc, Query, RadcotError, ScoredDoc
-from radcot.retrieval.base import (as_queries, build_temp_prefix, collection_fingerprint, iter_docs,
-                                   remove_own_build_dirs, remove_stale_build_dirs, rmtree_retry, run_interruptibly,
-                                   sigterm_as_interrupt)
+from radcot.retrieval.base import (META_FILE, PathLike, Run, as_queries, build_temp_prefix, collection_fingerprint,
+                                   iter_docs, remove_own_build_dirs, remove_stale_build_dirs, rmtree_retry,
+                                   run_interruptibly, sigterm_as_interrupt)
 from radcot.retrieval.errors import RetrievalIndexError
 
 logger = logging.getLogger(__name__)
 
-PathLike = str | os.PathLike
-Run = dict[str, dict[str, float]]
-
-#: written into every index directory radcot builds; ``load_retriever`` reads it
-META_FILE = "radcot_index.json"
 #: Lucene field holding the analysed text (Anserini's ``Constants.CONTENTS``)
 CONTENTS_FIELD = "contents"
 #: the first ``max_query_terms`` unique terms are kept; raw query text longer than twice this is truncated

@@ -27,16 +27,12 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from radcot.records import DataFormatError, Doc, OfflineResourceError, Query, ScoredDoc
-from radcot.retrieval.base import (as_queries, collection_fingerprint, iter_docs, remove_own_build_dirs,
-                                   remove_stale_build_dirs, sigterm_as_interrupt)
+from radcot.retrieval.base import (META_FILE, PathLike, Run, as_queries, collection_fingerprint, iter_docs,
+                                   remove_own_build_dirs, remove_stale_build_dirs, sigterm_as_interrupt)
 from radcot.retrieval.errors import RetrievalIndexError
 
 logger = logging.getLogger(__name__)
 
-PathLike = str | os.PathLike
-Run = dict[str, dict[str, float]]
-
-META_FILE = "radcot_index.json"
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_ENCODER, "all-MiniLM-L6-v2", "all-minilm-l6-v2", "default"}
 INDEX_TYPES = ("flat", "hnsw")
