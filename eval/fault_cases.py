@@ -51,6 +51,8 @@ from typing import Callable
 REPO = Path(__file__).resolve().parents[1]
 TINY_T5 = "tiny-t5:d_model=32,layers=1,heads=2,d_ff=64,vocab_size=500"
 TRACEBACK = "Traceback (most recent call last)"
+COMMANDS = ("index", "search", "evaluate", "teach", "teacher-serve", "build-data", "train", "generate", "expand",
+            "run", "table", "make-world")
 
 Check = Callable[[Path, dict, "Result"], "str | None"]  # returns a problem, or None when the data is right
 Setup = Callable[[Path, dict], None]
@@ -74,7 +76,8 @@ class Case:
 
     @property
     def command(self) -> str:
-        return self.args[0] if self.args else ""
+        """The subcommand the case exercises ("(general)" for the top-level ones)."""
+        return self.args[0] if self.args and self.args[0] in COMMANDS else "(general)"
 
 
 @dataclass
@@ -160,7 +163,27 @@ def build_fixtures(root: Path) -> dict:
         rc, out, err = _run(args, root, env, 600)
         if rc != 0:
             raise SystemExit(f"fixture `radcot {' '.join(args)}` failed (exit {rc}):\n{err[-3000:]}")
+    _build_tiny_lm(root, env)
     return placeholders(root)
+
+
+TINY_LM = """import sys
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                  bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+LlamaForCausalLM(cfg).save_pretrained(sys.argv[2])
+tok.save_pretrained(sys.argv[2])
+"""
+
+
+def _build_tiny_lm(root: Path, env: dict) -> None:
+    """A random 1-layer causal LM (the student's tokenizer) so teacher-serve cases load in seconds, not 25 s."""
+    proc = subprocess.run([sys.executable, "-c", TINY_LM, str(root / "student" / "best"), str(root / "tinylm")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(f"fixture tiny LM failed:\n{proc.stderr[-3000:]}")
 
 
 MINI_PIPELINE = """experiment: mini
@@ -181,7 +204,7 @@ def placeholders(root: Path) -> dict:
             "QRELS": str(w / "qrels" / "test.tsv"), "IDX": str(root / "idx"), "COT": str(root / "cot.jsonl"),
             "COTT": str(root / "cot-test.jsonl"), "DATA": str(root / "distill"), "STUDENT": str(root / "student"),
             "BEST": str(root / "student" / "best"), "RUN": str(root / "run.trec"), "PIPE": str(root / "mini.yaml"),
-            "RUNS": str(root / "runs"), "DEMO": str(REPO / "data" / "demo")}
+            "RUNS": str(root / "runs"), "DEMO": str(REPO / "data" / "demo"), "TINYLM": str(root / "tinylm")}
 
 
 # ------------------------------------------------------------------------------------ teacher servers
@@ -202,11 +225,12 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             body, status = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
                                        "choices": []}).encode(), 200
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        with contextlib.suppress(OSError):  # the client gave up (a --timeout case)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
     def do_GET(self):  # noqa: N802 - http.server's names
         self._reply()
@@ -219,8 +243,15 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # a client hanging up is part of the cases
+        pass
+
+
 def start_servers() -> tuple[dict, ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server = _QuietServer(("127.0.0.1", 0), _Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     dead = socket.socket()
@@ -382,7 +413,7 @@ def index_cases() -> list[Case]:
              setup=lambda t, c: (t / "empty").mkdir()),
         Case("index over a user's directory", [*base, "--collection", "{W}"], setup=keep_setup, check=keep_check),
         Case("index output is a file", ["index", "--collection", "{W}", "--index", "f", "--no-progress"],
-             setup=write("f", "user data\n"), check=file_unchanged("f")[1]),
+             setup=file_unchanged("f")[0], check=file_unchanged("f")[1]),
         Case("index existing index again", ["index", "--collection", "{W}", "--index", "idx", "--no-progress"],
              expect="ok", mode="twice"),
         Case("index --dense --index-type ivf", [*base, "--collection", "{W}", "--dense", "--index-type", "ivf"]),
@@ -643,18 +674,22 @@ def expand_cases() -> list[Case]:
 
 
 def teacher_serve_cases() -> list[Case]:
-    base = ["teacher-serve", "--port", "0"]
+    """A server that starts serving with a bad value is recorded as exit "served" (then stopped)."""
+    base = ["teacher-serve", "--model", "{TINYLM}", "--no-chat", "--port", "0"]
+    serve = dict(mode="serve", timeout=90)
     cases = [
-        Case("teacher-serve model missing", [*base, "--model", "nope/nowhere"]),
-        Case("teacher-serve model dir is empty", [*base, "--model", "m"], setup=lambda t, c: (t / "m").mkdir()),
-        Case("teacher-serve gguf file missing", [*base, "--gguf-file", "nope.gguf"], timeout=120),
-        Case("teacher-serve port in use", ["teacher-serve", "--port", "{BUSYPORT}"], timeout=150),
-        Case("teacher-serve host not an address", [*base, "--host", "not a host"], timeout=150),
+        Case("teacher-serve model missing", ["teacher-serve", "--model", "nope/nowhere", "--port", "0"], **serve),
+        Case("teacher-serve model dir is empty", ["teacher-serve", "--model", "m", "--port", "0"],
+             setup=lambda t, c: (t / "m").mkdir(), **serve),
+        Case("teacher-serve gguf file missing", [*base, "--gguf-file", "nope.gguf"], **serve),
+        Case("teacher-serve port in use", [*base[:-2], "--port", "{BUSYPORT}"], **serve),
+        Case("teacher-serve host not an address", [*base, "--host", "not a host"], **serve),
+        Case("teacher-serve valid", base, expect="ok", **serve),
     ]
     for flag, values in {"--port": ["-1", "70000", "http"], "--batch-size": ["0"], "--batch-wait-ms": ["-5"],
                          "--threads": ["0"], "--max-input-tokens": ["0"], "--dtype": ["float8"]}.items():
-        base_args = ["teacher-serve"] if flag == "--port" else base
-        cases += bad_numbers("teacher-serve", base_args, flag, values, timeout=150)
+        base_args = base[:-2] if flag == "--port" else base
+        cases += bad_numbers("teacher-serve", base_args, flag, values, **serve)
     return cases
 
 
@@ -735,7 +770,7 @@ def make_world_cases() -> list[Case]:
     cases = [
         Case("make-world over a user's directory", ok, setup=keep_setup, check=keep_check),
         Case("make-world --no-overwrite on existing", [*ok, "--no-overwrite"], setup=keep_setup, check=keep_check),
-        Case("make-world out is a file", ["make-world", "--out", "f", "--scale", "0.05"], setup=write("f", "x"),
+        Case("make-world out is a file", ["make-world", "--out", "f", "--scale", "0.05"], setup=file_unchanged("f")[0],
              check=file_unchanged("f")[1]),
         Case("make-world again (own output)", ok, expect="ok", mode="twice", check=both(manifest, no_tmp_left)),
         Case("make-world interrupted then rerun", ["make-world", "--out", "w"], expect="ok", mode="interrupt",
@@ -789,7 +824,26 @@ def _interrupt(case: Case, args: list[str], tmp: Path, env: dict) -> tuple[int |
     return rc, out, err, note + "; rerun"
 
 
-MODES = {"plain": _plain, "twice": _twice, "concurrent": _concurrent, "interrupt": _interrupt}
+def _serve(case: Case, args: list[str], tmp: Path, env: dict) -> tuple[int | str, str, str, str]:
+    """Start a server; once it says it is serving, stop it and record exit "served"."""
+    out_f, err_f = open(tmp / ".stdout", "w+"), open(tmp / ".stderr", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "radcot", *args], cwd=tmp, env=env, stdout=out_f, stderr=err_f,
+                            start_new_session=True)
+    start, rc = time.monotonic(), None
+    while rc is None:
+        time.sleep(0.2)
+        rc = proc.poll()
+        text = (tmp / ".stderr").read_text(errors="replace") + (tmp / ".stdout").read_text(errors="replace")
+        if rc is None and ("serving" in text.lower() or time.monotonic() - start > case.timeout):
+            rc = "served" if "serving" in text.lower() else "timeout"
+            _kill(proc)
+            proc.wait()
+    out_f.close(), err_f.close()
+    out, err = (tmp / ".stdout").read_text(errors="replace"), (tmp / ".stderr").read_text(errors="replace")
+    return rc, out, err, "stopped once serving" if rc == "served" else ""
+
+
+MODES = {"serve": _serve, "plain": _plain, "twice": _twice, "concurrent": _concurrent, "interrupt": _interrupt}
 
 
 def message_line(out: str, err: str) -> str:
@@ -806,6 +860,8 @@ def message_line(out: str, err: str) -> str:
 
 def _exit_ok(case: Case, rc: int | str) -> bool:
     codes = [int(c) if c.lstrip("-").isdigit() else None for c in str(rc).split("/")]
+    if case.expect == "ok" and rc == "served":
+        return True
     if case.expect == "ok":
         return 0 in codes and all(c is not None and c >= 0 for c in codes)
     return all(c is not None and c > 0 for c in codes)
@@ -887,7 +943,7 @@ def totals(results: list[Result]) -> str:
              "| command | cases | " + " | ".join(VERDICTS[:-1]) + " |", "|---|---|" + "---|" * (len(VERDICTS) - 1)]
     for cmd in dict.fromkeys(r.command for r in results):
         rs = [r for r in results if r.command == cmd]
-        lines.append(f"| {cmd or '(none)'} | {len(rs)} | " + " | ".join(str(sum(r.verdict == v for r in rs))
+        lines.append(f"| {cmd} | {len(rs)} | " + " | ".join(str(sum(r.verdict == v for r in rs))
                                                                       for v in VERDICTS[:-1]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -922,7 +978,7 @@ def _run_all(cases: list[Case], args) -> int:
     t0 = time.monotonic()
     fixtures = workdir / "fixtures"
     print(f"building fixtures in {fixtures} ...", file=sys.stderr, flush=True)
-    ctx = placeholders(fixtures) if (fixtures / "runs" / "mini" / "manifest.json").is_file() else build_fixtures(fixtures)
+    ctx = placeholders(fixtures) if (fixtures / "tinylm" / "config.json").is_file() else build_fixtures(fixtures)
     servers, server = start_servers()
     ctx.update(servers)
     print(f"fixtures ready in {time.monotonic() - t0:.0f}s; {len(cases)} cases", file=sys.stderr, flush=True)
