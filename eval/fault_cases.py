@@ -637,6 +637,11 @@ def generate_cases() -> list[Case]:
     return cases
 
 
+def _three_queries(tmp: Path, ctx: dict) -> None:
+    lines = Path(ctx["Q"]).read_text(encoding="utf-8").splitlines(keepends=True)[:3]
+    (tmp / "q3.tsv").write_text("".join(lines), encoding="utf-8")
+
+
 def expand_cases() -> list[Case]:
     ok = ["expand", "--cots", "{COTT}", "--queries", "{Q}", "--out", "out.tsv"]
     keep_setup, keep_check = file_unchanged("out.tsv")
@@ -654,11 +659,12 @@ def expand_cases() -> list[Case]:
         Case("expand out exists (user file)", ok, setup=keep_setup, check=keep_check),
         Case("expand unknown formula", [*ok, "--formula", "magic"]),
         Case("expand teacher openai down", ["expand", "--teacher", "openai", "--teacher-option", "base_url={DEAD}",
-                                            "--teacher-option", "model=m", "--queries", "{Q}", "--out", "out.tsv"],
-             env=key, check=lambda t, c, r: "exit 0 with unexpanded queries" if r.exit == 0 else None),
+                                            "--teacher-option", "model=m", "--queries", "q3.tsv", "--out", "out.tsv"],
+             env=key, setup=_three_queries, timeout=60,
+             check=lambda t, c, r: "exit 0 with unexpanded queries" if r.exit == 0 else None),
         Case("expand teacher openai HTTP 500", ["expand", "--teacher", "openai", "--teacher-option", "base_url={S500}",
-                                                "--teacher-option", "model=m", "--queries", "{Q}", "--out", "out.tsv"],
-             env=key),
+                                                "--teacher-option", "model=m", "--queries", "q3.tsv", "--out", "out.tsv"],
+             env=key, setup=_three_queries, timeout=60),
         Case("expand teacher-option without =", ["expand", "--teacher", "kb", "--teacher-option", "world", *ok[3:]]),
         Case("expand teacher kb without world", ["expand", "--teacher", "kb", "--queries", "{Q}", "--out", "out.tsv"]),
         Case("expand student missing", ["expand", "--student", "nope", *ok[3:]]),
