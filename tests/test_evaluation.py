@@ -167,5 +167,7 @@ def test_cli_reports_missing_judged_queries(tmp_path, capsys, caplog):
 def test_cli_unknown_metric_fails_before_reading(tmp_path, capsys):
     from radcot.cli import main
 
-    assert main(["evaluate", "--qrels", str(tmp_path / "none"), "--run", "x", "--metrics", "nDCG@ten"]) == 1
+    with pytest.raises(SystemExit) as e:  # a usage error: argparse's exit 2, before any file is read
+        main(["evaluate", "--qrels", str(tmp_path / "none"), "--run", "x", "--metrics", "nDCG@ten"])
+    assert e.value.code == 2
     assert "unknown metric 'nDCG@ten'" in capsys.readouterr().err

@@ -6,13 +6,25 @@ import json
 import sys
 
 
+def _metric(name: str) -> str:
+    """argparse type: an ir-measures name (an unknown one is a usage error, exit 2)."""
+    from radcot.evaluation import _parse
+    from radcot.records import RadcotError
+
+    try:
+        _parse([name])
+    except RadcotError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="radcot evaluate", description="Score a TREC run with ir-measures. Judged "
                                 "queries absent from the run score 0 and are reported (a warning; "
                                 "\"missing_from_run\" in --json).")
     p.add_argument("--qrels", required=True, help="TREC/BEIR qrels file, or a BEIR directory (qrels/test.tsv)")
     p.add_argument("--run", required=True, help="TREC run file")
-    p.add_argument("--metrics", nargs="+", default=["nDCG@10", "RR@10", "R@1000", "AP"],
+    p.add_argument("--metrics", nargs="+", type=_metric, default=["nDCG@10", "RR@10", "R@1000", "AP"],
                    help="ir-measures names (default: nDCG@10 RR@10 R@1000 AP; graded: AP(rel=2), R(rel=2)@1000)")
     p.add_argument("--per-query", action="store_true", help="also print per-query values (TSV, or in JSON)")
     p.add_argument("--compare", metavar="RUN_B", help="paired t-test of RUN_B against --run")
@@ -25,9 +37,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from radcot.evaluation import _as_qrels, _parse
+    from radcot.evaluation import _as_qrels
 
-    _parse(args.metrics)  # an unknown metric fails before the files are read
     qrels = _as_qrels(args.qrels)
     if args.compare:
         return _compare(args, qrels)
