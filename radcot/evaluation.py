@@ -12,12 +12,15 @@ Example:
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import defaultdict
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from radcot.records import Qrel, RadcotError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_METRICS = ("nDCG@10", "RR@10", "R@1000", "AP")
 
@@ -75,35 +78,69 @@ def evaluate(qrels, run, metrics: Sequence[str] = DEFAULT_METRICS, per_query: bo
     Args:
         qrels: a path (TREC or BEIR qrels, or a BEIR directory), ``{qid: {docid: rel}}`` or :class:`Qrel` records.
         run: a path (TREC run), ``{qid: {docid: score}}``, ``{qid: [ScoredDoc]}`` or ScoredDoc records.
-        metrics: ir-measures names (``nDCG@10``, ``RR@10``, ``R@1000``, ``AP``, ...).
+        metrics: ir-measures names (``nDCG@10``, ``RR@10``, ``R@1000``, ``AP``, ``AP(rel=2)``, ...).
         per_query: also return ``{metric: {qid: value}}``.
-        judged_only: evaluate only queries that have judgements (TREC convention; unjudged queries in the
-            run are ignored, judged queries missing from the run count as 0).
+        judged_only: ``True`` (the TREC convention): the mean is over the judged queries; queries of the run
+            without judgements are ignored. ``False``: the mean is over every query of the run and every
+            judged query; run queries without judgements score 0 (a system answering queries nobody judged
+            is not credited for them). In both modes a judged query absent from the run scores 0 and is
+            reported (a warning; :func:`missing_from_run` lists them).
 
     Returns:
-        ``{metric: value}`` (mean over judged queries), or ``(aggregate, per_query)`` when ``per_query``.
+        ``{metric: value}``, or ``(aggregate, per_query)`` when ``per_query``.
+
+    Raises:
+        RadcotError: empty qrels, an unknown metric, or a run none of whose queries is judged (wrong qrels).
+
+    Example:
+        >>> evaluate({"q1": {"d1": 1}}, {"q1": {"d1": 1.0}, "q9": {"d1": 1.0}}, ["AP"], judged_only=False)
+        {'AP': 0.5}
+    """
+    qrels_d, run_d = _as_qrels(qrels), _as_run(run)
+    _check_overlap(qrels_d, run_d, run)
+    names, pq = _per_query(qrels_d, run_d, _parse(metrics))
+    qids = set(qrels_d) if judged_only else set(qrels_d) | set(run_d)
+    for values in pq.values():
+        values.update({q: 0.0 for q in qids - values.keys()})  # judged but not retrieved / not judged
+    aggregate = {name: sum(pq[name].values()) / len(qids) for name in names}
+    return (aggregate, pq) if per_query else aggregate
+
+
+def missing_from_run(qrels, run) -> list[str]:
+    """The judged query ids (sorted) that the run has no result for; they score 0 in :func:`evaluate`."""
+    qrels_d, run_d = _as_qrels(qrels), _as_run(run)
+    return sorted(q for q in qrels_d if not run_d.get(q))
+
+
+def _check_overlap(qrels_d: dict, run_d: dict, run) -> None:
+    if not qrels_d:
+        raise RadcotError("qrels are empty: nothing to evaluate against")
+    where = f"run {run}" if isinstance(run, (str, os.PathLike)) else "the run"
+    if run_d and not set(run_d) & set(qrels_d):
+        raise RadcotError(f"none of the {len(run_d)} queries of {where} is judged in the qrels (run ids e.g. "
+                          f"{sorted(run_d)[:3]}, judged e.g. {sorted(qrels_d)[:3]}): wrong qrels for this run?")
+    missing = sorted(q for q in qrels_d if not run_d.get(q))
+    if missing:
+        logger.warning("%d of %d judged queries are absent from %s (they score 0): %s%s", len(missing),
+                       len(qrels_d), where, ", ".join(missing[:10]), " ..." if len(missing) > 10 else "")
+
+
+def _per_query(qrels_d: dict, run_d: dict, measures: list) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """Per-query values of the judged queries the run retrieved for.
+
+    Providers differ on judged queries without results (the msmarco provider behind RR@k emits 0 for them,
+    pytrec_eval skips them), so only queries in both are computed and the caller fills in the zeros.
     """
     import ir_measures
 
-    qrels_d, run_d = _as_qrels(qrels), _as_run(run)
-    if not qrels_d:
-        raise RadcotError("qrels are empty: nothing to evaluate against")
-    if judged_only:
-        run_d = {q: docs for q, docs in run_d.items() if q in qrels_d}
-    measures = _parse(metrics)
     names = [str(m) for m in measures]
-    # Mean over *all* judged queries: a judged query with no results scores 0. Providers differ here
-    # (the msmarco provider behind RR@k emits 0 for them, pytrec_eval skips them), so the mean is taken
-    # here over per-query values rather than trusting each provider's aggregate.
-    by_str = dict(zip(measures, names))
-    pq: dict[str, dict[str, float]] = {name: {q: 0.0 for q in qrels_d} for name in names}
-    for metric in ir_measures.iter_calc(measures, qrels_d, run_d) if run_d else ():
-        if metric.query_id in qrels_d:
-            pq[by_str.get(metric.measure, str(metric.measure))][metric.query_id] = float(metric.value)
-    aggregate = {name: sum(pq[name].values()) / len(qrels_d) for name in names}
-    if not per_query:
-        return aggregate
-    return aggregate, pq
+    by_measure = dict(zip(measures, names))
+    judged_run = {q: docs for q, docs in run_d.items() if q in qrels_d and docs}
+    pq: dict[str, dict[str, float]] = {name: {} for name in names}
+    for metric in ir_measures.iter_calc(measures, qrels_d, judged_run) if judged_run else ():
+        if metric.query_id in judged_run:
+            pq[by_measure.get(metric.measure, str(metric.measure))][metric.query_id] = float(metric.value)
+    return names, pq
 
 
 class TTestResult(NamedTuple):

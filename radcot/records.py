@@ -62,6 +62,20 @@ class DataFormatError(RadcotError, ValueError):
         super().__init__(msg)
 
 
+class EncodingError(DataFormatError):
+    """A line of an input file that is not UTF-8; the message names the file, line, byte and column."""
+
+    def __init__(self, path, line: int, byte: int, column: int):
+        self.path, self.line, self.byte, self.column = str(path), line, byte, column
+        self.expected, self.found = "UTF-8 text", f"byte 0x{byte:02x} at column {column}"
+        RadcotError.__init__(self, f"{path} line {line} is not UTF-8 (byte 0x{byte:02x} at column {column}); "
+                                   f"re-save it as UTF-8")
+
+
+class InvalidIdError(RadcotError, ValueError):
+    """An id (query, document) or run tag that TREC files cannot hold: empty or containing whitespace."""
+
+
 class MissingDependencyError(RadcotError, ImportError):
     """An optional dependency is not installed; the message says how to install it."""
 

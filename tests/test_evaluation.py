@@ -1,6 +1,7 @@
 """evaluate() against independent computations; RR@10 honours its cutoff; paired t-test."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -90,3 +91,83 @@ def _qd(qrels):
     for q in qrels:
         out.setdefault(q.query_id, {})[q.doc_id] = q.relevance
     return out
+
+
+# ------------------------------------------------------------------------- judged_only (issue 13)
+
+def test_judged_only_false_averages_over_run_queries_too():
+    # q1 judged and perfect (AP 1), q2 judged but absent (0), zzz retrieved but never judged
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    run = {"q1": _ranked("d1"), "zzz": _ranked("d1")}
+    assert evaluate(qrels, run, ["AP"], judged_only=True)["AP"] == pytest.approx(1 / 2)
+    agg, pq = evaluate(qrels, run, ["AP"], per_query=True, judged_only=False)
+    assert agg["AP"] == pytest.approx(1 / 3)
+    assert pq["AP"] == {"q1": 1.0, "q2": 0.0, "zzz": 0.0}
+
+
+def test_judged_queries_absent_from_the_run_are_reported(caplog):
+    from radcot.evaluation import missing_from_run
+
+    qrels = {f"q{i:02d}": {"d1": 1} for i in range(12)}
+    run = {"q00": _ranked("d1"), "q01": {}}  # an empty ranking counts as absent
+    assert missing_from_run(qrels, run) == [f"q{i:02d}" for i in range(1, 12)]
+    with caplog.at_level("WARNING"):
+        evaluate(qrels, run, ["AP"])
+    assert "11 of 12 judged queries are absent" in caplog.text and "q01, q02" in caplog.text
+    assert "q11" not in caplog.text and caplog.text.rstrip().endswith("...")  # ten ids at most
+
+
+def test_a_run_sharing_no_query_with_the_qrels_is_an_error():
+    with pytest.raises(RadcotError, match="none of the 1 queries of the run is judged"):
+        evaluate({"1": {"d1": 1}}, {"301": _ranked("d1")}, ["AP"])
+
+
+# ------------------------------------------------------------- graded metrics (rel=2), by hand
+
+GRADED_QRELS = {"q1": {"d1": 2, "d2": 1, "d3": 2, "d4": 0, "d5": 2}, "q2": {"d7": 1}}
+GRADED_RUN = {"q1": _ranked("d2", "d1", "d4", "d3", "x"), "q2": _ranked("d7")}
+
+
+def test_graded_metrics_at_rel_2_by_hand_and_by_pytrec_eval():
+    import pytrec_eval
+
+    # q1, rel >= 2: relevant {d1, d3, d5}; retrieved at ranks 2 (d1) and 4 (d3), d5 never.
+    #   AP = (1/2 + 2/4) / 3 = 1/3;  R@1000 = 2/3;  R@3 = 1/3 (d1 only)
+    # q2: no document with rel >= 2 -> AP = R = 0 (still averaged: it is judged)
+    # binary AP (rel >= 1), q1: relevant {d1, d2, d3, d5} at ranks 2, 1, 4 -> (1 + 1 + 3/4) / 4 = 11/16; q2: 1
+    by_hand = {"AP(rel=2)": (1 / 3 + 0) / 2, "R(rel=2)@1000": (2 / 3 + 0) / 2, "R(rel=2)@3": (1 / 3 + 0) / 2,
+               "AP": (11 / 16 + 1) / 2}
+    ours = evaluate(GRADED_QRELS, GRADED_RUN, list(by_hand))
+    assert ours == pytest.approx(by_hand)
+    # independently: pytrec_eval (trec_eval's code) with relevance level 2
+    ev = pytrec_eval.RelevanceEvaluator(GRADED_QRELS, {"map", "recall.1000", "recall.3"}, relevance_level=2)
+    res = ev.evaluate(GRADED_RUN)
+    assert (res["q1"]["map"] + res["q2"]["map"]) / 2 == pytest.approx(by_hand["AP(rel=2)"])
+    assert (res["q1"]["recall_1000"] + res["q2"]["recall_1000"]) / 2 == pytest.approx(by_hand["R(rel=2)@1000"])
+    assert (res["q1"]["recall_3"] + res["q2"]["recall_3"]) / 2 == pytest.approx(by_hand["R(rel=2)@3"])
+
+
+# ------------------------------------------------------------------------------ radcot evaluate CLI
+
+def test_cli_reports_missing_judged_queries(tmp_path, capsys, caplog):
+    from radcot.cli import main
+    from radcot.data.readers import write_run
+
+    (tmp_path / "qrels.txt").write_text("".join(f"q{i} 0 d1 1\n" for i in range(1, 14)))
+    write_run({"q1": _ranked("d1"), "q2": _ranked("x", "d1")}, tmp_path / "r.trec")
+    with caplog.at_level("WARNING"):
+        assert main(["evaluate", "--qrels", str(tmp_path / "qrels.txt"), "--run", str(tmp_path / "r.trec"),
+                     "--metrics", "RR@10", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["RR@10"] == pytest.approx((1 + 0.5) / 13)
+    assert out["missing_from_run"] == {"count": 11, "query_ids": sorted(f"q{i}" for i in range(3, 14))[:10]}
+    assert "11 of 13 judged queries are absent" in caplog.text
+
+
+def test_cli_unknown_metric_fails_before_reading(tmp_path, capsys):
+    from radcot.cli import main
+
+    with pytest.raises(SystemExit) as e:  # a usage error: argparse's exit 2, before any file is read
+        main(["evaluate", "--qrels", str(tmp_path / "none"), "--run", "x", "--metrics", "nDCG@ten"])
+    assert e.value.code == 2
+    assert "unknown metric 'nDCG@ten'" in capsys.readouterr().err

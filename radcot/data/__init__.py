@@ -1,7 +1,7 @@
 """Data: records, readers for IR formats, named datasets and the embedded synthetic world."""
-from radcot.data.readers import (check_qrels, read_corpus, read_qrels, read_queries, read_run, run_from_scored,
-                                 write_queries_tsv, write_run)
+from radcot.data.readers import (check_qrels, check_trec_id, open_text, read_corpus, read_qrels, read_queries, read_run,
+                                 run_from_scored, write_queries_tsv, write_run)
 from radcot.data.registry import Dataset, load_dataset
 
 __all__ = ["Dataset", "load_dataset", "read_corpus", "read_queries", "read_qrels", "read_run", "write_run",
-           "run_from_scored", "write_queries_tsv", "check_qrels"]
+           "run_from_scored", "write_queries_tsv", "check_qrels", "check_trec_id", "open_text"]
