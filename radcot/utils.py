@@ -215,3 +215,9 @@ def _stderr_is_tty() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def interactive_progress(show_progress: bool | None) -> bool:
+    """For bars drawn by other libraries (sentence-transformers' ``show_progress_bar``): draw only when
+    progress is wanted *and* stderr is a terminal, so their redraws never reach a log file."""
+    return progress_enabled(show_progress) and _stderr_is_tty()

@@ -237,7 +237,7 @@ def test_expand_cli(tmp_path):
                  "--overwrite"]) == 0
     assert read_expansions(out)["1"] == "ab [SEP] cdefghijklmn"
     # a directory that is not a trained student: one clear error line, exit status 1
-    assert main(["expand", "--cots", str(tmp_path), "--queries", str(qfile), "--out", str(out)]) == 1
+    assert main(["expand", "--cots", str(tmp_path), "--queries", str(qfile), "--out", str(out), "--overwrite"]) == 1
 
 
 def test_limit_terms_keeps_the_query_and_cuts_the_tail():

@@ -137,10 +137,12 @@ def _expand(args) -> tuple[list[dict], int, int]:
         if expander.backend is not None:
             expander.backend.close()
     n_missing = len(expander.last_missing)
-    if args.formula != "none" and (n_missing == len(queries) or n_missing > args.max_unexpanded_fraction * len(queries)):
-        raise RadcotError(f"{n_missing} of {len(queries)} queries got no usable CoT from {_describe(args)} (more than "
-                          f"--max-unexpanded-fraction {args.max_unexpanded_fraction}); {args.out} not written. Check that "
-                          f"the CoTs cover these queries (same query ids), or pass --max-unexpanded-fraction 1.0")
+    too_many = n_missing == len(queries) or n_missing > args.max_unexpanded_fraction * len(queries)
+    if args.formula != "none" and too_many:
+        raise RadcotError(f"{n_missing} of {len(queries)} queries got no usable CoT from {_describe(args)} (more "
+                          f"than --max-unexpanded-fraction {args.max_unexpanded_fraction}); {args.out} not written. "
+                          f"Check that the CoTs cover these queries (same query ids), or pass "
+                          f"--max-unexpanded-fraction 1.0")
     return sets, len(queries), n_missing
 
 

@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from radcot.cli._args import ArgumentParser, check_resumable, in_range, non_negative_float, non_negative_int, positive_float, positive_int
+from radcot.cli._args import (
+    ArgumentParser,
+    check_resumable,
+    in_range,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 
 _top_p = in_range(0.0, 1.0, lo_open=True)

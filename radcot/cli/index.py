@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=positive_int, default=64, help="encoding batch size for --dense (default 64)")
     p.add_argument("--device", default="cpu", help="torch device for --dense (default cpu)")
     p.add_argument("--threads", type=positive_int, default=2, help="indexing threads for BM25 (default 2)")
-    p.add_argument("--heap", type=heap_size, default=None, help="JVM heap for BM25, e.g. 4g (default $RADCOT_JAVA_HEAP or 2g)")
+    p.add_argument("--heap", type=heap_size, default=None,
+                   help="JVM heap for BM25, e.g. 4g (default $RADCOT_JAVA_HEAP or 2g)")
     p.add_argument("--overwrite", action="store_true", help="rebuild even if a matching index already exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)

@@ -10,7 +10,16 @@ import argparse
 import logging
 import sys
 
-from radcot.cli._args import ArgumentParser, check_output, fraction, heap_size, mark_output, non_negative_float, positive_int, token
+from radcot.cli._args import (
+    ArgumentParser,
+    check_output,
+    fraction,
+    heap_size,
+    mark_output,
+    non_negative_float,
+    positive_int,
+    token,
+)
 
 logger = logging.getLogger("radcot.cli.search")
 

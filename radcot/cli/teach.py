@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _backend_kwargs(args: argparse.Namespace) -> dict:
     if args.backend == "openai":
-        return {"model": args.model, "base_url": args.base_url, "api_key_env": args.api_key_env or "OPENAI_API_KEY", "api": args.api,
+        return {"model": args.model, "base_url": args.base_url, "api_key_env": args.api_key_env or "OPENAI_API_KEY",
+                "api": args.api,
                 "system": args.system, "timeout": args.timeout, "max_attempts": args.max_attempts,
                 "concurrency": args.concurrency}
     if args.backend == "hf":

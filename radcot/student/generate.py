@@ -191,7 +191,8 @@ class _Decoding:
                              f"{no_repeat_ngram_size} and {repetition_penalty}")
         if not do_sample and num_return_sequences > num_beams:
             raise ValueError(f"num_return_sequences={num_return_sequences} needs num_beams >= it or do_sample=True")
-        self.max_new_tokens, self.batch_size, self.num_beams, self.do_sample = max_new_tokens, batch_size, num_beams, do_sample
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.num_beams, self.do_sample = num_beams, do_sample
         self.temperature, self.top_p, self.n_seq = temperature, top_p, num_return_sequences
         self.no_repeat_ngram_size, self.repetition_penalty, self.seed = no_repeat_ngram_size, repetition_penalty, seed
 
