@@ -327,7 +327,7 @@ def test_cli_exit_status_and_failed_listing(tmp_path):
         cmd = _teach_cmd(server, qfile, out) + ["--max-attempts", "2"]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert res.returncode == 1
-        assert "1 queries failed" in res.stderr and "rerun the same command" in res.stderr
+        assert "1 of 2 queries failed (last error:" in res.stderr and "HTTP 503" in res.stderr and "rerun the same command" in res.stderr
         assert_no_key(tmp_path, res.stdout, res.stderr)
     finally:
         server.close()
