@@ -124,3 +124,16 @@ def test_cot_record_round_trip():
     assert d["doc_ids"] == ["a"] and d["empty"] is False and "extra" not in d
     assert CoTRecord.from_dict(d) == rec
     assert CoTRecord("8", "q", "  ").empty is True and CoTRecord("9", error="x").empty is None
+
+
+def test_generate_refuses_a_busy_output_before_loading_the_student(tmp_path):
+    out = tmp_path / "student-cots.jsonl"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        proc = _radcot("generate", "--student", str(tmp_path / "not-loaded"), "--queries", "Q", "--out", str(out))
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1 and f"PID {holder.pid}" in err and "Traceback" not in err
+    finally:
+        holder.kill()
+        holder.wait()

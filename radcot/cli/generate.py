@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.do_sample and args.num_return_sequences > args.num_beams:
         p.error(f"--num-return-sequences {args.num_return_sequences} needs --num-beams >= it, or --do-sample")
     check_resumable(args.out, "student output")  # resumed, or replaced with --overwrite, only if radcot wrote it
+    from radcot.locks import output_lock
+
+    with output_lock(args.out, "student output"):  # fail at once if busy, before loading the student
+        pass
 
     from radcot.student.generate import generate_cots
     from radcot.student.model import FiDStudent

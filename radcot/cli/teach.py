@@ -119,6 +119,10 @@ def _backend_kwargs(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_resumable(args.out, "teacher output")  # resumed, or replaced with --overwrite, only if radcot wrote it
+    from radcot.locks import output_lock
+
+    with output_lock(args.out, "teacher output"):  # fail at once if busy, before loading a model; teach() holds it
+        pass
     from radcot.teacher import GenerationParams, get_backend, teach
     from radcot.teacher.prompts import get_prompt
 
