@@ -79,6 +79,8 @@ def _run_dir_lock(out, resume: bool):
     from radcot.records import RadcotError
     from radcot.student.train import CONFIG_FILE
 
+    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 checks and locks for all ranks
+        return contextlib.nullcontext()
     run_dir = Path(out)
     if resume and not (run_dir / CONFIG_FILE).is_file():
         raise RadcotError(f"--resume: nothing to resume in {run_dir} (no {CONFIG_FILE}); drop --resume to start a "
@@ -86,6 +88,4 @@ def _run_dir_lock(out, resume: bool):
     if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / CONFIG_FILE).is_file():
         raise OutputExistsError(f"training run directory {run_dir} holds files radcot did not write; radcot never "
                                 f"replaces them: choose another --out")
-    if int(os.environ.get("RANK", "0")) != 0:
-        return contextlib.nullcontext()
     return output_lock(run_dir, "training run", inherit=True)
