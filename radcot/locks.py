@@ -50,19 +50,45 @@ def _holder(path: Path) -> str:
     return f"PID {pid} ({cmd})" if pid else "another process"
 
 
+#: environment variable listing the locks a parent holds for the processes it starts (``inherit=True``)
+INHERITED_ENV = "RADCOT_HELD_LOCKS"
+
+
 @contextlib.contextmanager
-def output_lock(output: str | os.PathLike, what: str = "output") -> Iterator[Path]:
+def output_lock(output: str | os.PathLike, what: str = "output", inherit: bool = False) -> Iterator[Path]:
     """Hold an exclusive lock on ``output`` (a file or directory) for the ``with`` block.
 
     Args:
         output: the file or directory about to be written (it need not exist; its parent is created).
         what: a word for messages ("teacher output", "index", ...).
+        inherit: let processes started inside the block (e.g. the workers of a multi-process training
+            launch) write ``output`` too: the lock is announced in ``$RADCOT_HELD_LOCKS``, and an
+            ``inherit=True`` call that finds its lock there does not lock again.
 
     Raises:
         OutputLockedError: another process holds the lock; names its PID and the lock file.
     """
     path = lock_path(output)
+    held = [p for p in os.environ.get(INHERITED_ENV, "").split(os.pathsep) if p]
+    if inherit and str(path) in held:  # our parent holds it for us
+        yield path
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
+    if inherit:
+        os.environ[INHERITED_ENV] = os.pathsep.join(held + [str(path)])
+        try:
+            with _exclusive(path, output, what):
+                yield path
+        finally:
+            os.environ[INHERITED_ENV] = os.pathsep.join(held)
+        return
+    with _exclusive(path, output, what):
+        yield path
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path, output: str | os.PathLike, what: str) -> Iterator[Path]:
+    """The lock itself: ``fcntl.flock`` (POSIX) or ``filelock`` (elsewhere), never waiting."""
     if fcntl is None:  # pragma: no cover - Windows: filelock, without the holder's PID
         from filelock import FileLock, Timeout
 

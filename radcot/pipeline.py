@@ -341,7 +341,7 @@ class Pipeline:
         def build(d: Path):
             backend = get_backend(t["backend"], **(t.get("args") or {}))
             try:
-                summary = teach(list(queries), backend, d / "cot.jsonl", prompt=cfg["prompt"],
+                summary = teach(backend, list(queries), d / "cot.jsonl", prompt=cfg["prompt"],
                                 params=GenerationParams(**params), concurrency=int(t.get("concurrency", 4)),
                                 limit=t.get("limit"), show_progress=self.show_progress)
             finally:

@@ -7,7 +7,9 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -109,3 +111,114 @@ def progress_enabled(show_progress: bool | None) -> bool:
     if show_progress is not None:
         return show_progress
     return logger.getEffectiveLevel() <= logging.INFO
+
+
+class LogProgress:
+    """A tqdm stand-in for non-interactive stderr: a log line every ``interval_s`` seconds or 10% of ``total``.
+
+    Supports what radcot's bars use: iteration, ``update(n)``, ``set_postfix(**kw)``, ``close()`` and ``with``.
+    """
+
+    def __init__(self, iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it",
+                 enabled: bool = True, interval_s: float = 10.0, initial: int = 0):
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
+        self.enabled, self.interval_s = enabled, interval_s
+        self.n = self._start = initial
+        self._t0 = self._last_t = time.monotonic()
+        self._last_decile = self._decile(initial)
+        self._postfix = ""
+        self._closed = False
+        self._logged_n = initial
+
+    def _decile(self, n: int) -> int:
+        return int(10 * n / self.total) if self.total else 0
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.close()
+
+    def __len__(self) -> int:
+        return self.total or 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        decile = self._decile(self.n)
+        if now - self._last_t >= self.interval_s or decile > self._last_decile:
+            self._log(now)
+            self._last_t, self._last_decile = now, decile
+
+    def set_postfix(self, refresh: bool = True, **kwargs) -> None:
+        self._postfix = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+
+    def set_description(self, desc: str, refresh: bool = True) -> None:
+        self.desc = desc
+
+    def _log(self, now: float) -> None:
+        self._logged_n = self.n
+        if not self.enabled:
+            return
+        elapsed = now - self._t0
+        rate = (self.n - self._start) / elapsed if elapsed > 0 else 0.0
+        done = f"{self.n}/{self.total} {self.unit} ({100 * self.n / self.total:.0f}%)" if self.total else \
+            f"{self.n} {self.unit}"
+        eta = ""
+        if self.total and rate > 0 and self.n < self.total:
+            eta = f", ETA {(self.total - self.n) / rate:.0f}s"
+        post = f" [{self._postfix}]" if self._postfix else ""
+        logger.info("%s: %s in %.0fs, %.2f %s/s%s%s", self.desc or "progress", done, elapsed, rate, self.unit,
+                    eta, post)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.n != self._logged_n:
+            self._log(time.monotonic())
+
+    def __enter__(self) -> "LogProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def progress(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it",
+             show_progress: bool | None = None, interval_s: float = 10.0, **tqdm_kwargs):
+    """The one progress helper: a tqdm bar on an interactive stderr, periodic log lines otherwise.
+
+    Args:
+        iterable: what to iterate (or ``None`` and call ``update(n)``).
+        total: expected count (default ``len(iterable)``).
+        desc, unit: as tqdm's.
+        show_progress: ``True``/``False``, or ``None`` to decide from the radcot logger level.
+        interval_s: when stderr is not a TTY, a log line every ``interval_s`` seconds or 10% of ``total``.
+
+    Example:
+        >>> for _ in progress(range(3), desc="demo", show_progress=False):
+        ...     pass
+    """
+    enabled = progress_enabled(show_progress)
+    if enabled and _stderr_is_tty():
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, **tqdm_kwargs)
+    return LogProgress(iterable, total=total, desc=desc, unit=unit, enabled=enabled, interval_s=interval_s,
+                       initial=int(tqdm_kwargs.get("initial", 0) or 0))
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def interactive_progress(show_progress: bool | None) -> bool:
+    """For bars drawn by other libraries (sentence-transformers' ``show_progress_bar``): draw only when
+    progress is wanted *and* stderr is a terminal, so their redraws never reach a log file."""
+    return progress_enabled(show_progress) and _stderr_is_tty()

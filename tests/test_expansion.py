@@ -233,10 +233,11 @@ def test_expand_cli(tmp_path):
     cots.write_text("1\tcdefghijklmn\n", encoding="utf-8")
     assert main(["expand", "--cots", str(cots), "--queries", str(qfile), "--out", str(out)]) == 0
     assert read_expansions(out) == {"1": "ab ab ab ab ab ab  cdefghijklmn", "2": "cd"}
-    assert main(["expand", "--cots", str(cots), "--queries", str(qfile), "--out", str(out), "--formula", "dense"]) == 0
+    assert main(["expand", "--cots", str(cots), "--queries", str(qfile), "--out", str(out), "--formula", "dense",
+                 "--overwrite"]) == 0
     assert read_expansions(out)["1"] == "ab [SEP] cdefghijklmn"
     # a directory that is not a trained student: one clear error line, exit status 1
-    assert main(["expand", "--cots", str(tmp_path), "--queries", str(qfile), "--out", str(out)]) == 1
+    assert main(["expand", "--cots", str(tmp_path), "--queries", str(qfile), "--out", str(out), "--overwrite"]) == 1
 
 
 def test_limit_terms_keeps_the_query_and_cuts_the_tail():

@@ -56,3 +56,25 @@ def test_sequential_writers_in_one_process(tmp_path):
     with output_lock(out):
         pass
     assert lock_path(out).parent == out.parent
+
+
+CHILD = """
+import sys
+from radcot.locks import output_lock
+with output_lock(sys.argv[1], "training run", inherit=True):
+    print("child wrote", flush=True)
+"""
+
+
+def test_inherited_lock_lets_launched_workers_write_but_no_one_else(tmp_path):
+    out = tmp_path / "run"
+    with output_lock(out, "training run", inherit=True):
+        # a worker started inside the block (as a multi-process launch does) shares the lock
+        child = subprocess.run([sys.executable, "-c", CHILD, str(out)], capture_output=True, text=True, timeout=60)
+        assert child.returncode == 0 and "child wrote" in child.stdout, child.stderr
+        # a process that did not inherit it is refused
+        env = {k: v for k, v in os.environ.items() if k != "RADCOT_HELD_LOCKS"}
+        other = subprocess.run([sys.executable, "-c", CHILD, str(out)], capture_output=True, text=True, timeout=60,
+                               env=env)
+        assert other.returncode != 0 and f"PID {os.getpid()}" in other.stderr
+    assert "RADCOT_HELD_LOCKS" not in os.environ or str(lock_path(out)) not in os.environ["RADCOT_HELD_LOCKS"]

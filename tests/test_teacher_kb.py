@@ -102,9 +102,9 @@ def test_runs_through_the_resumable_teacher_runner(tiny_world, tmp_path):
     backend = get_backend("kb", world=tiny_world)
     assert isinstance(backend, KBTeacher)
     out = tmp_path / "cots.jsonl"
-    s1 = teach(tiny_world / "queries.test.tsv", backend, out, limit=12, show_progress=False)
+    s1 = teach(backend, tiny_world / "queries.test.tsv", out, limit=12, show_progress=False)
     assert (s1.done, s1.failed) == (12, 0)
-    s2 = teach(tiny_world / "queries.test.tsv", backend, out, show_progress=False)
+    s2 = teach(backend, tiny_world / "queries.test.tsv", out, show_progress=False)
     assert s2.skipped == 12 and s2.done == 20 - 12
     records = read_teacher_output(out)
     assert len(records) == 20 and all(r["text"].startswith("Rationale:") for r in records.values())

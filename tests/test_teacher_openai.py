@@ -24,6 +24,7 @@ import pytest
 
 from radcot.records import Query
 from radcot.teacher import GenerationParams, TeacherConfigMismatch, read_teacher_output, teach
+from radcot.teacher.runner import TeacherFailed
 from radcot.teacher.openai import OpenAIBackend, parse_retry_after
 from radcot.teacher.runner import config_path, failed_path
 
@@ -220,9 +221,9 @@ def test_non_retryable_error_fails_at_once_and_model_discovery(server, key_env, 
     with backend(server, model=None) as be:
         assert be.model == MODEL  # discovered from GET /v1/models
     out = tmp_path / "wrong.jsonl"
-    with backend(server, model="no-such-model") as be:
-        s = teach(be, [Query("1", "one"), Query("2", "two")], out, prompt=PROMPT, show_progress=False)
-    assert s.failed == 2
+    with backend(server, model="no-such-model") as be:  # every query fails: the run stops, naming the error
+        with pytest.raises(TeacherFailed, match="failed for 2 of the 2 .*HTTP 404.*rerun the same command"):
+            teach(be, [Query("1", "one"), Query("2", "two")], out, prompt=PROMPT, show_progress=False)
     recs = lines_of(failed_path(out))
     assert all(r["attempts"] == 1 and "HTTP 404" in r["error"] and "--model no-such-model" in r["error"] for r in recs)
 
@@ -231,7 +232,7 @@ def test_wrong_key_is_reported_without_leaking_it(server, tmp_path, monkeypatch)
     monkeypatch.setenv(KEY_ENV, KEY + "-wrong")
     out = tmp_path / "k.jsonl"
     with backend(server) as be:
-        s = teach(be, [Query("1", "one")], out, prompt=PROMPT, show_progress=False)
+        s = teach(be, [Query("1", "one")], out, prompt=PROMPT, show_progress=False, max_failed_fraction=1.0)
     assert s.failed == 1 and f"${KEY_ENV}" in s.errors["1"]
     assert_no_key(tmp_path)
     assert KEY not in failed_path(out).read_text()
@@ -326,7 +327,7 @@ def test_cli_exit_status_and_failed_listing(tmp_path):
         cmd = _teach_cmd(server, qfile, out) + ["--max-attempts", "2"]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert res.returncode == 1
-        assert "1 queries failed" in res.stderr and "rerun the same command" in res.stderr
+        assert "1 of 2 queries failed (last error:" in res.stderr and "HTTP 503" in res.stderr and "rerun the same command" in res.stderr
         assert_no_key(tmp_path, res.stdout, res.stderr)
     finally:
         server.close()

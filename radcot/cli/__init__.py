@@ -2,11 +2,16 @@
 
 Subcommand modules are imported only when that subcommand runs, so ``radcot --help`` starts no JVM
 and imports no torch.
+
+Errors: a user mistake (a :class:`~radcot.records.RadcotError`, a missing/unreadable file, a bad value)
+prints one line ``radcot CMD: error: ...`` and exits 1; bad arguments exit 2 (argparse). ``RADCOT_DEBUG=1``
+(or ``-v``) shows the full traceback of any error.
 """
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 # name -> (module under radcot.cli, one-line help)
@@ -53,23 +58,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"radcot: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from radcot.records import RadcotError  # light: no heavy imports
+
     module = importlib.import_module(f"radcot.cli.{COMMANDS[name][0]}")
+    debug = level <= logging.DEBUG or os.environ.get("RADCOT_DEBUG", "") not in ("", "0")
     try:
         return int(module.main(rest) or 0)
     except BrokenPipeError:
-        # e.g. `radcot evaluate ... | head`: exit quietly, as Unix tools do
-        try:
-            sys.stdout = open("/dev/null", "w")
-        except OSError:
-            pass
-        return 0
+        return _broken_pipe()
     except KeyboardInterrupt:
         print("radcot: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - top level: one clear line, traceback with -v
-        from radcot.records import RadcotError
+    except (RadcotError, OSError, ValueError) as e:  # a user mistake: one clear line
+        if debug:
+            raise
+        hint = "" if isinstance(e, RadcotError) else " (RADCOT_DEBUG=1 shows the traceback)"
+        print(f"radcot {name}: error: {_one_line(e)}{hint}", file=sys.stderr)
+        return 1
 
-        if isinstance(e, (RadcotError, FileNotFoundError)) and level > logging.DEBUG:
-            print(f"radcot {name}: error: {e}", file=sys.stderr)
-            return 1
-        raise
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and e.strerror:  # e.g. [Errno 2] No such file or directory: 'x'
+        text = f"{e.filename}: {e.strerror}"
+    return " ".join(text.split())
+
+
+def _broken_pipe() -> int:
+    """``radcot evaluate ... | head``: exit quietly, as Unix tools do (stdout pointed at /dev/null)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 0

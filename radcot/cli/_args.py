@@ -1,0 +1,202 @@
+"""argparse ``type=`` functions and the output rule shared by every subcommand.
+
+A bad number or id is refused at the CLI boundary: argparse prints ``radcot X: error: argument --k:
+must be an integer >= 1, got '0'`` and exits 2, before any index is opened or model loaded.
+
+The output rule (:func:`check_output`): never delete or replace anything radcot did not create, and
+replace radcot's own earlier output only with ``--overwrite``. Radcot marks what it wrote with a hidden
+``.<name>.radcot`` file beside it (:func:`mark_output`), or knows it by its config sidecar/metadata.
+
+Example:
+    >>> import argparse
+    >>> p = argparse.ArgumentParser()
+    >>> _ = p.add_argument("--k", type=positive_int)
+    >>> p.parse_args(["--k", "5"]).k
+    5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+from radcot.records import RadcotError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error: ``radcot X: error: <what> (see radcot X --help)``, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(text: str, kind: type) -> float | int:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
+            from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    return int_at_least(1)(text)
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    return int_at_least(0)(text)
+
+
+def int_at_least(lo: int) -> Callable[[str], int]:
+    """An integer >= ``lo``."""
+
+    def parse(text: str) -> int:
+        value = _number(text, int)
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def finite_float(text: str) -> float:
+    """Any finite number (no nan/inf)."""
+    return float(_number(text, float))
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def in_range(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Callable[[str], float]:
+    """A finite number in ``[lo, hi]`` (``(`` / ``)`` with ``lo_open`` / ``hi_open``)."""
+    interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+    def parse(text: str) -> float:
+        value = finite_float(text)
+        if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
+            raise argparse.ArgumentTypeError(f"must be a number in {interval}, got {text!r}")
+        return value
+
+    parse.__name__ = f"number in {interval}"
+    return parse
+
+
+#: a share of something, 0..1
+fraction = in_range(0.0, 1.0)
+#: a share strictly between 0 and 1 (a dev split must leave both splits non-empty)
+open_fraction = in_range(0.0, 1.0, lo_open=True, hi_open=True)
+
+
+def token(text: str) -> str:
+    """A non-empty word without whitespace (run tags, ids): TREC files are whitespace-separated."""
+    if not text or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"must be non-empty and contain no whitespace (TREC files are "
+                                         f"whitespace-separated), got {text!r}")
+    return text
+
+
+def heap_size(text: str) -> str:
+    """A JVM heap size such as ``512m`` or ``4g``."""
+    if not (text[:-1].isdigit() and text[-1].lower() in "kmg" and int(text[:-1]) > 0):
+        raise argparse.ArgumentTypeError(f"must be a JVM heap size like 512m or 4g, got {text!r}")
+    return text
+
+
+def env_var_set(text: str) -> str:
+    """The name of an environment variable that is set (e.g. ``--api-key-env``)."""
+    if not os.environ.get(text):
+        raise argparse.ArgumentTypeError(f"environment variable {text} is not set (or empty): "
+                                         f"export {text}=... first, or name the variable that holds the key")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+class OutputExistsError(RadcotError, FileExistsError):
+    """An output exists and may not be replaced (see :func:`check_output`)."""
+
+
+def marker_path(output: str | os.PathLike) -> Path:
+    """The hidden file that says radcot wrote ``output``: ``.<name>.radcot`` beside it."""
+    p = Path(output).absolute()
+    return p.parent / f".{p.name}.radcot"
+
+
+def mark_output(output: str | os.PathLike, command: str) -> None:
+    """Record that radcot wrote ``output`` (so ``--overwrite`` may replace it later)."""
+    from radcot.utils import write_json
+
+    write_json(marker_path(output), {"command": command, "argv": sys.argv[1:], "pid": os.getpid(),
+                                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def _is_radcot_output(output: Path, own_files: Iterable[str]) -> bool:
+    if marker_path(output).exists():
+        return True
+    return output.is_dir() and any((output / name).exists() for name in own_files)
+
+
+def check_output(output: str | os.PathLike, overwrite: bool, what: str, *, own_files: Iterable[str] = ()) -> None:
+    """Apply the output rule before a command writes ``output``.
+
+    - absent, or an empty directory: fine;
+    - written by radcot (a :func:`mark_output` marker, or for a directory one of ``own_files``): needs
+      ``overwrite``;
+    - anything else: refused even with ``overwrite`` (radcot never deletes what it did not create).
+
+    Raises:
+        OutputExistsError: with the path, why, and the fix.
+    """
+    out = Path(output)
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_dir() and not any(out.iterdir()):
+        return
+    if not _is_radcot_output(out, own_files):
+        kind = "directory" if out.is_dir() else "file"
+        raise OutputExistsError(f"{what} {out} is an existing {kind} that radcot did not write; radcot never replaces "
+                           f"or deletes it: choose another path (or move it away yourself)")
+    if not overwrite:
+        raise OutputExistsError(f"{what} {out} already exists (written by an earlier radcot run): pass --overwrite to "
+                           f"replace it, or choose another path")
+
+
+def check_resumable(output: str | os.PathLike, what: str) -> None:
+    """A resumable CoT output (teach, generate) may be resumed, or replaced with ``--overwrite``, only if radcot
+    wrote it (its ``OUT.config.json`` sidecar is there).
+
+    Raises:
+        OutputExistsError: ``output`` is a non-empty file without ``OUT.config.json``, or a directory.
+    """
+    from radcot.cot import config_path
+
+    out = Path(output)
+    if out.is_dir():
+        raise OutputExistsError(f"{what} {out} is a directory; pass a file path such as {out / 'cots.jsonl'}")
+    if out.exists() and out.stat().st_size > 0 and not config_path(out).exists():
+        raise OutputExistsError(f"{what} {out} exists but radcot did not write it (no {config_path(out).name} beside "
+                                f"it); radcot never appends to or replaces it: choose another --out")
