@@ -42,10 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.add_argument("--log-examples", action="store_true", default=None,
                    help="write each step's query ids to RUN_DIR/examples.rank{R}.tsv")
+    p.add_argument("--nproc-per-node", type=int,
+                   help="training processes; > 1 launches torchrun with that many (default 1)")
     p.add_argument("--stop-after", type=int, help="end after this step as if interrupted (resume later with --resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
+    from radcot.student.launch import launch_training
     from radcot.student.train import TrainConfig, train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -57,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             p.error(f"the following arguments are required: {', '.join(missing)} (or --config FILE)")
         config = TrainConfig(**given)
-    run_dir = train(config, resume=args.resume, show_progress=False if args.no_progress else None,
-                    stop_after=args.stop_after)
+    show = False if args.no_progress else None
+    if args.stop_after is not None:
+        run_dir = train(config, resume=args.resume, show_progress=show, stop_after=args.stop_after)
+    else:
+        run_dir = launch_training(config, resume=args.resume, show_progress=show)
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:
