@@ -234,3 +234,18 @@ def test_launch_training_runs_torchrun_with_two_cpu_ranks(cranfield_distill, tin
     bad = _small_config(tmp_path / "no-such-data", tiny_t5, tmp_path / "bad", max_steps=2, nproc_per_node=2)
     with pytest.raises(TrainingError, match=r"(?s)2 processes\) failed.*no-such-data"):
         launch_training(bad, show_progress=False)
+
+
+def test_tensorboard_scalars_match_metrics_jsonl(trained_student):
+    """With radcot[tensorboard] installed, the run's event file holds the same train losses and dev ROUGE-L."""
+    pytest.importorskip("tensorboard", reason="tensorboard not installed (pip install radcot[tensorboard])")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from radcot.student.train import read_metrics
+
+    acc = EventAccumulator(str(trained_student / "tensorboard"))
+    acc.Reload()
+    loss = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert loss == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in read_metrics(trained_student, "train")]
+    rouge = [(e.step, e.value) for e in acc.Scalars("eval/rougeL")]
+    assert rouge == [(r["step"], pytest.approx(r["rougeL"], rel=1e-6)) for r in read_metrics(trained_student, "eval")]

@@ -9,6 +9,8 @@ A run directory holds everything a run produced::
     RUN_DIR/best/                   the checkpoint with the best dev ROUGE-L (or dev loss): load with
                                     FiDStudent.from_pretrained(RUN_DIR / "best")
     RUN_DIR/metrics.jsonl, .csv     one row per logged train step and per evaluation
+    RUN_DIR/tensorboard/            the same scalars for TensorBoard (when ``radcot[tensorboard]`` is installed)
+    RUN_DIR/device.json             the device and precision used, and why
     RUN_DIR/eval/step-N.jsonl       the dev generations of each evaluation
 
 Checkpoints are written to a temp dir and renamed into place, so a run killed at any moment resumes
@@ -293,8 +295,9 @@ def _rouge_l(predictions: list[str], references: list[str]) -> float:
 class _MetricsLog:
     """``metrics.jsonl`` + ``metrics.csv``; on resume, rows after the checkpoint's step are dropped."""
 
-    def __init__(self, run_dir: Path, resume_step: int):
+    def __init__(self, run_dir: Path, resume_step: int, tensorboard: bool = False):
         self.jsonl, self.csv = run_dir / "metrics.jsonl", run_dir / "metrics.csv"
+        self.tb = _tensorboard_writer(run_dir / "tensorboard", resume_step) if tensorboard else None
         rows = []
         if resume_step > 0 and self.jsonl.exists():
             for line in self.jsonl.read_text(encoding="utf-8").splitlines():
@@ -315,6 +318,23 @@ class _MetricsLog:
             f.write(json.dumps(row) + "\n")
         with open(self.csv, "a", encoding="utf-8", newline="") as f:
             csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n").writerow(row)
+        if self.tb is not None:
+            for key, value in row.items():
+                if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"{row['kind']}/{key}", value, row["step"])
+            self.tb.flush()
+
+
+def _tensorboard_writer(log_dir: Path, resume_step: int):
+    """A ``torch.utils.tensorboard`` writer when tensorboard is installed (``pip install radcot[tensorboard]``), else
+    None. On resume, events after the checkpoint's step are superseded (``purge_step``)."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(log_dir), purge_step=resume_step + 1 if resume_step else None)
 
 
 def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[dict]:
@@ -510,7 +530,7 @@ class _Run:
             range(len(self.train_ds)), num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=config.seed,
             drop_last=False)
         self.batches = self._epoch_batches(self.epoch)
-        self.metrics = _MetricsLog(self.run_dir, self.resume_step) if dist.main else None
+        self.metrics = _MetricsLog(self.run_dir, self.resume_step, tensorboard=True) if dist.main else None
         self._open_examples_log()
 
     def _model_source(self, resume_from):
@@ -697,6 +717,8 @@ class _Run:
         dist.barrier()
         if self.examples_log is not None:
             self.examples_log.close()
+        if self.metrics is not None and self.metrics.tb is not None:
+            self.metrics.tb.close()
         logger.info("train: %d steps done in %.1f s -> %s (best: %s)", self.step, time.time() - self.t_start,
                     self.run_dir, self.best)
 
