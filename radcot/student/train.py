@@ -92,6 +92,11 @@ class TrainConfig:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
         seed: seed of the data order, dropout and (for tiny-t5) the initialisation.
         log_examples: write the query ids of every step's batch to ``RUN_DIR/examples.rank{R}.tsv``.
+        select_by: how ``best/`` is chosen: ``rougeL`` (default; ``metric_for_best`` as before), ``loss`` (dev loss)
+            or ``retrieval``: at each evaluation the dev CoTs expand the dev queries (``select_formula``), BM25
+            (``select_index``) searches ``select_k`` deep, and ``select_metric`` (an ir-measures name) is computed
+            on the dev queries that have judgements in ``select_qrels`` (a qrels file, or a BEIR directory's
+            ``qrels/train.tsv``; dev queries are held-out training queries, never test queries).
         nproc_per_node: training processes (``radcot.student.launch.launch_training`` starts ``torchrun``
             with this many when > 1; ``batch_size`` is per process).
 
@@ -128,6 +133,12 @@ class TrainConfig:
     seed: int = 0
     log_examples: bool = False
     nproc_per_node: int = 1
+    select_by: str = "rougeL"
+    select_metric: str = "nDCG@10"
+    select_index: str | None = None
+    select_qrels: str | None = None
+    select_formula: str = "radcot"
+    select_k: int = 100
 
     def __post_init__(self):
         for name in ("data", "model", "out"):
@@ -150,8 +161,36 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.metric_for_best must be 'rougeL' or 'dev_loss', got {self.metric_for_best!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"TrainConfig.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        self._check_selection()
         if self.eval_max_examples is not None and self.eval_max_examples < 1:
             raise ValueError(f"TrainConfig.eval_max_examples must be >= 1 or None, got {self.eval_max_examples}")
+
+    def _check_selection(self) -> None:
+        if self.select_by not in ("rougeL", "loss", "retrieval"):
+            raise ValueError(f"TrainConfig.select_by must be 'rougeL', 'loss' or 'retrieval', got {self.select_by!r}")
+        if self.select_k < 1:
+            raise ValueError(f"TrainConfig.select_k must be >= 1, got {self.select_k}")
+        if self.select_by != "retrieval":
+            return
+        missing = [n for n in ("select_index", "select_qrels") if not getattr(self, n)]
+        if missing:
+            raise ValueError(f"TrainConfig.select_by='retrieval' needs {' and '.join(missing)}: a BM25 index directory "
+                             f"and the qrels of the training (dev-split) queries")
+        if self.select_formula not in ("radcot", "query2doc", "none"):
+            raise ValueError(f"TrainConfig.select_formula must be radcot, query2doc or none (BM25), "
+                             f"got {self.select_formula!r}")
+        import ir_measures
+
+        try:
+            ir_measures.parse_measure(self.select_metric)
+        except (ValueError, NameError, SyntaxError, TypeError) as e:
+            raise ValueError(f"TrainConfig.select_metric {self.select_metric!r} is not an ir-measures name "
+                             f"(e.g. nDCG@10, RR@10, AP): {e}") from e
+
+    @property
+    def selection_metric(self) -> str:
+        """The metrics-row key ``best/`` is chosen by (``rougeL``, ``dev_loss`` or the retrieval metric)."""
+        return {"loss": "dev_loss", "retrieval": self.select_metric}.get(self.select_by, self.metric_for_best)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -647,10 +686,11 @@ class _Run:
         if dist.main and result is not None:
             self.metrics.write({"kind": "eval", "step": self.step, "epoch": self.epoch, **result,
                                 "elapsed_s": round(time.time() - self.t_start, 3)})
-            bar.write(f"step {self.step}: dev loss {result['dev_loss']:.4f}  ROUGE-L {result['rougeL']:.4f}")
-            value = result[config.metric_for_best]
+            extra = f"  {config.select_metric} {result[config.select_metric]:.4f}" if config.select_by == "retrieval" else ""
+            bar.write(f"step {self.step}: dev loss {result['dev_loss']:.4f}  ROUGE-L {result['rougeL']:.4f}{extra}")
+            value = result[config.selection_metric]
             if self._is_better(value):
-                self.best = {"step": self.step, "value": value, "metric": config.metric_for_best}
+                self.best = {"step": self.step, "value": value, "metric": config.selection_metric}
                 self.save_best({"best": self.best, **result})
         self.best = dist.broadcast(self.best)
         dist.barrier()
@@ -677,16 +717,46 @@ class _Run:
         student.train()
         refs = [r["target"] for r in rows]
         result = {"dev_loss": sum(losses) / n, "rougeL": _rouge_l(preds, refs), "n_dev": n}
+        if config.select_by == "retrieval":
+            result.update(self._retrieval_score(rows, preds))
         with open(_mkdir(self.run_dir / "eval") / f"step-{self.step}.jsonl", "w", encoding="utf-8") as f:
             for r, p in zip(rows, preds):
                 f.write(json.dumps({"query_id": r["query_id"], "query": r["query"], "prediction": p,
                                     "target": r["target"]}, ensure_ascii=False) + "\n")
         return result
 
+    def _retrieval_score(self, rows: list[dict], cots: list[str]) -> dict:
+        """Expand the dev queries with their generated CoTs, search BM25, evaluate on the judged ones."""
+        from radcot.evaluation import evaluate
+        from radcot.expansion import expand_text
+
+        config = self.config
+        if getattr(self, "_retriever", None) is None:  # opened once per run
+            from radcot.data.readers import read_qrels
+            from radcot.retrieval.bm25 import BM25Retriever
+
+            self._retriever = BM25Retriever(config.select_index)
+            qpath = Path(config.select_qrels)
+            self._select_qrels = read_qrels(qpath, split="train" if qpath.is_dir() else None)
+        dev_ids = {r["query_id"] for r in rows}
+        qrels = {}
+        for q in self._select_qrels:
+            if q.query_id in dev_ids:
+                qrels.setdefault(q.query_id, {})[q.doc_id] = q.relevance
+        if not qrels:
+            raise TrainingError(f"select_by=retrieval: none of the {len(dev_ids)} dev queries has judgements in "
+                                f"{config.select_qrels}; pass the qrels of the training queries")
+        queries = {r["query_id"]: expand_text(r["query"], c, config.select_formula)
+                   for r, c in zip(rows, cots) if r["query_id"] in qrels}
+        run = self._retriever.batch_search(queries, k=config.select_k)
+        value = evaluate(qrels, run, [config.select_metric])[config.select_metric]
+        return {config.select_metric: float(value), "n_select": len(queries)}
+
     def _is_better(self, value: float) -> bool:
         if self.best["value"] is None:
             return True
-        return value > self.best["value"] if self.config.metric_for_best == "rougeL" else value < self.best["value"]
+        lower_is_better = self.config.selection_metric == "dev_loss"
+        return value < self.best["value"] if lower_is_better else value > self.best["value"]
 
     def save_checkpoint(self) -> None:
         torch, dist = self.torch, self.dist
