@@ -42,6 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.add_argument("--log-examples", action="store_true", default=None,
                    help="write each step's query ids to RUN_DIR/examples.rank{R}.tsv")
+    p.add_argument("--select-by", choices=["rougeL", "loss", "retrieval"],
+                   help="choose RUN_DIR/best by dev ROUGE-L (default), dev loss, or retrieval quality of the "
+                        "expanded dev queries (needs --select-index and --select-qrels)")
+    p.add_argument("--select-metric", help="ir-measures metric for --select-by retrieval (default nDCG@10)")
+    p.add_argument("--select-index", help="BM25 index directory for --select-by retrieval")
+    p.add_argument("--select-qrels", help="qrels of the training queries (file, or BEIR dir: qrels/train.tsv)")
+    p.add_argument("--select-formula", choices=["radcot", "query2doc", "none"],
+                   help="expansion formula for --select-by retrieval (default radcot)")
+    p.add_argument("--select-k", type=int, help="BM25 depth for --select-by retrieval (default 100)")
     p.add_argument("--nproc-per-node", type=int,
                    help="training processes; > 1 launches torchrun with that many (default 1)")
     p.add_argument("--stop-after", type=int, help="end after this step as if interrupted (resume later with --resume)")
@@ -59,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         missing = [f"--{n}" for n in ("data", "model", "out") if n not in given]
         if missing:
             p.error(f"the following arguments are required: {', '.join(missing)} (or --config FILE)")
-        config = TrainConfig(**given)
+        try:
+            config = TrainConfig(**given)
+        except ValueError as e:
+            p.error(str(e))
     show = False if args.no_progress else None
     if args.stop_after is not None:
         run_dir = train(config, resume=args.resume, show_progress=show, stop_after=args.stop_after)
