@@ -130,3 +130,44 @@ def trained_student(cranfield_distill, tiny_t5, tmp_path_factory) -> Path:
                           eval_max_new_tokens=24, eval_max_examples=16, save_every=20, log_every=1),
               show_progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def untied_t5(tiny_t5, tmp_path_factory) -> Path:
+    """A tiny T5 v1.1 / flan-t5-architecture model: gated-gelu, ``tie_word_embeddings=False`` and its own
+    ``lm_head`` (what every real flan-t5 run trains), with the tiny tokenizer. Random weights."""
+    import transformers
+
+    from radcot.student.model import FiDStudent, untie_lm_head
+
+    out = _shared(tmp_path_factory, "untied-t5")
+    if not (out / "config.json").exists():
+        tok = transformers.AutoTokenizer.from_pretrained(str(tiny_t5))
+        d = TINY["d_model"]
+        config = transformers.T5Config(
+            vocab_size=len(tok), d_model=d, d_kv=d // TINY["heads"], d_ff=TINY["d_ff"], num_layers=TINY["layers"],
+            num_decoder_layers=TINY["layers"], num_heads=TINY["heads"], feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False, dropout_rate=0.1, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            t5 = untie_lm_head(transformers.T5ForConditionalGeneration(config), std=d ** -0.5)
+        t5.generation_config.decoder_start_token_id = 0
+        FiDStudent(t5, tok).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_untied_student(cranfield_distill, untied_t5, tmp_path_factory) -> Path:
+    """The untied (flan-t5-style) tiny student trained for 6 steps: ``RUN_DIR``."""
+    from radcot.student.train import TrainConfig, train
+
+    out = _shared(tmp_path_factory, "trained-untied-run")
+    if not (out / "best" / "config.json").exists():
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        train(TrainConfig(data=str(cranfield_distill), model=str(untied_t5), out=str(out), max_steps=6,
+                          batch_size=4, lr=2e-3, text_maxlength=48, target_maxlength=32, eval_every=0,
+                          eval_max_new_tokens=8, eval_max_examples=4, save_every=6, log_every=1),
+              show_progress=False)
+    return out

@@ -68,11 +68,43 @@ def test_resume_is_exact(cranfield_distill, tiny_t5, tmp_path):
     lb = [(r["step"], r["loss"], r["lr"]) for r in read_metrics(tmp_path / "b", "train")]
     assert [s for s, _, _ in lb] == list(range(1, 11))  # step 7 logged once (the killed run's row dropped)
     assert la == lb
+    # the linear schedule, by hand: lr 1e-3, 2 warm-up steps, 10 steps; the row of step s shows the lr that step
+    # used, 1e-3 * min((s) / 2, (10 - (s - 1)) / (10 - 2))
+    expected = [0.5e-3, 1e-3, 1e-3, 7 / 8 * 1e-3, 6 / 8 * 1e-3, 5 / 8 * 1e-3, 4 / 8 * 1e-3, 3 / 8 * 1e-3, 2 / 8 * 1e-3,
+                1 / 8 * 1e-3]
+    assert [r[2] for r in la] == pytest.approx(expected, rel=1e-9)
     wa, wb = _weights(a), _weights(tmp_path / "b")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # a different seed really changes the losses (the comparison above can fail)
     c = train(_small_config(cranfield_distill, tiny_t5, tmp_path / "c", seed=4, max_steps=3), show_progress=False)
     assert [r["loss"] for r in read_metrics(c, "train")] != [x[1] for x in la[:3]]
+
+
+def test_lr_schedule_values():
+    """Linear warm-up then linear decay to 0 at max_steps (or constant), at hand-derived steps."""
+    from radcot.student.train import TrainConfig, _lr_lambda
+
+    f = _lr_lambda(TrainConfig(data="d", model="m", out="o", max_steps=10, warmup_steps=4, scheduler="linear"))
+    # warm-up: (step + 1) / 4; then (10 - step) / (10 - 4)
+    assert [f(s) for s in (0, 1, 3, 4, 7, 9, 10)] == pytest.approx([0.25, 0.5, 1.0, 1.0, 0.5, 1 / 6, 0.0])
+    g = _lr_lambda(TrainConfig(data="d", model="m", out="o", max_steps=10, warmup_steps=2, scheduler="constant"))
+    assert [g(s) for s in (0, 1, 2, 9)] == [0.5, 1.0, 1.0, 1.0]
+    h = _lr_lambda(TrainConfig(data="d", model="m", out="o", max_steps=4, scheduler="linear"))
+    assert [h(s) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+
+
+def test_bf16_on_cpu_falls_back_to_fp32_and_says_so(cranfield_distill, tiny_t5, tmp_path, caplog):
+    import logging
+
+    from radcot.student.train import train
+
+    with caplog.at_level(logging.INFO, logger="radcot.student"):
+        run = train(_small_config(cranfield_distill, tiny_t5, tmp_path / "p", max_steps=1, precision="bf16",
+                                  device="cpu"), show_progress=False)
+    info = json.loads((run / "device.json").read_text())
+    assert info["precision"] == "fp32" and info["precision_asked"] == "bf16" and info["device"] == "cpu"
+    assert "falling back to fp32" in caplog.text and "device cpu" in caplog.text
+    assert json.loads((run / "best" / "fid_config.json").read_text())["precision"] == "fp32"
 
 
 def test_resume_checks_the_run_directory(cranfield_distill, tiny_t5, tmp_path):
@@ -183,3 +215,37 @@ def test_cli_training_killed_with_sigkill_resumes_exactly(cranfield_distill, tin
     wa = load_file(str(tmp_path / "full" / "checkpoints" / "step-30" / "model.safetensors"))
     wb = load_file(str(killed / "checkpoints" / "step-30" / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_launch_training_runs_torchrun_with_two_cpu_ranks(cranfield_distill, tiny_t5, tmp_path, capfd, monkeypatch):
+    """nproc_per_node=2 outside a launch: torchrun with 2 gloo ranks trains; a failing launch raises with its tail."""
+    from radcot.student.launch import launch_training
+    from radcot.student.train import TrainingError, read_metrics
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cfg = _small_config(cranfield_distill, tiny_t5, tmp_path / "l", max_steps=2, grad_accum=1, nproc_per_node=2)
+    run = launch_training(cfg, show_progress=False)
+    state = json.loads((run / "checkpoints" / "step-2" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["examples_seen"] == 2 * 2 * 4
+    assert [r["step"] for r in read_metrics(run, "train")] == [1, 2]
+    assert (run / "best" / "model.safetensors").is_file()
+    bad = _small_config(tmp_path / "no-such-data", tiny_t5, tmp_path / "bad", max_steps=2, nproc_per_node=2)
+    with pytest.raises(TrainingError, match=r"(?s)2 processes\) failed.*no-such-data"):
+        launch_training(bad, show_progress=False)
+
+
+def test_tensorboard_scalars_match_metrics_jsonl(trained_student):
+    """With radcot[tensorboard] installed, the run's event file holds the same train losses and dev ROUGE-L."""
+    pytest.importorskip("tensorboard", reason="tensorboard not installed (pip install radcot[tensorboard])")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from radcot.student.train import read_metrics
+
+    acc = EventAccumulator(str(trained_student / "tensorboard"))
+    acc.Reload()
+    loss = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert loss == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in read_metrics(trained_student, "train")]
+    rouge = [(e.step, e.value) for e in acc.Scalars("eval/rougeL")]
+    assert rouge == [(r["step"], pytest.approx(r["rougeL"], rel=1e-6)) for r in read_metrics(trained_student, "eval")]

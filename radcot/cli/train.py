@@ -45,10 +45,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=non_negative_int, help="seed (default 0)")
     p.add_argument("--log-examples", action="store_true", default=None,
                    help="write each step's query ids to RUN_DIR/examples.rank{R}.tsv")
+    p.add_argument("--select-by", choices=["rougeL", "loss", "retrieval"],
+                   help="choose RUN_DIR/best by dev ROUGE-L (default), dev loss, or retrieval quality of the "
+                        "expanded dev queries (needs --select-index and --select-qrels)")
+    p.add_argument("--select-metric", help="ir-measures metric for --select-by retrieval (default nDCG@10)")
+    p.add_argument("--select-index", help="BM25 index directory for --select-by retrieval")
+    p.add_argument("--select-qrels", help="qrels of the training queries (file, or BEIR dir: qrels/train.tsv)")
+    p.add_argument("--select-formula", choices=["radcot", "query2doc", "none"],
+                   help="expansion formula for --select-by retrieval (default radcot)")
+    p.add_argument("--select-k", type=positive_int, help="BM25 depth for --select-by retrieval (default 100)")
+    p.add_argument("--nproc-per-node", type=positive_int,
+                   help="training processes; > 1 launches torchrun with that many (default 1)")
     p.add_argument("--stop-after", type=positive_int, help="end after this step as if interrupted (resume later with --resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
+    from radcot.student.launch import launch_training
     from radcot.student.train import TrainConfig, train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -59,10 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         missing = [f"--{n}" for n in ("data", "model", "out") if n not in given]
         if missing:
             p.error(f"the following arguments are required: {', '.join(missing)} (or --config FILE)")
-        config = TrainConfig(**given)
+        try:
+            config = TrainConfig(**given)
+        except ValueError as e:
+            p.error(str(e))
+    show = False if args.no_progress else None
     with _run_dir_lock(config.out, args.resume):
-        run_dir = train(config, resume=args.resume, show_progress=False if args.no_progress else None,
-                        stop_after=args.stop_after)
+        if args.stop_after is not None:
+            run_dir = train(config, resume=args.resume, show_progress=show, stop_after=args.stop_after)
+        else:
+            run_dir = launch_training(config, resume=args.resume, show_progress=show)
     if int(os.environ.get("RANK", "0")) == 0:
         print(run_dir / "best" if (run_dir / "best").is_dir() else run_dir)
     return 0

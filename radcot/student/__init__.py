@@ -24,6 +24,7 @@ _EXPORTS = {
     "TrainConfig": "radcot.student.train",
     "TrainingError": "radcot.student.train",
     "train": "radcot.student.train",
+    "launch_training": "radcot.student.launch",
     "read_metrics": "radcot.student.train",
     "list_checkpoints": "radcot.student.train",
     "generate_cots": "radcot.student.generate",

@@ -102,6 +102,98 @@ def _is_hub_name(name: str) -> bool:
     return not os.path.isabs(name) and not name.startswith(".") and name.count("/") <= 1 and not os.path.exists(name)
 
 
+def decoder_output_scaling(t5) -> bool:
+    """Whether the T5 rescales decoder outputs by ``d_model**-0.5`` before ``lm_head`` (original T5: yes;
+    T5 v1.1 / flan-t5: no). transformers 5 keeps it in ``config.scale_decoder_outputs``; 4.x derives it
+    from ``tie_word_embeddings``."""
+    return bool(getattr(t5.config, "scale_decoder_outputs", t5.config.tie_word_embeddings))
+
+
+def head_is_tied(t5) -> bool:
+    """Whether ``lm_head`` holds the input embeddings (the same tensor or equal values)."""
+    head, emb = t5.get_output_embeddings().weight, t5.get_input_embeddings().weight
+    return head is emb or (head.shape == emb.shape and bool(torch.equal(head.detach(), emb.detach())))
+
+
+def portable_head_state(t5) -> tuple[dict | None, bool]:
+    """The state dict to save and the ``tie_word_embeddings`` to write, so any transformers rebuilds ``t5``.
+
+    transformers 5 writes ``tie_word_embeddings: true`` into every T5 config (and keeps the v1.1 "no
+    output scaling" in ``scale_decoder_outputs``); transformers 4.x reads ``true`` as "tie ``lm_head`` to
+    the input embeddings *and* rescale by ``d_model**-0.5``", a different model for a flan-t5-style
+    student. So:
+
+    - tied head with scaling (original T5): saved as is, ``tie_word_embeddings: true``;
+    - no scaling (T5 v1.1 / flan-t5, tied or not): ``lm_head.weight`` is written as its own tensor and
+      the config says ``false``: 4.x loads a separate head without scaling, 5.x the same (and re-ties
+      a head equal to the embeddings, as it was);
+    - a separate head *with* scaling (no transformers 4.x config can say it): the scale is folded into
+      the saved ``lm_head`` (same logits), ``false``.
+
+    Returns:
+        ``(state_dict or None for "save as is", tie_word_embeddings)``.
+    """
+    scale = decoder_output_scaling(t5)
+    tied = head_is_tied(t5)
+    if tied and scale:
+        return None, True
+    head = t5.get_output_embeddings().weight.detach().clone()
+    if scale:
+        head = head * (t5.config.d_model ** -0.5)
+    state = dict(t5.state_dict())
+    state["lm_head.weight"] = head
+    return state, False
+
+
+def untie_lm_head(t5, std: float | None = None):
+    """Give ``t5`` its own ``lm_head`` (T5 v1.1 / flan-t5 style), e.g. for a model built from a config offline.
+
+    transformers 5 ties ``lm_head`` to the input embeddings of every new T5, whatever the config says.
+
+    Args:
+        t5: a ``T5ForConditionalGeneration``.
+        std: re-initialise the new head from N(0, std) (None: start as a copy of the embeddings).
+
+    Returns:
+        ``t5`` (changed in place).
+    """
+    head = t5.get_output_embeddings()
+    weight = head.weight.detach().clone()
+    if std is not None:
+        weight.normal_(0.0, std)
+    head.weight = torch.nn.Parameter(weight)
+    tied_keys = getattr(t5, "all_tied_weights_keys", None)
+    if isinstance(tied_keys, dict):
+        tied_keys.pop("lm_head.weight", None)
+    return t5
+
+
+def _write_head_config(path: Path, tie: bool) -> None:
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    cfg["tie_word_embeddings"] = tie
+    cfg["scale_decoder_outputs"] = tie  # read by transformers 5 (4.x derives it from tie_word_embeddings)
+    write_json(path, cfg)
+
+
+class _DropTieWarning(logging.Filter):
+    """Drops transformers 5's "... set tie_word_embeddings=False to silence this warning" (advice that cannot be
+    followed: transformers 5 forces the flag to True for T5) when loading a student with its own ``lm_head``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "tie_word_embeddings=False" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_tie_warning():
+    hf_logger = logging.getLogger("transformers.modeling_utils")
+    f = _DropTieWarning()
+    hf_logger.addFilter(f)
+    try:
+        yield
+    finally:
+        hf_logger.removeFilter(f)
+
+
 class FiDStudent(torch.nn.Module):
     """Fusion-in-Decoder around a Hugging Face ``T5ForConditionalGeneration``.
 
@@ -168,7 +260,7 @@ class FiDStudent(torch.nn.Module):
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
         try:
-            with quiet_hf():
+            with quiet_hf(), _no_tie_warning():
                 tokenizer = transformers.AutoTokenizer.from_pretrained(src, local_files_only=local)
                 t5 = transformers.T5ForConditionalGeneration.from_pretrained(src, **kwargs)
         except OSError as e:
@@ -193,10 +285,16 @@ class FiDStudent(torch.nn.Module):
         return Path(out_dir)
 
     def save_into(self, directory: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> None:
-        """Like :meth:`save_pretrained` but into an existing (temporary) directory, non-atomically."""
+        """Like :meth:`save_pretrained` but into an existing (temporary) directory, non-atomically.
+
+        The checkpoint is written so that transformers 4.x and 5.x rebuild the same model (see
+        :func:`portable_head_state`).
+        """
+        state, tie = portable_head_state(self.t5)
         with quiet_hf():
-            self.t5.save_pretrained(directory)
+            self.t5.save_pretrained(directory, state_dict=state)
             self.tokenizer.save_pretrained(directory)
+        _write_head_config(Path(directory) / "config.json", tie)
         write_json(Path(directory) / FID_CONFIG_FILE, {**self.fid_config.to_dict(), **(extra or {})})
 
     # -------------------------------------------------------------------------------------- computing

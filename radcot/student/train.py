@@ -9,6 +9,8 @@ A run directory holds everything a run produced::
     RUN_DIR/best/                   the checkpoint with the best dev ROUGE-L (or dev loss): load with
                                     FiDStudent.from_pretrained(RUN_DIR / "best")
     RUN_DIR/metrics.jsonl, .csv     one row per logged train step and per evaluation
+    RUN_DIR/tensorboard/            the same scalars for TensorBoard (when ``radcot[tensorboard]`` is installed)
+    RUN_DIR/device.json             the device and precision used, and why
     RUN_DIR/eval/step-N.jsonl       the dev generations of each evaluation
 
 Checkpoints are written to a temp dir and renamed into place, so a run killed at any moment resumes
@@ -90,6 +92,13 @@ class TrainConfig:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
         seed: seed of the data order, dropout and (for tiny-t5) the initialisation.
         log_examples: write the query ids of every step's batch to ``RUN_DIR/examples.rank{R}.tsv``.
+        select_by: how ``best/`` is chosen: ``rougeL`` (default; ``metric_for_best`` as before), ``loss`` (dev loss)
+            or ``retrieval``: at each evaluation the dev CoTs expand the dev queries (``select_formula``), BM25
+            (``select_index``) searches ``select_k`` deep, and ``select_metric`` (an ir-measures name) is computed
+            on the dev queries that have judgements in ``select_qrels`` (a qrels file, or a BEIR directory's
+            ``qrels/train.tsv``; dev queries are held-out training queries, never test queries).
+        nproc_per_node: training processes (``radcot.student.launch.launch_training`` starts ``torchrun``
+            with this many when > 1; ``batch_size`` is per process).
 
     Example:
         >>> TrainConfig(data="d", model="tiny-t5", out="r", lr=3e-4).scheduler
@@ -123,12 +132,20 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     log_examples: bool = False
+    nproc_per_node: int = 1
+    select_by: str = "rougeL"
+    select_metric: str = "nDCG@10"
+    select_index: str | None = None
+    select_qrels: str | None = None
+    select_formula: str = "radcot"
+    select_k: int = 100
 
     def __post_init__(self):
         for name in ("data", "model", "out"):
             setattr(self, name, str(getattr(self, name)))
         positive = ("max_steps", "batch_size", "grad_accum", "text_maxlength", "target_maxlength",
-                    "eval_batch_size", "eval_max_new_tokens", "save_every", "keep_checkpoints", "log_every")
+                    "eval_batch_size", "eval_max_new_tokens", "save_every", "keep_checkpoints", "log_every",
+                    "nproc_per_node")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -144,8 +161,36 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.metric_for_best must be 'rougeL' or 'dev_loss', got {self.metric_for_best!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"TrainConfig.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        self._check_selection()
         if self.eval_max_examples is not None and self.eval_max_examples < 1:
             raise ValueError(f"TrainConfig.eval_max_examples must be >= 1 or None, got {self.eval_max_examples}")
+
+    def _check_selection(self) -> None:
+        if self.select_by not in ("rougeL", "loss", "retrieval"):
+            raise ValueError(f"TrainConfig.select_by must be 'rougeL', 'loss' or 'retrieval', got {self.select_by!r}")
+        if self.select_k < 1:
+            raise ValueError(f"TrainConfig.select_k must be >= 1, got {self.select_k}")
+        if self.select_by != "retrieval":
+            return
+        missing = [n for n in ("select_index", "select_qrels") if not getattr(self, n)]
+        if missing:
+            raise ValueError(f"TrainConfig.select_by='retrieval' needs {' and '.join(missing)}: a BM25 index directory "
+                             f"and the qrels of the training (dev-split) queries")
+        if self.select_formula not in ("radcot", "query2doc", "none"):
+            raise ValueError(f"TrainConfig.select_formula must be radcot, query2doc or none (BM25), "
+                             f"got {self.select_formula!r}")
+        import ir_measures
+
+        try:
+            ir_measures.parse_measure(self.select_metric)
+        except (ValueError, NameError, SyntaxError, TypeError) as e:
+            raise ValueError(f"TrainConfig.select_metric {self.select_metric!r} is not an ir-measures name "
+                             f"(e.g. nDCG@10, RR@10, AP): {e}") from e
+
+    @property
+    def selection_metric(self) -> str:
+        """The metrics-row key ``best/`` is chosen by (``rougeL``, ``dev_loss`` or the retrieval metric)."""
+        return {"loss": "dev_loss", "retrieval": self.select_metric}.get(self.select_by, self.metric_for_best)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -289,8 +334,9 @@ def _rouge_l(predictions: list[str], references: list[str]) -> float:
 class _MetricsLog:
     """``metrics.jsonl`` + ``metrics.csv``; on resume, rows after the checkpoint's step are dropped."""
 
-    def __init__(self, run_dir: Path, resume_step: int):
+    def __init__(self, run_dir: Path, resume_step: int, tensorboard: bool = False):
         self.jsonl, self.csv = run_dir / "metrics.jsonl", run_dir / "metrics.csv"
+        self.tb = _tensorboard_writer(run_dir / "tensorboard", resume_step) if tensorboard else None
         rows = []
         if resume_step > 0 and self.jsonl.exists():
             for line in self.jsonl.read_text(encoding="utf-8").splitlines():
@@ -311,6 +357,23 @@ class _MetricsLog:
             f.write(json.dumps(row) + "\n")
         with open(self.csv, "a", encoding="utf-8", newline="") as f:
             csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n").writerow(row)
+        if self.tb is not None:
+            for key, value in row.items():
+                if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"{row['kind']}/{key}", value, row["step"])
+            self.tb.flush()
+
+
+def _tensorboard_writer(log_dir: Path, resume_step: int):
+    """A ``torch.utils.tensorboard`` writer when tensorboard is installed (``pip install radcot[tensorboard]``), else
+    None. On resume, events after the checkpoint's step are superseded (``purge_step``)."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(log_dir), purge_step=resume_step + 1 if resume_step else None)
 
 
 def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[dict]:
@@ -322,6 +385,8 @@ def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[di
 
 def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
     saved = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    saved = {**defaults, **saved}  # a run written before a field existed ran with its default
     now = config.to_dict()
     diff = {k: (saved.get(k), now.get(k)) for k in set(saved) | set(now)
             if k not in RESUME_MUTABLE and k != "out" and saved.get(k) != now.get(k)}
@@ -337,6 +402,10 @@ def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
 def train(config: TrainConfig, *, resume: bool = False, show_progress: bool | None = None,
           stop_after: int | None = None) -> Path:
     """Train a FiD student; returns the run directory (best model at ``RUN_DIR/best``).
+
+    Global RNG state: ``train()`` seeds Python's ``random`` and torch's global generators with
+    ``config.seed + rank`` (dropout and the data order depend on them) and leaves them in their end-of-run
+    state; callers that need their own random stream afterwards should re-seed.
 
     Args:
         config: the :class:`TrainConfig`.
@@ -356,15 +425,56 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool | No
     torch = require("torch", "student training")
     from tqdm.auto import tqdm
 
-    from radcot.student.data import NO_CONTEXT_TEMPLATE, PASSAGE_TEMPLATE, load_distillation_data
-    from radcot.student.model import FiDStudent
-    from radcot.student.offline import build_tiny_t5, is_tiny_spec, parse_tiny_spec
-
-    t_start = time.time()
     dist = _Dist(torch)
-    run_dir = Path(config.out)
     try:
-        # ---------------------------------------------------------------- run directory and resume point
+        run = _Run(config, dist, torch)
+        resume_from = run.prepare_run_dir(resume)
+        if resume_from is _FINISHED:
+            return run.run_dir
+        run.load_data()
+        run.choose_device()
+        run.build_model(resume_from)
+        bar = tqdm(total=config.max_steps, initial=run.step, desc="training", unit="step",
+                   disable=not (dist.main and progress_enabled(show_progress)))
+        while run.step < config.max_steps:
+            loss = run.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if (config.eval_every and run.step % config.eval_every == 0) or run.step == config.max_steps:
+                run.evaluate_and_select(bar)
+            if run.step % config.save_every == 0 or run.step == config.max_steps:
+                run.save_checkpoint()
+            if stop_after is not None and stop_after <= run.step < config.max_steps:
+                logger.info("train: stopping after step %d as asked (resume with --resume)", run.step)
+                bar.close()
+                return run.run_dir
+        bar.close()
+        run.finish()
+        return run.run_dir
+    finally:
+        dist.close()
+
+
+_FINISHED = object()
+
+
+class _Run:
+    """One training run's state and its steps (set up, data, device, model, one step, evaluate, checkpoint)."""
+
+    def __init__(self, config: TrainConfig, dist: _Dist, torch):
+        self.config, self.dist, self.torch = config, dist, torch
+        self.run_dir = Path(config.out)
+        self.t_start = time.time()
+        self.step, self.epoch, self.batch_pos, self.examples_seen = 0, 0, 0, 0
+        self.best: dict[str, Any] = {"step": None, "value": None}
+        self.resume_step = 0
+        self.scaler = None
+        self.examples_log = None
+
+    # ---------------------------------------------------------------- set up
+    def prepare_run_dir(self, resume: bool):
+        """Check the run directory; returns the checkpoint to resume from (None: start; _FINISHED: done)."""
+        run_dir, config, dist = self.run_dir, self.config, self.dist
         ckpts = list_checkpoints(run_dir)
         if (run_dir / CONFIG_FILE).exists():
             if not resume:
@@ -374,10 +484,10 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool | No
         elif ckpts:
             raise TrainingError(f"{run_dir} has checkpoints but no {CONFIG_FILE}; it was not written by radcot train")
         resume_from = ckpts[-1] if (resume and ckpts) else None
-        resume_step = resume_from[0] if resume_from else 0
-        if resume_step >= config.max_steps and (run_dir / "best").is_dir():
-            logger.info("train: %s already finished (%d steps)", run_dir, resume_step)
-            return run_dir
+        self.resume_step = resume_from[0] if resume_from else 0
+        if self.resume_step >= config.max_steps and (run_dir / "best").is_dir():
+            logger.info("train: %s already finished (%d steps)", run_dir, self.resume_step)
+            return _FINISHED
         dist.barrier()  # every rank has inspected run_dir before rank 0 writes into it
         if dist.main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -385,250 +495,324 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool | No
             for stale in (run_dir / "checkpoints").glob(".step-*.tmp") if (run_dir / "checkpoints").is_dir() else []:
                 shutil.rmtree(stale, ignore_errors=True)  # half-written checkpoint of a killed run
         dist.barrier()
+        return resume_from
 
-        # ---------------------------------------------------------------- data
+    # ---------------------------------------------------------------- data
+    def load_data(self) -> None:
+        from radcot.student.data import NO_CONTEXT_TEMPLATE, PASSAGE_TEMPLATE, load_distillation_data
+
+        config = self.config
         dd, meta = load_distillation_data(config.data)
-        train_ds = dd["train"]
-        dev_ds = dd["dev"] if "dev" in dd else None
-        no_context = bool(meta.get("no_context", False))
-        n_context = 1 if no_context else (config.n_context or int(meta.get("k") or 10))
-        template = config.template or (NO_CONTEXT_TEMPLATE if no_context else PASSAGE_TEMPLATE)
-        if no_context and "{passage}" in template:
+        self.train_ds = dd["train"]
+        self.dev_ds = dd["dev"] if "dev" in dd else None
+        self.no_context = bool(meta.get("no_context", False))
+        self.n_context = 1 if self.no_context else (config.n_context or int(meta.get("k") or 10))
+        template = config.template or (NO_CONTEXT_TEMPLATE if self.no_context else PASSAGE_TEMPLATE)
+        if self.no_context and "{passage}" in template:
             # one config for both rows of an experiment: a passage template means nothing to the ablation
             logger.info("train: no-context data; the passage template %r is replaced by %r", template,
                         NO_CONTEXT_TEMPLATE)
             template = NO_CONTEXT_TEMPLATE
-        n_train = len(train_ds)
+        self.template = template
 
-        # ---------------------------------------------------------------- device / precision
-        if config.device == "auto":
-            device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
-        else:
-            device = torch.device(config.device)
+    # ---------------------------------------------------------------- device / precision
+    def choose_device(self) -> None:
+        torch, config = self.torch, self.config
+        device, why = _pick_device(torch, config.device, self.dist.local_rank)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        precision = config.precision
-        if precision == "auto":
-            precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-        if precision == "fp16" and device.type != "cuda":
-            raise TrainingError("precision fp16 needs a GPU; use fp32 or bf16 on CPU")
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        precision, pwhy = _pick_precision(torch, config.precision, device)
+        logger.info("train: device %s (%s), precision %s (%s)", device, why, precision, pwhy)
+        self.device, self.precision = device, precision
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.run_dir / "device.json", {"device": str(device), "device_reason": why,
+                                                      "precision": precision, "precision_reason": pwhy,
+                                                      "precision_asked": config.precision})
 
-        # ---------------------------------------------------------------- model
+    def autocast(self):
+        if self.amp_dtype is None:
+            import contextlib
+
+            return contextlib.nullcontext()
+        return self.torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    # ---------------------------------------------------------------- model, optimizer, resume
+    def build_model(self, resume_from) -> None:
+        from radcot.student.model import FiDStudent
+
+        torch, config, dist = self.torch, self.config, self.dist
         torch.manual_seed(config.seed + dist.rank)
         random.seed(config.seed + dist.rank)
-        fid_kwargs = dict(n_context=n_context, text_maxlength=config.text_maxlength,
-                          target_maxlength=config.target_maxlength, template=template, no_context=no_context)
-        if resume_from is not None:
-            source = resume_from[1]
-            logger.info("train: resuming %s from step %d", run_dir, resume_step)
-        elif is_tiny_spec(config.model):
-            source = run_dir / "init-model"
-            if dist.main and not (source / "config.json").is_file():
-                texts = list(train_ds["query"]) + list(train_ds["target"])
-                for ps in train_ds["passages"]:
-                    texts.extend(f"{p['title']} {p['text']}" for p in ps)
-                logger.info("train: building %s from %d training texts", config.model, len(texts))
-                build_tiny_t5(texts[:50_000], source, **parse_tiny_spec(config.model))
-            dist.barrier()
-        else:
-            source = config.model
-        student = FiDStudent.from_pretrained(source, **fid_kwargs)
-        student.to(device)
+        fid_kwargs = dict(n_context=self.n_context, text_maxlength=config.text_maxlength,
+                          target_maxlength=config.target_maxlength, template=self.template,
+                          no_context=self.no_context)
+        source = self._model_source(resume_from)
+        self.student = student = FiDStudent.from_pretrained(source, **fid_kwargs)
+        student.to(self.device)
         student.train()
-
         decay, no_decay = [], []
         for name, p in student.named_parameters():
             (no_decay if ("layer_norm" in name or name.endswith(".bias")) else decay).append(p)
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
-        model = student
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
+        self.model = student
         if dist.enabled:
-            model = torch.nn.parallel.DistributedDataParallel(
-                student, device_ids=[device.index] if device.type == "cuda" else None)
-
-        step, epoch, batch_pos, examples_seen = 0, 0, 0, 0
-        best: dict[str, Any] = {"step": None, "value": None}
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if resume_from is not None:
-            state = torch.load(resume_from[1] / STATE_FILE, map_location="cpu", weights_only=False)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            if state["world_size"] != dist.world:
-                raise TrainingError(f"{resume_from[1]} was written by {state['world_size']} processes, now "
-                                    f"{dist.world}: resume with the same number of processes")
-            _set_rng_state(torch, state["rng"][dist.rank])
-            step, epoch, batch_pos = state["step"], state["epoch"], state["batch_pos"]
-            examples_seen, best = state["examples_seen"], state["best"]
+            self._restore(resume_from[1])
+        self.sampler = torch.utils.data.distributed.DistributedSampler(
+            range(len(self.train_ds)), num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=config.seed,
+            drop_last=False)
+        self.batches = self._epoch_batches(self.epoch)
+        self.metrics = _MetricsLog(self.run_dir, self.resume_step, tensorboard=True) if dist.main else None
+        self._open_examples_log()
 
-        # ---------------------------------------------------------------- data order
-        sampler = torch.utils.data.distributed.DistributedSampler(
-            range(n_train), num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=config.seed, drop_last=False)
+    def _model_source(self, resume_from):
+        from radcot.student.offline import build_tiny_t5, is_tiny_spec, parse_tiny_spec
 
-        def epoch_batches(e: int) -> list[list[int]]:
-            sampler.set_epoch(e)
-            idx = list(sampler)
-            return [idx[i:i + config.batch_size] for i in range(0, len(idx), config.batch_size)]
+        config = self.config
+        if resume_from is not None:
+            logger.info("train: resuming %s from step %d", self.run_dir, self.resume_step)
+            return resume_from[1]
+        if not is_tiny_spec(config.model):
+            return config.model
+        source = self.run_dir / "init-model"
+        if self.dist.main and not (source / "config.json").is_file():
+            texts = list(self.train_ds["query"]) + list(self.train_ds["target"])
+            for ps in self.train_ds["passages"]:
+                texts.extend(f"{p['title']} {p['text']}" for p in ps)
+            logger.info("train: building %s from %d training texts", config.model, len(texts))
+            build_tiny_t5(texts[:50_000], source, **parse_tiny_spec(config.model))
+        self.dist.barrier()
+        return source
 
-        batches = epoch_batches(epoch)
+    def _restore(self, ckpt: Path) -> None:
+        state = self.torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if state["world_size"] != self.dist.world:
+            raise TrainingError(f"{ckpt} was written by {state['world_size']} processes, now "
+                                f"{self.dist.world}: resume with the same number of processes")
+        _set_rng_state(self.torch, state["rng"][self.dist.rank])
+        self.step, self.epoch, self.batch_pos = state["step"], state["epoch"], state["batch_pos"]
+        self.examples_seen, self.best = state["examples_seen"], state["best"]
 
-        def next_batch() -> list[int]:
-            nonlocal epoch, batch_pos, batches
-            if batch_pos >= len(batches):
-                epoch, batch_pos = epoch + 1, 0
-                batches = epoch_batches(epoch)
-            b = batches[batch_pos]
-            batch_pos += 1
-            return b
+    def _open_examples_log(self) -> None:
+        if not self.config.log_examples:
+            return
+        ex_path = self.run_dir / f"examples.rank{self.dist.rank}.tsv"
+        kept = []
+        if self.resume_step and ex_path.exists():
+            kept = [ln for ln in ex_path.read_text(encoding="utf-8").splitlines()
+                    if ln.split("\t")[0].isdigit() and int(ln.split("\t")[0]) <= self.resume_step]
+        ex_path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+        self.examples_log = open(ex_path, "a", encoding="utf-8")
 
-        collator = student.collator
-        metrics = _MetricsLog(run_dir, resume_step) if dist.main else None
-        examples_log = None
-        if config.log_examples:
-            ex_path = run_dir / f"examples.rank{dist.rank}.tsv"
-            kept = []
-            if resume_step and ex_path.exists():
-                kept = [ln for ln in ex_path.read_text(encoding="utf-8").splitlines()
-                        if ln.split("\t")[0].isdigit() and int(ln.split("\t")[0]) <= resume_step]
-            ex_path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
-            examples_log = open(ex_path, "a", encoding="utf-8")
+    # ---------------------------------------------------------------- data order
+    def _epoch_batches(self, e: int) -> list[list[int]]:
+        self.sampler.set_epoch(e)
+        idx = list(self.sampler)
+        bs = self.config.batch_size
+        return [idx[i:i + bs] for i in range(0, len(idx), bs)]
 
-        def autocast():
-            if amp_dtype is None:
-                import contextlib
+    def next_batch(self) -> list[int]:
+        if self.batch_pos >= len(self.batches):
+            self.epoch, self.batch_pos = self.epoch + 1, 0
+            self.batches = self._epoch_batches(self.epoch)
+        b = self.batches[self.batch_pos]
+        self.batch_pos += 1
+        return b
 
-                return contextlib.nullcontext()
-            return torch.autocast(device_type=device.type, dtype=amp_dtype)
+    # ---------------------------------------------------------------- one optimizer step
+    def train_step(self) -> float:
+        """Forward/backward over ``grad_accum`` micro-batches, clip, step; logs the row; returns the mean loss."""
+        torch, config, dist = self.torch, self.config, self.dist
+        loss_sum, n_ex = 0.0, 0
+        for micro in range(config.grad_accum):
+            loss_sum_micro, n = self._micro_step(last=micro == config.grad_accum - 1)
+            loss_sum += loss_sum_micro
+            n_ex += n
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), config.clip)) \
+            if config.clip > 0 else float("nan")
+        lr = self.scheduler.get_last_lr()[0]
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.examples_seen += n_ex * dist.world
+        if self.examples_log is not None:
+            self.examples_log.flush()
+        loss_mean = dist.mean(loss_sum)
+        if not math.isfinite(loss_mean):
+            raise TrainingError(f"training diverged at step {self.step} (loss {loss_mean}); lower --lr or use fp32/bf16")
+        if dist.main and (self.step % config.log_every == 0 or self.step == config.max_steps or self.step == 1):
+            self.metrics.write({"kind": "train", "step": self.step, "epoch": self.epoch, "loss": loss_mean, "lr": lr,
+                                "grad_norm": grad_norm, "examples": self.examples_seen,
+                                "elapsed_s": round(time.time() - self.t_start, 3)})
+        return loss_mean
 
-        # ---------------------------------------------------------------- evaluation and checkpoints
-        def evaluate_dev() -> dict | None:
-            if dev_ds is None or len(dev_ds) == 0:
-                return None
-            n = len(dev_ds) if config.eval_max_examples is None else min(len(dev_ds), config.eval_max_examples)
-            rows = [dev_ds[i] for i in range(n)]
-            preds, losses = [], []
-            student.eval()
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-                for i in range(0, n, config.eval_batch_size):
-                    chunk = rows[i:i + config.eval_batch_size]
-                    batch = {k: v.to(device) for k, v in collator(chunk).items()}
-                    with autocast():
-                        out = student(**batch, use_cache=False)
-                        losses.append(float(out.loss) * len(chunk))
-                        ids = student.generate(batch["input_ids"], batch["attention_mask"], batch["passage_mask"],
-                                               max_new_tokens=config.eval_max_new_tokens, num_beams=1, do_sample=False)
-                    preds.extend(student.tokenizer.batch_decode(ids, skip_special_tokens=True))
-            student.train()
-            refs = [r["target"] for r in rows]
-            result = {"dev_loss": sum(losses) / n, "rougeL": _rouge_l(preds, refs), "n_dev": n}
-            with open(_mkdir(run_dir / "eval") / f"step-{step}.jsonl", "w", encoding="utf-8") as f:
-                for r, p in zip(rows, preds):
-                    f.write(json.dumps({"query_id": r["query_id"], "query": r["query"], "prediction": p,
-                                        "target": r["target"]}, ensure_ascii=False) + "\n")
-            return result
+    def _micro_step(self, last: bool) -> tuple[float, int]:
+        config, dist = self.config, self.dist
+        examples = [self.train_ds[i] for i in self.next_batch()]
+        if self.examples_log is not None:
+            self.examples_log.writelines(f"{self.step + 1}\t{ex['query_id']}\n" for ex in examples)
+        batch = {k: v.to(self.device) for k, v in self.student.collator(examples).items()}
+        sync = last or not dist.enabled
+        ctx = self.model.no_sync() if (dist.enabled and not sync) else _null()
+        with ctx:
+            with self.autocast():
+                loss = self.model(**batch, use_cache=False).loss / config.grad_accum
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        return float(loss.detach()), len(examples)
 
-        def is_better(value: float) -> bool:
-            if best["value"] is None:
-                return True
-            return value > best["value"] if config.metric_for_best == "rougeL" else value < best["value"]
-
-        def save_checkpoint() -> None:
-            rng = dist.all_gather(_rng_state(torch))
-            if dist.main:
-                final = run_dir / "checkpoints" / f"step-{step}"
-                with atomic_dir(final) as tmp:
-                    student.save_into(tmp, {"step": step})
-                    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                "scaler": scaler.state_dict() if scaler is not None else None,
-                                "rng": rng, "world_size": dist.world, "step": step, "epoch": epoch,
-                                "batch_pos": batch_pos, "examples_seen": examples_seen, "best": best},
-                               tmp / STATE_FILE)
-                    write_json(tmp / "trainer_state.json", {"step": step, "epoch": epoch, "batch_pos": batch_pos,
-                                                            "examples_seen": examples_seen, "best": best,
-                                                            "world_size": dist.world})
-                for _, old in list_checkpoints(run_dir)[:-config.keep_checkpoints]:
-                    shutil.rmtree(old, ignore_errors=True)
-            dist.barrier()
-
-        def save_best(reason: dict) -> None:
-            student.save_pretrained(run_dir / "best", {"step": step, "train_config": config.to_dict(), **reason})
-
-        # ---------------------------------------------------------------- the loop
-        bar = tqdm(total=config.max_steps, initial=step, desc="training", unit="step",
-                   disable=not (dist.main and progress_enabled(show_progress)))
-        while step < config.max_steps:
-            loss_sum, n_ex = 0.0, 0
-            for micro in range(config.grad_accum):
-                idx = next_batch()
-                examples = [train_ds[i] for i in idx]
-                if examples_log is not None:
-                    examples_log.writelines(f"{step + 1}\t{ex['query_id']}\n" for ex in examples)
-                batch = {k: v.to(device) for k, v in collator(examples).items()}
-                sync = micro == config.grad_accum - 1 or not dist.enabled
-                ctx = model.no_sync() if (dist.enabled and not sync) else _null()
-                with ctx:
-                    with autocast():
-                        loss = model(**batch, use_cache=False).loss / config.grad_accum
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                loss_sum += float(loss.detach())
-                n_ex += len(examples)
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), config.clip)) if config.clip > 0 \
-                else float("nan")
-            lr = scheduler.get_last_lr()[0]
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            examples_seen += n_ex * dist.world
-            if examples_log is not None:
-                examples_log.flush()
-            loss_mean = dist.mean(loss_sum)
-            if not math.isfinite(loss_mean):
-                raise TrainingError(f"training diverged at step {step} (loss {loss_mean}); lower --lr or use fp32/bf16")
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_mean:.4f}")
-            if dist.main and (step % config.log_every == 0 or step == config.max_steps or step == 1):
-                metrics.write({"kind": "train", "step": step, "epoch": epoch, "loss": loss_mean, "lr": lr,
-                               "grad_norm": grad_norm, "examples": examples_seen,
-                               "elapsed_s": round(time.time() - t_start, 3)})
-            if (config.eval_every and step % config.eval_every == 0) or step == config.max_steps:
-                result = evaluate_dev() if dist.main else None
-                if dist.main and result is not None:
-                    metrics.write({"kind": "eval", "step": step, "epoch": epoch, **result,
-                                   "elapsed_s": round(time.time() - t_start, 3)})
-                    bar.write(f"step {step}: dev loss {result['dev_loss']:.4f}  ROUGE-L {result['rougeL']:.4f}")
-                    value = result[config.metric_for_best]
-                    if is_better(value):
-                        best = {"step": step, "value": value, "metric": config.metric_for_best}
-                        save_best({"best": best, **result})
-                best = dist.broadcast(best)
-                dist.barrier()
-            if step % config.save_every == 0 or step == config.max_steps:
-                save_checkpoint()
-            if stop_after is not None and step >= stop_after and step < config.max_steps:
-                logger.info("train: stopping after step %d as asked (resume with --resume)", step)
-                bar.close()
-                return run_dir
-        bar.close()
-        if dist.main and best["step"] is None:
-            logger.warning("train: no dev split to select on; RUN_DIR/best is the final model (step %d)", step)
-            save_best({"best": {"step": step, "value": None, "metric": None}})
+    # ---------------------------------------------------------------- evaluation and checkpoints
+    def evaluate_and_select(self, bar) -> None:
+        """Evaluate on dev (rank 0), log the row, keep ``best/`` when the metric improves."""
+        dist, config = self.dist, self.config
+        result = self.evaluate_dev() if dist.main else None
+        if dist.main and result is not None:
+            self.metrics.write({"kind": "eval", "step": self.step, "epoch": self.epoch, **result,
+                                "elapsed_s": round(time.time() - self.t_start, 3)})
+            extra = f"  {config.select_metric} {result[config.select_metric]:.4f}" if config.select_by == "retrieval" else ""
+            bar.write(f"step {self.step}: dev loss {result['dev_loss']:.4f}  ROUGE-L {result['rougeL']:.4f}{extra}")
+            value = result[config.selection_metric]
+            if self._is_better(value):
+                self.best = {"step": self.step, "value": value, "metric": config.selection_metric}
+                self.save_best({"best": self.best, **result})
+        self.best = dist.broadcast(self.best)
         dist.barrier()
-        if examples_log is not None:
-            examples_log.close()
-        logger.info("train: %d steps done in %.1f s -> %s (best: %s)", step, time.time() - t_start, run_dir, best)
-        return run_dir
-    finally:
-        dist.close()
+
+    def evaluate_dev(self) -> dict | None:
+        torch, config, dev_ds, student = self.torch, self.config, self.dev_ds, self.student
+        if dev_ds is None or len(dev_ds) == 0:
+            return None
+        n = len(dev_ds) if config.eval_max_examples is None else min(len(dev_ds), config.eval_max_examples)
+        rows = [dev_ds[i] for i in range(n)]
+        preds, losses = [], []
+        student.eval()
+        device = self.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            for i in range(0, n, config.eval_batch_size):
+                chunk = rows[i:i + config.eval_batch_size]
+                batch = {k: v.to(device) for k, v in student.collator(chunk).items()}
+                with self.autocast():
+                    out = student(**batch, use_cache=False)
+                    losses.append(float(out.loss) * len(chunk))
+                    ids = student.generate(batch["input_ids"], batch["attention_mask"], batch["passage_mask"],
+                                           max_new_tokens=config.eval_max_new_tokens, num_beams=1, do_sample=False)
+                preds.extend(student.tokenizer.batch_decode(ids, skip_special_tokens=True))
+        student.train()
+        refs = [r["target"] for r in rows]
+        result = {"dev_loss": sum(losses) / n, "rougeL": _rouge_l(preds, refs), "n_dev": n}
+        if config.select_by == "retrieval":
+            result.update(self._retrieval_score(rows, preds))
+        with open(_mkdir(self.run_dir / "eval") / f"step-{self.step}.jsonl", "w", encoding="utf-8") as f:
+            for r, p in zip(rows, preds):
+                f.write(json.dumps({"query_id": r["query_id"], "query": r["query"], "prediction": p,
+                                    "target": r["target"]}, ensure_ascii=False) + "\n")
+        return result
+
+    def _retrieval_score(self, rows: list[dict], cots: list[str]) -> dict:
+        """Expand the dev queries with their generated CoTs, search BM25, evaluate on the judged ones."""
+        from radcot.evaluation import evaluate
+        from radcot.expansion import expand_text
+
+        config = self.config
+        if getattr(self, "_retriever", None) is None:  # opened once per run
+            from radcot.data.readers import read_qrels
+            from radcot.retrieval.bm25 import BM25Retriever
+
+            self._retriever = BM25Retriever(config.select_index)
+            qpath = Path(config.select_qrels)
+            self._select_qrels = read_qrels(qpath, split="train" if qpath.is_dir() else None)
+        dev_ids = {r["query_id"] for r in rows}
+        qrels = {}
+        for q in self._select_qrels:
+            if q.query_id in dev_ids:
+                qrels.setdefault(q.query_id, {})[q.doc_id] = q.relevance
+        if not qrels:
+            raise TrainingError(f"select_by=retrieval: none of the {len(dev_ids)} dev queries has judgements in "
+                                f"{config.select_qrels}; pass the qrels of the training queries")
+        queries = {r["query_id"]: expand_text(r["query"], c, config.select_formula)
+                   for r, c in zip(rows, cots) if r["query_id"] in qrels}
+        run = self._retriever.batch_search(queries, k=config.select_k)
+        value = evaluate(qrels, run, [config.select_metric])[config.select_metric]
+        return {config.select_metric: float(value), "n_select": len(queries)}
+
+    def _is_better(self, value: float) -> bool:
+        if self.best["value"] is None:
+            return True
+        lower_is_better = self.config.selection_metric == "dev_loss"
+        return value < self.best["value"] if lower_is_better else value > self.best["value"]
+
+    def save_checkpoint(self) -> None:
+        torch, dist = self.torch, self.dist
+        rng = dist.all_gather(_rng_state(torch))
+        if dist.main:
+            final = self.run_dir / "checkpoints" / f"step-{self.step}"
+            pos = {"step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos,
+                   "examples_seen": self.examples_seen, "best": self.best}
+            with atomic_dir(final) as tmp:
+                self.student.save_into(tmp, {"step": self.step})
+                torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                            "rng": rng, "world_size": dist.world, **pos}, tmp / STATE_FILE)
+                write_json(tmp / "trainer_state.json", {**pos, "world_size": dist.world})
+            for _, old in list_checkpoints(self.run_dir)[:-self.config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+
+    def save_best(self, reason: dict) -> None:
+        self.student.save_pretrained(self.run_dir / "best", {"step": self.step, "train_config": self.config.to_dict(),
+                                                             "precision": self.precision, **reason})
+
+    def finish(self) -> None:
+        dist = self.dist
+        if dist.main and self.best["step"] is None:
+            logger.warning("train: no dev split to select on; RUN_DIR/best is the final model (step %d)", self.step)
+            self.save_best({"best": {"step": self.step, "value": None, "metric": None}})
+        dist.barrier()
+        if self.examples_log is not None:
+            self.examples_log.close()
+        if self.metrics is not None and self.metrics.tb is not None:
+            self.metrics.tb.close()
+        logger.info("train: %d steps done in %.1f s -> %s (best: %s)", self.step, time.time() - self.t_start,
+                    self.run_dir, self.best)
+
+
+def _pick_device(torch, asked: str, local_rank: int):
+    """``(torch.device, reason)`` for ``TrainConfig.device``."""
+    if asked != "auto":
+        return torch.device(asked), "asked for"
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{local_rank}"), "auto: CUDA is available"
+    return torch.device("cpu"), "auto: this torch sees no CUDA GPU"
+
+
+def _pick_precision(torch, asked: str, device) -> tuple[str, str]:
+    """``(effective precision, reason)``: bf16/fp16 on a CPU fall back to fp32 (logged as a warning)."""
+    if asked == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16", "auto: the GPU supports bf16"
+        return "fp32", f"auto: {'the GPU has no bf16' if device.type == 'cuda' else 'CPU'}"
+    if asked in ("bf16", "fp16") and device.type != "cuda":
+        logger.warning("train: precision %s asked for, but training runs on %s: falling back to fp32 "
+                       "(mixed precision is for GPUs)", asked, device)
+        return "fp32", f"{asked} asked for, fell back to fp32 on {device.type}"
+    return asked, "asked for"
 
 
 def _mkdir(p: Path) -> Path:
