@@ -1,9 +1,16 @@
 """Declarative experiments: one YAML file runs index -> teacher -> student -> expansion -> search.
 
-Each stage writes into ``runs/<experiment>/<stage>-<hash>/`` where the hash covers the stage's own config
-and the directories of the stages it reads from. A re-run therefore redoes only the stages whose config
-(or upstream) changed; a stage that crashed is resumed in place (teacher, training and generation are
-resumable themselves; the others are rebuilt). A stage is finished when its ``DONE.json`` exists.
+The config (after ``include:``, ``--set`` and ``${param}`` substitution) is validated against the schema
+in :mod:`radcot.experiment.schema` and a preflight (:mod:`radcot.experiment.preflight`) resolves models,
+data and endpoints before any stage runs; both list every problem at once.
+
+Each stage writes into ``runs/<experiment>/<stage>-<hash>/`` where the hash covers the stage's own config,
+the directories of the stages it reads from and radcot's version. Stages that do not depend on the
+evaluation set (index, teacher on training queries, distillation data, training) go to
+``runs/_shared/<stage>-<hash>/`` and are reused by every experiment with the same inputs. A re-run
+therefore redoes only the stages whose config (or upstream) changed; a stage that crashed is resumed in
+place (teacher, training and generation are resumable themselves; the others are rebuilt). A stage is
+finished when its ``DONE.json`` exists and the outputs it lists are intact (:mod:`radcot.experiment.store`).
 ``runs/<experiment>/manifest.json`` records versions, the resolved config, seeds, input checksums, the
 stage directories and, per table row, the run file that :mod:`radcot.report` scores.
 

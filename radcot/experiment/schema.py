@@ -30,6 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from radcot.experiment.config import PipelineError
 
+#: params the pipeline itself reads (any other params entry is a free ${name} variable)
+RESERVED_PARAMS = {"models_dir": "a directory tree of downloaded models: hub names map to <models_dir>/<org>/<name>"}
+
 NonNegFloat = typing.Annotated[float, Field(ge=0)]
 PosInt = typing.Annotated[int, Field(ge=1)]
 

@@ -118,6 +118,9 @@ def verify_run_file(run: str | os.PathLike) -> None:
     done = run.parent / DONE
     if not done.is_file():
         return
+    if "outputs" not in json.loads(done.read_text(encoding="utf-8")):
+        logger.warning("%s: written by an older radcot that recorded no checksums; not verified", run)
+        return
     changed = verify_outputs(run.parent, only=run.name)
     if changed:
         raise ChangedOutputError(
