@@ -208,3 +208,18 @@ def test_teacher_concurrency_reaches_the_openai_connection_pool(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.java
+def test_network_timeout_bounds_pyserinis_own_download(silent_url, tmp_path):
+    """pyserini's download_url calls urlopen without a timeout; inside network_timeout it gives up in seconds."""
+    from radcot.java import start_jvm
+
+    start_jvm()
+    from pyserini.util import download_url
+
+    t0 = time.perf_counter()
+    with pytest.raises(Exception) as e, network_timeout(1.0):  # noqa: PT011 - pyserini wraps errors its own way
+        download_url(f"{silent_url}/lucene-index.tar.gz", str(tmp_path), verbose=False)
+    assert time.perf_counter() - t0 < 15
+    assert "timed out" in str(e.value).lower() or isinstance(e.value, (TimeoutError, socket.timeout))

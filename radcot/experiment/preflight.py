@@ -141,9 +141,12 @@ def _teacher_problems(section: str, t: Mapping[str, Any]) -> list[str]:
         return []
     files = {"replay": "path", "kb": "world"}
     if backend in files:
-        paths = args.get(files[backend])
+        key = files[backend]
+        paths = args.get(key)
+        if not paths:
+            return [f"{section}.args.{key}: not set (the {backend} backend reads it); add it or --set {section}.args.{key}=PATH"]
         paths = paths if isinstance(paths, list) else [paths]
-        return [f"{section}.args.{files[backend]}: {x} does not exist" for x in paths if not x or not Path(str(x)).exists()]
+        return [f"{section}.args.{key}: {x} does not exist" for x in paths if not Path(str(x)).exists()]
     return []
 
 

@@ -286,14 +286,14 @@ def _kwargs_problems(path: str, given: Mapping[str, Any], func: Callable, exclud
 
 def _dataclass_problems(path: str, given: Mapping[str, Any], cls: type, fixed: Mapping[str, Any]) -> list[str]:
     """Check ``given`` against a dataclass: field names, then the dataclass's own ``__post_init__`` checks."""
-    names = [f.name for f in dataclasses.fields(cls)]
+    assert dataclasses.is_dataclass(cls), cls
     problems = _kwargs_problems(path, given, cls, set(fixed), cls.__name__)
     if not problems:
         try:
             cls(**fixed, **given)
         except (TypeError, ValueError) as e:
             problems.append(f"{path}: {e}")
-    return problems if names else []
+    return problems
 
 
 def _teacher_problems(path: str, t: Mapping[str, Any]) -> list[str]:
