@@ -146,7 +146,10 @@ def test_check_cli_exit_codes(demo_world, tmp_path, silent_url):
     assert out.returncode == 1 and "preflight found 7 problems" in out.stderr and "Traceback" not in out.stderr
     typo = subprocess.run([sys.executable, "-m", "radcot", "run", str(REPO / "pipelines" / "demo.yaml"), "--check",
                            "--set", "retreiver.k1=3"], capture_output=True, text=True, env=env, timeout=120)
-    assert typo.returncode != 0 and "did you mean 'retriever'" in typo.stderr and "Traceback" not in typo.stderr
+    assert typo.returncode == 1 and "did you mean 'retriever'" in typo.stderr and "Traceback" not in typo.stderr
+    typo = subprocess.run([sys.executable, "-m", "radcot", "run", str(REPO / "pipelines" / "demo.yaml"),
+                           "--set", "rows.radcot.studnt.model=x"], capture_output=True, text=True, env=env, timeout=120)
+    assert typo.returncode == 2 and "rows[4](radcot).studnt: unknown key; did you mean 'student'?" in typo.stderr
     schema = subprocess.run([sys.executable, "-m", "radcot", "run", "--schema"], capture_output=True, text=True,
                             env=env, timeout=120)
     assert schema.returncode == 0 and "| `n_context` |" in schema.stdout

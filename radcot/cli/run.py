@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "$RADCOT_RUNS_DIR)")
     ap.add_argument("--rows", nargs="+", default=None, help="run only these rows (the baseline row is added)")
     ap.add_argument("--check", action="store_true", help="only validate the config and run the preflight "
-                                                         "(exit 0: ready, 1: problems listed)")
+                                                         "(exit 0: ready, 1: problems listed; without --check a "
+                                                         "config mistake exits 2)")
     ap.add_argument("--schema", action="store_true", help="print the config reference (Markdown) and exit")
     ap.add_argument("--format", choices=("md", "latex", "csv"), default="md", help="table format")
     ap.add_argument("--no-report", action="store_true", help="skip the Markdown report and its PNG plots")
@@ -53,11 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.pipeline:
         ap.error("the pipeline file is required (e.g. radcot run pipelines/demo.yaml)")
 
-    from radcot.pipeline import Pipeline
+    from radcot.pipeline import Pipeline, PipelineError
     from radcot.report import format_table, results_table, write_report
 
-    pipeline = Pipeline.from_yaml(args.pipeline, args.overrides, runs_dir=args.runs_dir,
-                                  show_progress=False if args.no_progress else None)
+    try:
+        pipeline = Pipeline.from_yaml(args.pipeline, args.overrides, runs_dir=args.runs_dir,
+                                      show_progress=False if args.no_progress else None)
+    except PipelineError as e:  # a config mistake: exit 2 like any usage error (1 under --check: "problems")
+        print(f"radcot run: error: {e}", file=sys.stderr)
+        return 1 if args.check else 2
     if args.check:
         return _check(pipeline)
     exp_dir = pipeline.run(rows=args.rows)
