@@ -234,6 +234,18 @@ class Pipeline:
             place["model"] = str(local)
 
     # ------------------------------------------------------------------ stage cache
+    def _portable(self, obj: Any) -> Any:
+        """``obj`` with paths under the runs directory written as ``${runs}/...``, so that stage keys do not
+        depend on how the runs directory was spelled (``runs``, ``./runs``, an absolute path)."""
+        if isinstance(obj, str):
+            root = str(self.runs_dir) + os.sep
+            return "${runs}/" + obj[len(root):] if obj.startswith(root) else obj
+        if isinstance(obj, Mapping):
+            return {k: self._portable(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [self._portable(v) for v in obj]
+        return obj
+
     def _stage(self, name: str, cfg: Mapping[str, Any], build: Callable[[Path], Any], resumable: bool = False,
                shared: str | None = None) -> Path:
         """Run ``build(dir)`` unless the stage is finished with intact outputs; return its directory.
@@ -245,6 +257,7 @@ class Pipeline:
         """
         from radcot.experiment.store import StageStore
 
+        cfg = self._portable(cfg)
         store = StageStore(self.shared_dir, wait=True) if shared else StageStore(self.exp_dir)
         d = store.path(shared or name, cfg)
         if self._stages.get(name, {}).get("dir") == str(d):  # already run or reused in this invocation

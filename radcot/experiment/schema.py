@@ -361,6 +361,13 @@ def _free_form_problems(config: Mapping) -> list[str]:
     return problems + _rows_problems(config)
 
 
+def _section_order(problem: str) -> int:
+    """Sort key: unknown top-level keys first, then the sections in the schema's order."""
+    head = problem.split(":", 1)[0].split(".", 1)[0].split("[", 1)[0]
+    order = list(PipelineConfig.model_fields)
+    return order.index(head) if head in order else -1
+
+
 def config_problems(config: Mapping[str, Any]) -> list[str]:
     """Every problem of a resolved config, each with its YAML path (empty list: valid)."""
     problems: list[str] = []
@@ -368,7 +375,7 @@ def config_problems(config: Mapping[str, Any]) -> list[str]:
         PipelineConfig.model_validate(config)
     except ValidationError as e:
         problems += _pydantic_problems(e, config)
-    return problems + _free_form_problems(config)
+    return sorted(problems + _free_form_problems(config), key=_section_order)
 
 
 def validate_config(config: Mapping[str, Any], source: str = "<config>") -> None:
