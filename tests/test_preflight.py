@@ -226,3 +226,52 @@ def test_network_timeout_bounds_pyserinis_own_download(silent_url, tmp_path):
         download_url(f"{silent_url}/lucene-index.tar.gz", str(tmp_path), verbose=False)
     assert time.perf_counter() - t0 < 15
     assert "timed out" in str(e.value).lower() or isinstance(e.value, (TimeoutError, socket.timeout))
+
+
+class _ModelsHandler(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server's model list."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        body = json.dumps({"object": "list", "data": [{"id": "teacher-model", "object": "model"}]}).encode()
+        self.send_response(200 if self.path == "/v1/models" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_dl_config_made_ready_from_the_command_line_only(msmarco_dir, tmp_path):
+    """trec-dl-2019.yaml, unchanged: offline it fails the preflight; --set alone (per-row models, params) fixes it."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ModelsHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    models = tmp_path / "models"
+    for name in ("google/flan-t5-base", "google/flan-t5-large", "small-student"):
+        (models / name).mkdir(parents=True)
+        (models / name / "config.json").write_text("{}")
+        (models / name / "spiece.model").write_text("x")
+    (tmp_path / "index").mkdir()
+    (tmp_path / "queries.train.tsv").write_text("1\twhat is a test\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty-cache"))
+    base = [sys.executable, "-m", "radcot", "run", str(REPO / "pipelines" / "trec-dl-2019.yaml"), "--check",
+            "--runs-dir", str(tmp_path / "runs"), "--set", f"params.msmarco_dir={msmarco_dir}"]
+    try:
+        before = subprocess.run(base, capture_output=True, text=True, env=env, timeout=180)
+        assert before.returncode == 1 and "rows.radcot-small.student.model: google/flan-t5-small" in before.stderr
+        sets = [f"params.index={tmp_path / 'index'}", f"params.models_dir={models}",
+                f"rows.radcot-small.student.model={models / 'small-student'}",
+                f"params.davinci_cots={msmarco_dir / 'teacher-cot-davinci003' / 'dl19.tsv'}",
+                f"params.train_queries={tmp_path / 'queries.train.tsv'}",
+                f"params.teacher_url=http://127.0.0.1:{server.server_port}/v1"]
+        after = subprocess.run(base + [a for s in sets for a in ("--set", s)], capture_output=True, text=True,
+                               env=env, timeout=180)
+        assert after.returncode == 0, after.stderr
+        assert "preflight passed" in after.stdout
+        assert f"student model google/flan-t5-base -> {models / 'google' / 'flan-t5-base'}" in after.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
