@@ -19,12 +19,16 @@ Example:
     >>> p = Pipeline.from_yaml("pipelines/demo.yaml", overrides=["student.train.max_steps=50"])  # doctest: +SKIP
     >>> exp_dir = p.run()  # doctest: +SKIP
 
-Config keys (see ``pipelines/*.yaml`` for complete files):
+Config keys (see ``pipelines/*.yaml`` for complete files; the full reference, generated from the schema,
+is ``radcot run --schema`` and the README's "Pipeline config reference"):
 
+``include``
+    other pipeline files merged first (relative paths; the including file wins; lists are replaced).
 ``experiment``
     name; the runs go to ``<runs_dir>/<experiment>``.
 ``params``
-    free variables substituted as ``${name}`` anywhere in the file (override: ``--set params.data=DIR``).
+    free variables substituted as ``${name}`` anywhere in the file (override: ``--set params.data=DIR``);
+    ``models_dir`` maps student hub names to ``<models_dir>/<org>/<name>``.
 ``dataset``
     ``path`` (a BEIR-layout directory) or ``name`` (``msmarco-passage/trec-dl-2019`` ...) with optional
     ``data_dir`` and ``index`` (an existing index directory or pyserini prebuilt name: skips indexing).
