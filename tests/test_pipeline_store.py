@@ -48,6 +48,10 @@ def test_done_records_every_output_and_reuse_is_verified(tmp_path, caplog):
     # deleted: rebuilt
     (d / "sub" / "w.bin").unlink()
     assert store.run("search-bm25", {"k": 10}, _builder(calls))[2] is False and (d / "sub" / "w.bin").is_file()
+    # a torn DONE.json: not finished
+    (d / "DONE.json").write_text('{"outputs": {')
+    assert verify_outputs(d) == ["DONE.json (unreadable)"]
+    assert store.run("search-bm25", {"k": 10}, _builder(calls))[2] is False and len(calls) == 5
 
 
 def test_the_stage_key_includes_radcots_version(monkeypatch):

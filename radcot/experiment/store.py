@@ -89,6 +89,15 @@ def _check_one(path: Path, rec: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _read_done(stage_dir: Path) -> dict | None:
+    """The ``DONE.json`` record, or None when it is unreadable (a torn write: the stage is not finished)."""
+    try:
+        record = json.loads((stage_dir / DONE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def verify_outputs(stage_dir: str | os.PathLike, only: str | None = None) -> list[str]:
     """The outputs of a finished stage that are missing or changed (empty: all as recorded).
 
@@ -97,7 +106,9 @@ def verify_outputs(stage_dir: str | os.PathLike, only: str | None = None) -> lis
         only: check this one relative path only (e.g. ``run.trec``).
     """
     stage_dir = Path(stage_dir)
-    record = json.loads((stage_dir / DONE).read_text(encoding="utf-8"))
+    record = _read_done(stage_dir)
+    if record is None:
+        return [f"{DONE} (unreadable)"]
     outputs = record.get("outputs")
     if outputs is None:
         return [f"{DONE} lists no outputs (written by an older radcot)"]
@@ -118,7 +129,8 @@ def verify_run_file(run: str | os.PathLike) -> None:
     done = run.parent / DONE
     if not done.is_file():
         return
-    if "outputs" not in json.loads(done.read_text(encoding="utf-8")):
+    record = _read_done(run.parent)
+    if record is not None and "outputs" not in record:
         logger.warning("%s: written by an older radcot that recorded no checksums; not verified", run)
         return
     changed = verify_outputs(run.parent, only=run.name)
@@ -150,8 +162,9 @@ class StageStore:
         if not done.is_file():
             return None
         changed = verify_outputs(d)
-        if not changed:
-            return json.loads(done.read_text(encoding="utf-8"))
+        record = _read_done(d)
+        if not changed and record is not None:
+            return record
         logger.warning("stage %s outputs changed: %s; running it again", label, ", ".join(changed))
         done.unlink()
         return None
