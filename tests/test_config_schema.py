@@ -148,4 +148,4 @@ def test_reference_documents_every_key_and_the_readme_has_it():
             assert f"| `{key}` |" in ref, (model.__name__, key)
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "## Pipeline config reference" in readme
-    assert ref.strip() in readme, "README's config reference is stale: regenerate it with `radcot run --schema`"
+    assert ref.strip() in readme, "README's config reference is stale: regenerate it: python -m radcot.experiment.schema README.md"

@@ -176,10 +176,10 @@ class EvaluationSection(_Section):
 class PipelineConfig(_Section):
     """A whole pipeline file (after ``include:``, ``--set`` and ``${param}`` substitution)."""
 
-    experiment: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="run name: <runs_dir>/<experiment>")
+    experiment: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="run name: the runs go to RUNS_DIR/EXPERIMENT")
     seed: int = Field(13, description="seed of splits, training and sampling")
     params: dict[str, Any] = Field(default_factory=dict, description="variables for ${name}; models_dir maps hub "
-                                   "model names to <models_dir>/<org>/<name>")
+                                   "model names to MODELS_DIR/ORG/NAME")
     dataset: DatasetSection = Field(default_factory=DatasetSection, description="what to evaluate on")
     retriever: RetrieverSection = Field(default_factory=RetrieverSection, description="BM25 settings")
     teacher: TeacherSection = Field(default_factory=TeacherSection, description="the LLM for training queries")
@@ -427,3 +427,22 @@ def reference_markdown() -> str:
             out.append(f"| `{key}` | `{_type_name(f.annotation)}` | `{default}` | {f.description or ''} |")
         out.append("")
     return "\n".join(out)
+
+
+README_MARKER = "This reference is generated from the schema (`radcot run --schema`):\n\n"
+
+
+def update_readme(path: str = "README.md") -> None:
+    """Rewrite the generated part of the README's "Pipeline config reference" (up to the next ``## `` heading)."""
+    from pathlib import Path
+
+    text = Path(path).read_text(encoding="utf-8")
+    start = text.index(README_MARKER) + len(README_MARKER)
+    end = text.index("\n## ", start) + 1
+    Path(path).write_text(text[:start] + reference_markdown().strip() + "\n\n" + text[end:], encoding="utf-8")
+
+
+if __name__ == "__main__":  # python -m radcot.experiment.schema [README.md]: regenerate the README's reference
+    import sys
+
+    update_readme(sys.argv[1] if len(sys.argv) > 1 else "README.md")
