@@ -110,3 +110,28 @@ def test_an_experiments_own_stage_fails_at_once_when_another_process_builds_it(t
     with output_lock(store.path("search-bm25", {})):
         with pytest.raises(OutputLockedError, match="stage search-bm25"):
             store.run("search-bm25", {}, _builder([]))
+
+
+def test_radcot_table_refuses_a_changed_run_file(tmp_path):
+    """`radcot table` on an experiment whose cached run.trec was edited: exit 1, one line, no traceback."""
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("q1 0 d1 1\nq1 0 d2 0\nq2 0 d3 1\n")
+    exp = tmp_path / "runs" / "exp"
+
+    def build(d: Path):
+        (d / "run.trec").write_text("q1 Q0 d1 1 3.0 bm25\nq1 Q0 d2 2 2.0 bm25\nq2 Q0 d3 1 1.0 bm25\n")
+
+    d, _, _ = StageStore(exp).run("search-bm25", {}, build)
+    (exp / "manifest.json").write_text(json.dumps({
+        "experiment": "exp", "inputs": {"qrels": str(qrels), "dataset": "tiny"},
+        "evaluation": {"metrics": ["nDCG@10"], "baseline": "bm25"},
+        "rows": [{"name": "bm25", "label": "BM25", "run": str(d / "run.trec")}]}))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "radcot", "table", str(exp), "--report", "none"]
+    ok = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert ok.returncode == 0 and "| BM25 | 1.0000 |" in ok.stdout, ok.stderr
+    (d / "run.trec").write_text("q1 Q0 d2 1 3.0 bm25\nq1 Q0 d1 2 2.0 bm25\nq2 Q0 d3 1 1.0 bm25\n")  # reordered
+    bad = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "changed since its stage finished (run.trec (content changed, same size))" in bad.stderr
