@@ -1,9 +1,16 @@
 """Declarative experiments: one YAML file runs index -> teacher -> student -> expansion -> search.
 
-Each stage writes into ``runs/<experiment>/<stage>-<hash>/`` where the hash covers the stage's own config
-and the directories of the stages it reads from. A re-run therefore redoes only the stages whose config
-(or upstream) changed; a stage that crashed is resumed in place (teacher, training and generation are
-resumable themselves; the others are rebuilt). A stage is finished when its ``DONE.json`` exists.
+The config (after ``include:``, ``--set`` and ``${param}`` substitution) is validated against the schema
+in :mod:`radcot.experiment.schema` and a preflight (:mod:`radcot.experiment.preflight`) resolves models,
+data and endpoints before any stage runs; both list every problem at once.
+
+Each stage writes into ``runs/<experiment>/<stage>-<hash>/`` where the hash covers the stage's own config,
+the directories of the stages it reads from and radcot's version. Stages that do not depend on the
+evaluation set (index, teacher on training queries, distillation data, training) go to
+``runs/_shared/<stage>-<hash>/`` and are reused by every experiment with the same inputs. A re-run
+therefore redoes only the stages whose config (or upstream) changed; a stage that crashed is resumed in
+place (teacher, training and generation are resumable themselves; the others are rebuilt). A stage is
+finished when its ``DONE.json`` exists and the outputs it lists are intact (:mod:`radcot.experiment.store`).
 ``runs/<experiment>/manifest.json`` records versions, the resolved config, seeds, input checksums, the
 stage directories and, per table row, the run file that :mod:`radcot.report` scores.
 
@@ -12,12 +19,16 @@ Example:
     >>> p = Pipeline.from_yaml("pipelines/demo.yaml", overrides=["student.train.max_steps=50"])  # doctest: +SKIP
     >>> exp_dir = p.run()  # doctest: +SKIP
 
-Config keys (see ``pipelines/*.yaml`` for complete files):
+Config keys (see ``pipelines/*.yaml`` for complete files; the full reference, generated from the schema,
+is ``radcot run --schema`` and the README's "Pipeline config reference"):
 
+``include``
+    other pipeline files merged first (relative paths; the including file wins; lists are replaced).
 ``experiment``
     name; the runs go to ``<runs_dir>/<experiment>``.
 ``params``
-    free variables substituted as ``${name}`` anywhere in the file (override: ``--set params.data=DIR``).
+    free variables substituted as ``${name}`` anywhere in the file (override: ``--set params.data=DIR``);
+    ``models_dir`` maps student hub names to ``<models_dir>/<org>/<name>``.
 ``dataset``
     ``path`` (a BEIR-layout directory) or ``name`` (``msmarco-passage/trec-dl-2019`` ...) with optional
     ``data_dir`` and ``index`` (an existing index directory or pyserini prebuilt name: skips indexing).
@@ -43,7 +54,6 @@ Config keys (see ``pipelines/*.yaml`` for complete files):
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -51,14 +61,17 @@ import os
 import platform
 import random
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from radcot.experiment.config import PipelineError, apply_overrides, load_config
+from radcot.experiment.config import merge as _merge
 from radcot.records import Query, RadcotError
 from radcot.utils import config_hash, sha256_file, write_json
+
+__all__ = ["DEFAULTS", "Pipeline", "PipelineError", "Row", "apply_overrides", "run_pipeline", "versions"]
 
 logger = logging.getLogger("radcot.pipeline")
 
@@ -79,43 +92,6 @@ DEFAULTS: dict[str, Any] = {
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _HASH_LIMIT = 512 * 1024 * 1024  # fingerprint bigger inputs by size + mtime instead of hashing them
-
-
-class PipelineError(RadcotError, ValueError):
-    """A pipeline config that cannot run; names the file and key."""
-
-
-def _merge(base: Mapping, over: Mapping) -> dict:
-    out = copy.deepcopy(dict(base))
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _parse_value(text: str) -> Any:
-    import yaml
-
-    return yaml.safe_load(text)
-
-
-def apply_overrides(config: dict, overrides: Sequence[str], source: str = "--set") -> dict:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested config; returns a new dict."""
-    config = copy.deepcopy(config)
-    for item in overrides:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise PipelineError(f"{source}: override {item!r} must look like key.subkey=value")
-        node = config
-        parts = key.split(".")
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                node[p] = {}
-            node = node[p]
-        node[parts[-1]] = _parse_value(value)
-    return config
 
 
 def _substitute(obj: Any, params: Mapping[str, Any], source: str) -> Any:
@@ -146,6 +122,26 @@ def _fingerprint(path: str | os.PathLike | None) -> str | None:
     if size > _HASH_LIMIT:
         return f"size={size},mtime={int(p.stat().st_mtime)}"
     return sha256_file(p)
+
+
+def backend_args(backend: str, args: Mapping[str, Any], concurrency: int) -> dict[str, Any]:
+    """The backend's keyword arguments, with ``teacher.concurrency`` as its connection-pool size when it has one.
+
+    ``teacher.concurrency`` is the one setting for requests in flight: the runner's workers and (for backends
+    such as ``openai`` that take ``concurrency``) the HTTP pool. ``args.concurrency``, when given, wins for the pool.
+    """
+    import inspect
+
+    from radcot.teacher import backend_class
+
+    args = dict(args)
+    if "concurrency" not in args and "concurrency" in inspect.signature(backend_class(backend).__init__).parameters:
+        args["concurrency"] = concurrency
+    elif "concurrency" in args and int(args["concurrency"]) != concurrency:
+        logger.warning("teacher.args.concurrency=%s differs from teacher.concurrency=%s: the backend's pool has %s "
+                       "connections, the runner keeps %s requests in flight", args["concurrency"], concurrency,
+                       args["concurrency"], concurrency)
+    return args
 
 
 def _queries_hash(queries: Sequence[Query]) -> str:
@@ -188,17 +184,17 @@ class Pipeline:
 
     def __init__(self, config: Mapping[str, Any], source: str | os.PathLike | None = None,
                  runs_dir: str | os.PathLike | None = None, show_progress: bool | None = None):
+        from radcot.experiment.schema import validate_config
+
         self.source = str(source) if source else "<config>"
         raw = _merge(DEFAULTS, config)
         self.config = _substitute(raw, raw.get("params") or {}, self.source)
-        if "experiment" not in self.config:
-            raise PipelineError(f"{self.source}: the key 'experiment' (the run's name) is missing")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(self.config["experiment"])):
-            raise PipelineError(f"{self.source}: experiment {self.config['experiment']!r} must be a plain name "
-                                f"(letters, digits, _ . -)")
+        validate_config(self.config, self.source)
+        self._apply_models_dir()
         self.name = str(self.config["experiment"])
         self.runs_dir = Path(runs_dir or os.environ.get("RADCOT_RUNS_DIR", "runs"))
         self.exp_dir = self.runs_dir / self.name
+        self.shared_dir = self.runs_dir / "_shared"
         self.show_progress = show_progress
         self.rows = self._parse_rows()
         self._stages: dict[str, dict] = {}
@@ -207,71 +203,74 @@ class Pipeline:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: Sequence[str] = (), **kwargs) -> "Pipeline":
-        """Read a pipeline file, apply ``key.sub=value`` overrides."""
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise PipelineError(f"pipeline file {path} does not exist (see pipelines/*.yaml)")
-        try:
-            config = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise PipelineError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(config, dict):
-            raise PipelineError(f"{path}: expected a mapping at the top level, found {type(config).__name__}")
-        config = apply_overrides(config, overrides)
+        """Read a pipeline file (resolving ``include:``), apply ``key.sub=value`` overrides."""
+        config = apply_overrides(load_config(path), overrides)
         return cls(config, source=path, **kwargs)
 
     # ------------------------------------------------------------------ config
     def _parse_rows(self) -> list[Row]:
-        rows, seen = [], set()
-        for i, spec in enumerate(self.config["rows"]):
-            where = f"{self.source}: rows[{i}]"
-            if not isinstance(spec, dict) or "name" not in spec:
-                raise PipelineError(f"{where}: each row needs at least a name")
-            if spec["name"] in seen:
-                raise PipelineError(f"{where}: duplicate row name {spec['name']!r}")
-            seen.add(spec["name"])
+        """The rows (the schema has checked names, kinds and the baseline)."""
+        rows = []
+        for spec in self.config["rows"]:
             kinds = [k for k in ("cots", "student") if spec.get(k) is not None]
-            if len(kinds) > 1:
-                raise PipelineError(f"{where}: a row takes either cots: or student:, not both")
             kind = kinds[0] if kinds else "bm25"
-            if kind == "student" and not isinstance(spec["student"], dict):
-                raise PipelineError(f"{where}: student: must be a mapping, e.g. {{context: true}}")
-            rows.append(Row(spec["name"], spec.get("label", spec["name"]), kind, spec))
-        if not rows:
-            raise PipelineError(f"{self.source}: rows: is empty; nothing to run")
-        base = self.config["evaluation"].get("baseline")
-        if base and base not in seen:
-            raise PipelineError(f"{self.source}: evaluation.baseline {base!r} is not a row name ({sorted(seen)})")
+            rows.append(Row(spec["name"], spec.get("label") or spec["name"], kind, spec))
         return rows
 
+    def student_models(self) -> dict[str, str]:
+        """``{row name: model}`` of every student row (the row's model, else ``student.model``)."""
+        return {r["name"]: str((r["student"].get("model") or self.config["student"]["model"]))
+                for r in self.config["rows"] if isinstance(r.get("student"), dict)}
+
+    def _apply_models_dir(self) -> None:
+        """``params.models_dir``: hub names (``google/flan-t5-small``) -> ``<models_dir>/google/flan-t5-small``."""
+        models_dir = (self.config.get("params") or {}).get("models_dir")
+        if not models_dir:
+            return
+        places = [self.config["student"]] + [r["student"] for r in self.config["rows"] if isinstance(r.get("student"), dict)]
+        for place in places:
+            name = place.get("model")
+            if not name or str(name).startswith("tiny-t5") or os.path.isabs(str(name)) or os.path.exists(str(name)):
+                continue
+            local = Path(models_dir) / str(name)
+            logger.info("params.models_dir: student model %s -> %s%s", name, local,
+                        "" if local.is_dir() else " (does not exist: the preflight will say so)")
+            place["model"] = str(local)
+
     # ------------------------------------------------------------------ stage cache
-    def _stage(self, name: str, cfg: Mapping[str, Any], build: Callable[[Path], Any], resumable: bool = False) -> Path:
-        """Run ``build(dir)`` unless ``<name>-<hash(cfg)>/DONE.json`` exists; return the directory."""
-        h = config_hash(cfg)
-        d = self.exp_dir / f"{name}-{h}"
-        done = d / "DONE.json"
-        entry = {"dir": str(d), "config": cfg}
+    def _portable(self, obj: Any) -> Any:
+        """``obj`` with paths under the runs directory written as ``${runs}/...``, so that stage keys do not
+        depend on how the runs directory was spelled (``runs``, ``./runs``, an absolute path)."""
+        if isinstance(obj, str):
+            root = str(self.runs_dir) + os.sep
+            return "${runs}/" + obj[len(root):] if obj.startswith(root) else obj
+        if isinstance(obj, Mapping):
+            return {k: self._portable(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [self._portable(v) for v in obj]
+        return obj
+
+    def _stage(self, name: str, cfg: Mapping[str, Any], build: Callable[[Path], Any], resumable: bool = False,
+               shared: str | None = None) -> Path:
+        """Run ``build(dir)`` unless the stage is finished with intact outputs; return its directory.
+
+        Args:
+            name: the stage's name in this experiment's manifest (``train-radcot-f0``).
+            shared: store the stage as ``<runs_dir>/_shared/<shared>-<hash>/``, reusable by every experiment
+                whose stage has the same inputs (teacher on training queries, data, training, index).
+        """
+        from radcot.experiment.store import StageStore
+
+        cfg = self._portable(cfg)
+        store = StageStore(self.shared_dir, wait=True) if shared else StageStore(self.exp_dir)
+        d = store.path(shared or name, cfg)
         if self._stages.get(name, {}).get("dir") == str(d):  # already run or reused in this invocation
             return d
-        if done.is_file():
+        d, record, reused = store.run(shared or name, cfg, build, resumable=resumable, label=name)
+        if reused:
             logger.info("stage %-28s cached  %s", name, d)
-            entry.update(json.loads(done.read_text()), reused=True)
-            self._stages[name] = entry
-            return d
-        if d.exists() and not resumable:
-            shutil.rmtree(d)
-        resumed = d.exists()
-        d.mkdir(parents=True, exist_ok=True)
-        write_json(d / "stage.json", {"stage": name, "config": cfg})
-        logger.info("stage %-28s %s %s", name, "resume " if resumed else "run    ", d)
-        t0 = time.perf_counter()
-        build(d)
-        info = {"elapsed_s": round(time.perf_counter() - t0, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "resumed": resumed}
-        write_json(done, info)
-        entry.update(info, reused=False)
+        entry = {"dir": str(d), "config": cfg, "shared": bool(shared)}
+        entry.update({k: v for k, v in record.items() if k != "outputs"}, reused=reused)
         self._stages[name] = entry
         self._write_manifest(status="running")
         return d
@@ -287,7 +286,10 @@ class Pipeline:
             if not target:
                 raise PipelineError(f"{self.source}: dataset needs path: (a BEIR directory) or name: "
                                     f"(e.g. msmarco-passage/trec-dl-2019)")
-            self._dataset = load_dataset(target, data_dir=ds.get("data_dir"), index=ds.get("index"))
+            from radcot.net import network_timeout
+
+            with network_timeout():  # pyserini's topic/qrels downloads have no timeout of their own
+                self._dataset = load_dataset(target, data_dir=ds.get("data_dir"), index=ds.get("index"))
         return self._dataset
 
     def eval_queries(self) -> list[Query]:
@@ -300,8 +302,10 @@ class Pipeline:
         ds = self.dataset
         if ds.index:
             from radcot.data.registry import resolve_index
+            from radcot.net import network_timeout
 
-            return str(resolve_index(ds.index))
+            with network_timeout():  # pyserini's prebuilt-index download has no timeout of its own
+                return str(resolve_index(ds.index))
         if ds.corpus is None:
             raise PipelineError(f"{self.source}: dataset {ds.name} has neither a corpus to index nor dataset.index")
         r = self.config["retriever"]
@@ -312,7 +316,7 @@ class Pipeline:
 
             BM25Retriever.build(ds.corpus, d / "index", threads=r.get("threads", 2), show_progress=self.show_progress)
 
-        return str(self._stage("index", cfg, build) / "index")
+        return str(self._stage("index", cfg, build, shared="index") / "index")
 
     def retriever(self, **overrides):
         from radcot.retrieval.bm25 import BM25Retriever
@@ -338,11 +342,13 @@ class Pipeline:
         cfg = {"backend": t["backend"], "args": t.get("args") or {}, "prompt": prompt or t.get("prompt", "radcot"),
                "params": params, "queries": _queries_hash(queries), "limit": t.get("limit")}
 
+        concurrency = int(t.get("concurrency", 4))
+
         def build(d: Path):
-            backend = get_backend(t["backend"], **(t.get("args") or {}))
+            backend = get_backend(t["backend"], **backend_args(t["backend"], t.get("args") or {}, concurrency))
             try:
                 summary = teach(backend, list(queries), d / "cot.jsonl", prompt=cfg["prompt"],
-                                params=GenerationParams(**params), concurrency=int(t.get("concurrency", 4)),
+                                params=GenerationParams(**params), concurrency=concurrency,
                                 limit=t.get("limit"), show_progress=self.show_progress)
             finally:
                 backend.close()
@@ -351,7 +357,8 @@ class Pipeline:
                 raise RadcotError(f"teacher stage {tag}: {summary.failed} queries failed (see "
                                   f"{d / 'cot.failed.jsonl'}); re-run `radcot run {self.source}` to retry them")
 
-        return self._stage(f"teacher-{tag}", cfg, build, resumable=True) / "cot.jsonl"
+        shared = f"teacher-{tag}" if tag in ("train", "synthetic-queries") else None
+        return self._stage(f"teacher-{tag}", cfg, build, resumable=True, shared=shared) / "cot.jsonl"
 
     # ------------------------------------------------------------------ training queries
     def _folds(self) -> list[tuple[list[Query], list[Query], Path]]:
@@ -433,7 +440,7 @@ class Pipeline:
                                         no_context=not context, seed=self.config["seed"],
                                         show_progress=self.show_progress)
 
-            data_dir = self._stage(f"data-{row.name}-f{f}", dcfg, build_data) / "data"
+            data_dir = self._stage(f"data-{row.name}-f{f}", dcfg, build_data, shared="data") / "data"
             tcfg = {"data": str(data_dir), "model": s["model"], "train": s.get("train") or {},
                     "n_context": k, "seed": self.config["seed"]}
 
@@ -442,7 +449,7 @@ class Pipeline:
                                      seed=self.config["seed"], **(s.get("train") or {}))
                 train(config, resume=True, show_progress=self.show_progress)
 
-            run_dir = self._stage(f"train-{row.name}-f{f}", tcfg, do_train, resumable=True) / "run"
+            run_dir = self._stage(f"train-{row.name}-f{f}", tcfg, do_train, resumable=True, shared="train") / "run"
             gen = dict(s.get("generate") or {})
             gcfg = {"student": str(run_dir), "queries": _queries_hash(eval_q), "index": index if context else None,
                     "k": k, "generate": gen}
@@ -502,12 +509,38 @@ class Pipeline:
         return self._stage(f"search-{row.name}", cfg, build) / "run.trec"
 
     # ------------------------------------------------------------------ driver
-    def run(self, rows: Sequence[str] | None = None) -> Path:
-        """Run every stage (or only those ``rows`` need); write the manifest; return the experiment dir."""
-        self.exp_dir.mkdir(parents=True, exist_ok=True)
-        unknown = set(rows or ()) - {r.name for r in self.rows}
+    def select_rows(self, rows: Sequence[str] | None) -> list[str] | None:
+        """Check ``--rows`` names; add the baseline row when it is missing (logged)."""
+        if not rows:
+            return None
+        unknown = set(rows) - {r.name for r in self.rows}
         if unknown:
             raise PipelineError(f"unknown rows {sorted(unknown)}; this pipeline has {[r.name for r in self.rows]}")
+        base = self.config["evaluation"].get("baseline")
+        if base and base not in rows:
+            logger.info("rows: adding the baseline row %r (evaluation.baseline) to %s", base, list(rows))
+            rows = [base] + list(rows)
+        return list(rows)
+
+    def check(self, rows: Sequence[str] | None = None) -> list[str]:
+        """The preflight: every problem that would stop a stage later (empty: ready to run)."""
+        from radcot.experiment.preflight import preflight
+
+        return preflight(self, self.select_rows(rows))
+
+    def run(self, rows: Sequence[str] | None = None, check: bool = True) -> Path:
+        """Run every stage (or only those ``rows`` need); write the manifest; return the experiment dir.
+
+        Args:
+            rows: row names to run (the baseline row is added when missing).
+            check: run the preflight first and stop with every problem it finds.
+        """
+        rows = self.select_rows(rows)
+        if check:
+            problems = self.check(rows)
+            if problems:
+                raise PipelineError(format_problems(self.source, problems, "preflight"))
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
         self._started = time.strftime("%Y-%m-%dT%H:%M:%S")
         self._row_runs: dict[str, str] = {}
         previous = self.exp_dir / "manifest.json"
@@ -543,6 +576,12 @@ class Pipeline:
             "rows": [{"name": r.name, "label": r.label, "kind": r.kind, "run": runs.get(r.name)} for r in self.rows],
         }
         write_json(self.exp_dir / "manifest.json", manifest)
+
+
+def format_problems(source: str, problems: Sequence[str], what: str) -> str:
+    """One message listing every problem, one per line."""
+    lines = "\n".join(f"  - {p}" for p in problems)
+    return f"{source}: {what} found {len(problems)} problem{'s' if len(problems) != 1 else ''}:\n{lines}"
 
 
 def run_pipeline(path: str | os.PathLike, overrides: Sequence[str] = (), runs_dir: str | os.PathLike | None = None,

@@ -96,6 +96,7 @@ def results_table(exp_dir: str | os.PathLike, baseline: str | None = None, metri
     """Score every row's run file of an experiment; deltas and paired t-tests against ``baseline``."""
     from radcot.data.readers import read_qrels
     from radcot.evaluation import evaluate, paired_ttest
+    from radcot.experiment.store import verify_run_file
 
     exp_dir = Path(exp_dir)
     m = load_manifest(exp_dir)
@@ -118,6 +119,7 @@ def results_table(exp_dir: str | os.PathLike, baseline: str | None = None, metri
         if not r.get("run") or not Path(r["run"]).is_file():
             logger.warning("row %s has no run file yet (run the pipeline); skipped", r["name"])
             continue
+        verify_run_file(r["run"])  # refuses a run file changed since its pipeline stage finished
         agg, pq = evaluate(qrels, r["run"], metrics, per_query=True)
         out_rows.append(TableRow(r["name"], r.get("label", r["name"]), r["run"], agg, pq))
     if not out_rows:

@@ -98,6 +98,21 @@ def test_bm25_pipeline_caches_and_table_matches_ir_measures(cranfield, tmp_path)
     manifest = json.loads((exp2 / "manifest.json").read_text())
     redone = sorted(n for n, s in manifest["stages"].items() if not s["reused"])
     assert redone == ["search-rm3"]
+    assert manifest["stages"]["index"]["shared"] and "/_shared/index-" in manifest["stages"]["index"]["dir"]
+
+    # a truncated cached run: the table refuses it, and the pipeline reruns that stage (never "cached")
+    from radcot.experiment.store import ChangedOutputError
+
+    bm25_run = Path(manifest["stages"]["search-bm25"]["dir"]) / "run.trec"
+    lines = bm25_run.read_text().splitlines(keepends=True)
+    bm25_run.write_text("".join(lines[: len(lines) // 2]))
+    with pytest.raises(ChangedOutputError, match="changed since its stage finished"):
+        results_table(exp2)
+    Pipeline(cfg, runs_dir=tmp_path, show_progress=False).run()
+    manifest = json.loads((exp2 / "manifest.json").read_text())
+    assert sorted(n for n, s in manifest["stages"].items() if not s["reused"]) == ["search-bm25"]
+    assert len(bm25_run.read_text().splitlines()) == len(lines)
+    assert results_table(exp2).row("bm25").metrics["nDCG@10"] == pytest.approx(0.3510, abs=5e-4)
 
 
 @pytest.mark.slow

@@ -93,7 +93,7 @@ def test_hub_name_offline_fails_fast_with_advice(monkeypatch):
 
     if hub_reachable(timeout=2):
         pytest.skip("the Hugging Face hub is reachable from here; the offline error path cannot be exercised")
-    with pytest.raises(OfflineResourceError, match="huggingface-cli download google/flan-t5-small"):
+    with pytest.raises(OfflineResourceError, match="hf download google/flan-t5-small"):
         FiDStudent.from_pretrained("google/flan-t5-small")
 
 

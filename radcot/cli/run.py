@@ -2,30 +2,71 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="radcot run", description=(
-        "Run a declarative pipeline: each stage is cached under RUNS_DIR/<experiment>/<stage>-<hash>/, so a "
-        "re-run redoes only what changed and a crashed run resumes. Prints the results table at the end."))
-    ap.add_argument("pipeline", help="a pipeline file, e.g. pipelines/demo.yaml")
+        "Run a declarative pipeline: each stage is cached under RUNS_DIR/<experiment>/<stage>-<hash>/ (shared "
+        "stages under RUNS_DIR/_shared/), so a re-run redoes only what changed and a crashed run resumes. The "
+        "config is validated and a preflight checks models, data and endpoints before any stage runs. Prints "
+        "the results table at the end."))
+    ap.add_argument("pipeline", nargs="?", help="a pipeline file, e.g. pipelines/demo.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value (YAML-parsed), e.g. --set student.train.max_steps=50 "
-                         "--set params.data=/data/vaswani; repeatable")
+                         "--set params.data=/data/vaswani --set rows.radcot-small.student.model=DIR (list items "
+                         "by index or row name); repeatable")
     ap.add_argument("--runs-dir", default=None, help="parent of the experiment directory (default: runs, or "
                                                      "$RADCOT_RUNS_DIR)")
-    ap.add_argument("--rows", nargs="+", default=None, help="run only these rows")
+    ap.add_argument("--rows", nargs="+", default=None, help="run only these rows (the baseline row is added)")
+    ap.add_argument("--check", action="store_true", help="only validate the config and run the preflight "
+                                                         "(exit 0: ready, 1: problems listed; without --check a "
+                                                         "config mistake exits 2)")
+    ap.add_argument("--schema", action="store_true", help="print the config reference (Markdown) and exit")
     ap.add_argument("--format", choices=("md", "latex", "csv"), default="md", help="table format")
     ap.add_argument("--no-report", action="store_true", help="skip the Markdown report and its PNG plots")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = ap.parse_args(argv)
+    return ap
 
-    from radcot.pipeline import run_pipeline
+
+def _check(pipeline) -> int:
+    import time
+
+    from radcot.pipeline import format_problems
+
+    t0 = time.perf_counter()
+    problems = pipeline.check()
+    if problems:
+        print(format_problems(pipeline.source, problems, "preflight"), file=sys.stderr)
+        return 1
+    print(f"{pipeline.source}: config valid, preflight passed ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.schema:
+        from radcot.experiment.schema import reference_markdown
+
+        print(reference_markdown())
+        return 0
+    if not args.pipeline:
+        ap.error("the pipeline file is required (e.g. radcot run pipelines/demo.yaml)")
+
+    from radcot.pipeline import Pipeline, PipelineError
     from radcot.report import format_table, results_table, write_report
 
-    exp_dir = run_pipeline(args.pipeline, args.overrides, runs_dir=args.runs_dir, rows=args.rows,
-                           show_progress=False if args.no_progress else None)
-    table = results_table(exp_dir, rows=args.rows)
+    try:
+        pipeline = Pipeline.from_yaml(args.pipeline, args.overrides, runs_dir=args.runs_dir,
+                                      show_progress=False if args.no_progress else None)
+    except PipelineError as e:  # a config mistake: exit 2 like any usage error (1 under --check: "problems")
+        print(f"radcot run: error: {e}", file=sys.stderr)
+        return 1 if args.check else 2
+    if args.check:
+        return _check(pipeline)
+    exp_dir = pipeline.run(rows=args.rows)
+    table = results_table(exp_dir, rows=pipeline.select_rows(args.rows))
     print(format_table(table, args.format))
     if not args.no_report:
         print(f"report: {write_report(exp_dir, table)}")

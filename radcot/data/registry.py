@@ -52,12 +52,12 @@ NAMED: dict[str, NamedSpec] = {
 
 _DOWNLOAD_HELP = (
     "Offline, download on a connected machine: the topics and qrels files {files} (from Anserini's "
-    "tools/topics-and-qrels, or pyserini's bundled resources) into a directory passed as data_dir / "
-    "--data-dir (or set RADCOT_MSMARCO_DIR), and the prebuilt Lucene index with "
-    "`python -c \"from pyserini.search.lucene import LuceneSearcher; "
-    "LuceneSearcher.from_prebuilt_index('msmarco-v1-passage')\"` (or build one with `radcot index "
-    "--collection collection.tsv --index DIR` from MS MARCO's collection.tsv) and pass its directory as "
-    "index / --index (or set RADCOT_MSMARCO_INDEX)."
+    "tools/topics-and-qrels, or pyserini's bundled resources) into a directory DIR and pass it with "
+    "--set params.msmarco_dir=DIR (the DL pipelines; dataset.data_dir in others; or set RADCOT_MSMARCO_DIR), and "
+    "the prebuilt Lucene index with `python -c \"from pyserini.util import download_prebuilt_index; "
+    "print(download_prebuilt_index('msmarco-v1-passage'))\"` (or build one with `radcot index "
+    "--collection collection.tsv --index INDEX_DIR` from MS MARCO's collection.tsv) and pass its directory with "
+    "--set params.index=INDEX_DIR (or set RADCOT_MSMARCO_INDEX)."
 )
 
 
@@ -193,5 +193,6 @@ def resolve_index(index: str | os.PathLike) -> Path:
         raise OfflineResourceError(
             f"prebuilt index {index!r} is not available ({type(e).__name__}: {e}). Download it on a connected "
             f"machine with `python -c \"from pyserini.util import download_prebuilt_index; "
-            f"print(download_prebuilt_index('{index}'))\"` and pass the printed directory as the index, or "
-            f"build one with `radcot index`.") from e
+            f"print(download_prebuilt_index('{index}'))\"` and pass the printed directory with "
+            f"--set params.index=DIR (dataset.index in pipelines without params.index; radcot search --index DIR), "
+            f"or build one with `radcot index --collection PATH --index DIR`.") from e

