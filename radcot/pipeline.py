@@ -33,13 +33,17 @@ Config keys (see ``pipelines/*.yaml`` for complete files):
     questions the teacher writes for ``passages`` sampled passages); ``limit``.
 ``student``
     ``model`` (``tiny-t5[:opts]`` offline, ``google/flan-t5-base``, a directory), ``n_context``, ``train``
-    (TrainConfig fields), ``generate`` (generation options).
+    (TrainConfig fields), ``generate`` (generation options), ``context_retriever`` (``bm25`` default,
+    ``dense``: FAISS over the corpus with the offline MiniLM encoder, built in the ``index-dense`` stage,
+    ``fused``: reciprocal rank fusion of both) -- the passages of distillation data and generation.
+    A row's ``student:`` mapping overrides any of these.
 ``rows``
     the table: ``name``, ``label`` and one of: nothing (plain BM25; ``rm3: true`` / ``rocchio: true``
     allowed), ``cots: teacher|<file>`` (a CoT source), ``student: {context: true|false, ...}``; plus
     ``formula`` (``radcot``/``query2doc``/``none``).
 ``evaluation``
-    ``metrics``, ``k`` (run depth), ``baseline`` (a row name).
+    ``metrics``, ``k`` (run depth), ``baseline`` (a row name), ``teacher_row`` (the row the table's
+    gap-closed columns measure against; default: the first ``cots: teacher`` row).
 """
 from __future__ import annotations
 
@@ -76,6 +80,9 @@ DEFAULTS: dict[str, Any] = {
     "evaluation": {"metrics": ["nDCG@10", "RR@10", "R@1000", "AP"], "k": 1000, "baseline": "bm25"},
     "rows": [{"name": "bm25", "label": "BM25"}],
 }
+
+#: retrievers a student's context can come from (``student.context_retriever``)
+CONTEXT_RETRIEVERS = ("bm25", "dense", "fused")
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _HASH_LIMIT = 512 * 1024 * 1024  # fingerprint bigger inputs by size + mtime instead of hashing them
@@ -324,6 +331,36 @@ class Pipeline:
         params.update(overrides)
         return BM25Retriever(self._index(), **params)
 
+    def _dense_index(self) -> str:
+        """The dense index (FAISS, the offline all-MiniLM-L6-v2 encoder) of the corpus: the ``index-dense`` stage."""
+        ds = self.dataset
+        if ds.corpus is None:
+            raise PipelineError(f"{self.source}: student.context_retriever dense/fused needs the dataset's corpus "
+                                f"to build a dense index (dataset {ds.name} has none)")
+        cfg = {"corpus": _fingerprint(ds.corpus), "encoder": "all-MiniLM-L6-v2"}
+
+        def build(d: Path):
+            from radcot.retrieval.dense import DenseRetriever
+
+            DenseRetriever.build(ds.corpus, d / "index", show_progress=self.show_progress)
+
+        return str(self._stage("index-dense", cfg, build) / "index")
+
+    def context_retriever(self, name: str = "bm25"):
+        """The retriever that builds a student's context: ``bm25``, ``dense`` or ``fused`` (RRF of both)."""
+        if name == "bm25":
+            return self.retriever()
+        if name not in CONTEXT_RETRIEVERS:
+            raise PipelineError(f"{self.source}: student.context_retriever {name!r} is not one of {CONTEXT_RETRIEVERS}")
+        from radcot.retrieval.dense import DenseRetriever
+
+        dense = DenseRetriever(self._dense_index())
+        if name == "dense":
+            return dense
+        from radcot.student.data import FusedRetriever
+
+        return FusedRetriever([self.retriever(), dense])
+
     # ------------------------------------------------------------------ teacher
     def _teacher(self, section: str, queries: Sequence[Query], tag: str, prompt: str | None = None,
                  max_tokens: int | None = None) -> Path:
@@ -420,15 +457,21 @@ class Pipeline:
         s = _merge(self.config["student"], {k: v for k, v in row.spec["student"].items()})
         context = bool(s.get("context", True))
         k = int(s.get("n_context", 10))
+        ctx = str(s.get("context_retriever") or "bm25")
+        if ctx not in CONTEXT_RETRIEVERS:
+            raise PipelineError(f"{self.source}: row {row.name}: student.context_retriever {ctx!r} is not one of "
+                                f"{CONTEXT_RETRIEVERS}")
         index = self._index()
+        # only non-default context retrievers enter the stage hashes (bm25 stages keep their cached directories)
+        extra = {"context_retriever": ctx, "dense_index": self._dense_index()} if context and ctx != "bm25" else {}
         outs = []
         for f, (train_q, eval_q, teacher_out) in enumerate(self._folds()):
             dcfg = {"queries": _queries_hash(train_q), "teacher": str(teacher_out), "index": index,
                     "k": k, "context": context, "seed": self.config["seed"],
-                    "retriever": {kk: self.config["retriever"].get(kk) for kk in ("k1", "b")}}
+                    "retriever": {kk: self.config["retriever"].get(kk) for kk in ("k1", "b")}, **extra}
 
             def build_data(d: Path, train_q=train_q, teacher_out=teacher_out):
-                retr = None if not context else self.retriever()
+                retr = None if not context else self.context_retriever(ctx)
                 build_distillation_data(train_q, teacher_out, retriever=retr, k=k, out_dir=d / "data",
                                         no_context=not context, seed=self.config["seed"],
                                         show_progress=self.show_progress)
@@ -445,10 +488,10 @@ class Pipeline:
             run_dir = self._stage(f"train-{row.name}-f{f}", tcfg, do_train, resumable=True) / "run"
             gen = dict(s.get("generate") or {})
             gcfg = {"student": str(run_dir), "queries": _queries_hash(eval_q), "index": index if context else None,
-                    "k": k, "generate": gen}
+                    "k": k, "generate": gen, **extra}
 
             def do_generate(d: Path, run_dir=run_dir, eval_q=eval_q):
-                retr = self.retriever() if context else None
+                retr = self.context_retriever(ctx) if context else None
                 generate_cots(run_dir / "best", d / "cot.jsonl", queries=eval_q, retriever=retr,
                               k=k, show_progress=self.show_progress, **gen)
 
