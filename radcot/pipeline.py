@@ -40,7 +40,9 @@ Config keys (see ``pipelines/*.yaml`` for complete files):
 ``rows``
     the table: ``name``, ``label`` and one of: nothing (plain BM25; ``rm3: true`` / ``rocchio: true``
     allowed), ``cots: teacher|<file>`` (a CoT source), ``student: {context: true|false, ...}``; plus
-    ``formula`` (``radcot``/``query2doc``/``none``).
+    ``formula`` (``radcot``/``query2doc``/``none``), ``max_words`` (truncate CoTs to this many words) or
+    ``tune: {formula: [...], max_words: [...], metric: nDCG@10, k: 100}`` (``cots: teacher`` rows, split
+    mode: the best grid point on the training queries with qrels, recorded in the manifest; radcot.tuning).
 ``evaluation``
     ``metrics``, ``k`` (run depth), ``baseline`` (a row name), ``teacher_row`` (the row the table's
     gap-closed columns measure against; default: the first ``cots: teacher`` row).
@@ -513,6 +515,36 @@ class Pipeline:
                                 f"--set params.cots=/path/to/dl19.tsv)")
         return [path]
 
+    def _tune_row(self, row: Row) -> dict:
+        """``tune:`` a row's formula and CoT length on the training queries with qrels (teacher CoTs rows)."""
+        from radcot.teacher.runner import read_teacher_output
+        from radcot.tuning import check_grid, tune_expansion
+
+        where = f"{self.source}: rows {row.name}: tune"
+        grid = check_grid(row.spec["tune"], where)
+        ds = self.dataset
+        if row.kind != "cots" or row.spec["cots"] != "teacher":
+            raise PipelineError(f"{where}: tuning is implemented for cots: teacher rows (their training-query CoTs "
+                                f"exist); remove tune: from row {row.name} or set formula:/max_words: by hand")
+        if self.config["training_queries"].get("mode", "split") != "split" or ds.train_qrels_path is None:
+            raise PipelineError(f"{where}: needs training queries with qrels (training_queries.mode: split and the "
+                                f"dataset's qrels/train.tsv); test queries are never used for tuning")
+        train_q, _, teacher_out = self._folds()[0]
+        cfg = {"index": self._index(), "queries": _queries_hash(train_q), "teacher": _fingerprint(teacher_out),
+               "qrels": _fingerprint(ds.train_qrels_path), "grid": grid}
+
+        def build(d: Path):
+            cots = {q: r.get("text") or "" for q, r in read_teacher_output(teacher_out).items() if r.get("error") is None}
+            result = tune_expansion(train_q, cots, str(ds.train_qrels_path), self.retriever(), grid)
+            write_json(d / "choice.json", result.to_dict())
+
+        d = self._stage(f"tune-{row.name}", cfg, build)
+        choice = json.loads((d / "choice.json").read_text(encoding="utf-8"))
+        self._stages[f"tune-{row.name}"]["choice"] = choice  # recorded in the manifest
+        logger.info("row %s: tuned on %d training queries: formula=%s max_words=%s (%s=%.4f)", row.name,
+                    choice["n_queries"], choice["formula"], choice["max_words"], choice["metric"], choice["score"])
+        return choice
+
     def _search_row(self, row: Row) -> Path:
         from radcot.data.readers import write_run
         from radcot.expansion import expand_queries, write_expansions
@@ -521,10 +553,16 @@ class Pipeline:
         cot_files = self._row_cots(row)
         evalq = self.eval_queries()
         formula = row.spec.get("formula", "radcot") if cot_files else "none"
+        max_words = row.spec.get("max_words")
+        if cot_files and row.spec.get("tune"):
+            choice = self._tune_row(row)
+            formula, max_words = choice["formula"], choice["max_words"]
         params = {kk: v for kk, v in row.spec.items() if kk in ("rm3", "rocchio", "k1", "b", "rm3_params")}
         k = int(self.config["evaluation"].get("k", 1000))
         cfg = {"index": self._index(), "queries": _queries_hash(evalq), "cots": [_fingerprint(p) for p in cot_files or []],
                "formula": formula, "params": params, "k": k}
+        if max_words is not None:  # only then in the hash: untuned rows keep their cached runs
+            cfg["max_words"] = int(max_words)
 
         def build(d: Path):
             queries = evalq
@@ -536,6 +574,10 @@ class Pipeline:
                 if missing:
                     logger.warning("row %s: %d/%d queries have no CoT and are searched unexpanded (e.g. %s)",
                                    row.name, len(missing), len(evalq), missing[:3])
+                if max_words is not None:
+                    from radcot.tuning import truncate_words
+
+                    cots = {qid: truncate_words(text, int(max_words)) for qid, text in cots.items()}
                 expanded = expand_queries(evalq, cots, formula)
                 write_expansions(expanded, d / "expanded.tsv")
                 queries = [Query(q.query_id, expanded.get(q.query_id, q.text)) for q in evalq]
