@@ -41,8 +41,9 @@ Config keys (see ``pipelines/*.yaml`` for complete files):
     the table: ``name``, ``label`` and one of: nothing (plain BM25; ``rm3: true`` / ``rocchio: true``
     allowed), ``cots: teacher|<file>`` (a CoT source), ``student: {context: true|false, ...}``; plus
     ``formula`` (``radcot``/``query2doc``/``none``), ``max_words`` (truncate CoTs to this many words) or
-    ``tune: {formula: [...], max_words: [...], metric: nDCG@10, k: 100}`` (``cots: teacher`` rows, split
-    mode: the best grid point on the training queries with qrels, recorded in the manifest; radcot.tuning).
+    ``tune: {formula: [...], max_words: [...], metric: nDCG@10, k: 100}`` (``cots: teacher`` rows: the best
+    grid point on the training queries with qrels -- split mode -- or, in kfold mode, per fold on the other
+    folds' queries; recorded in the manifest under ``stages.tune-<row>``; radcot.tuning).
 ``evaluation``
     ``metrics``, ``k`` (run depth), ``baseline`` (a row name), ``teacher_row`` (the row the table's
     gap-closed columns measure against; default: the first ``cots: teacher`` row).
@@ -515,54 +516,65 @@ class Pipeline:
                                 f"--set params.cots=/path/to/dl19.tsv)")
         return [path]
 
-    def _tune_row(self, row: Row) -> dict:
-        """``tune:`` a row's formula and CoT length on the training queries with qrels (teacher CoTs rows)."""
-        from radcot.teacher.runner import read_teacher_output
-        from radcot.tuning import check_grid, tune_expansion
-
+    def _tune_sets(self, row: Row) -> list[tuple[list[Query], list[Query], Path, str]]:
+        """(tuning queries, queries the choice applies to, their CoTs, qrels) per fold for a ``tune:`` row."""
         where = f"{self.source}: rows {row.name}: tune"
-        grid = check_grid(row.spec["tune"], where)
-        ds = self.dataset
         if row.kind != "cots" or row.spec["cots"] != "teacher":
             raise PipelineError(f"{where}: tuning is implemented for cots: teacher rows (their training-query CoTs "
                                 f"exist); remove tune: from row {row.name} or set formula:/max_words: by hand")
-        if self.config["training_queries"].get("mode", "split") != "split" or ds.train_qrels_path is None:
-            raise PipelineError(f"{where}: needs training queries with qrels (training_queries.mode: split and the "
-                                f"dataset's qrels/train.tsv); test queries are never used for tuning")
-        train_q, _, teacher_out = self._folds()[0]
-        cfg = {"index": self._index(), "queries": _queries_hash(train_q), "teacher": _fingerprint(teacher_out),
-               "qrels": _fingerprint(ds.train_qrels_path), "grid": grid}
+        mode = self.config["training_queries"].get("mode", "split")
+        ds = self.dataset
+        if mode == "split" and ds.train_qrels_path is not None:
+            train_q, eval_q, teacher_out = self._folds()[0]
+            return [(train_q, eval_q, teacher_out, str(ds.train_qrels_path))]
+        if mode == "kfold":  # cross-validated: each fold's setting is chosen on the other folds' queries
+            cots = self._row_cots(row)[0]
+            return [(train_q, eval_q, cots, str(ds.qrels_path)) for train_q, eval_q, _ in self._folds()]
+        raise PipelineError(f"{where}: needs training queries with qrels (training_queries.mode: split with the "
+                            f"dataset's qrels/train.tsv, or kfold); test queries are never used for tuning")
 
-        def build(d: Path):
-            cots = {q: r.get("text") or "" for q, r in read_teacher_output(teacher_out).items() if r.get("error") is None}
-            result = tune_expansion(train_q, cots, str(ds.train_qrels_path), self.retriever(), grid)
-            write_json(d / "choice.json", result.to_dict())
+    def _tune_row(self, row: Row) -> list[tuple[set[str], dict]]:
+        """``tune:`` a row's formula and CoT length on training queries with qrels: ``[(query ids, choice)]``."""
+        from radcot.teacher.runner import read_teacher_output
+        from radcot.tuning import check_grid, tune_expansion
 
-        d = self._stage(f"tune-{row.name}", cfg, build)
-        choice = json.loads((d / "choice.json").read_text(encoding="utf-8"))
-        self._stages[f"tune-{row.name}"]["choice"] = choice  # recorded in the manifest
-        logger.info("row %s: tuned on %d training queries: formula=%s max_words=%s (%s=%.4f)", row.name,
-                    choice["n_queries"], choice["formula"], choice["max_words"], choice["metric"], choice["score"])
-        return choice
+        grid = check_grid(row.spec["tune"], f"{self.source}: rows {row.name}: tune")
+        out = []
+        for f, (train_q, eval_q, cot_file, qrels) in enumerate(self._tune_sets(row)):
+            cfg = {"index": self._index(), "queries": _queries_hash(train_q), "cots": _fingerprint(cot_file),
+                   "qrels": _fingerprint(qrels), "grid": grid}
+
+            def build(d: Path, train_q=train_q, cot_file=cot_file, qrels=qrels):
+                recs = read_teacher_output(cot_file)
+                cots = {q: r.get("text") or "" for q, r in recs.items() if r.get("error") is None}
+                write_json(d / "choice.json", tune_expansion(train_q, cots, qrels, self.retriever(), grid).to_dict())
+
+            name = f"tune-{row.name}" + (f"-f{f}" if f else "")
+            choice = json.loads((self._stage(name, cfg, build) / "choice.json").read_text(encoding="utf-8"))
+            self._stages[name]["choice"] = choice  # recorded in the manifest
+            logger.info("row %s: tuned on %d training queries: formula=%s max_words=%s (%s=%.4f)", row.name,
+                        choice["n_queries"], choice["formula"], choice["max_words"], choice["metric"], choice["score"])
+            out.append(({q.query_id for q in eval_q}, choice))
+        return out
 
     def _search_row(self, row: Row) -> Path:
         from radcot.data.readers import write_run
-        from radcot.expansion import expand_queries, write_expansions
+        from radcot.expansion import write_expansions
         from radcot.teacher.runner import read_teacher_output
 
         cot_files = self._row_cots(row)
         evalq = self.eval_queries()
         formula = row.spec.get("formula", "radcot") if cot_files else "none"
         max_words = row.spec.get("max_words")
-        if cot_files and row.spec.get("tune"):
-            choice = self._tune_row(row)
-            formula, max_words = choice["formula"], choice["max_words"]
+        tuned = self._tune_row(row) if cot_files and row.spec.get("tune") else []
         params = {kk: v for kk, v in row.spec.items() if kk in ("rm3", "rocchio", "k1", "b", "rm3_params")}
         k = int(self.config["evaluation"].get("k", 1000))
         cfg = {"index": self._index(), "queries": _queries_hash(evalq), "cots": [_fingerprint(p) for p in cot_files or []],
                "formula": formula, "params": params, "k": k}
         if max_words is not None:  # only then in the hash: untuned rows keep their cached runs
             cfg["max_words"] = int(max_words)
+        if tuned:
+            cfg["tuned"] = [[c["formula"], c["max_words"]] for _, c in tuned]
 
         def build(d: Path):
             queries = evalq
@@ -574,11 +586,7 @@ class Pipeline:
                 if missing:
                     logger.warning("row %s: %d/%d queries have no CoT and are searched unexpanded (e.g. %s)",
                                    row.name, len(missing), len(evalq), missing[:3])
-                if max_words is not None:
-                    from radcot.tuning import truncate_words
-
-                    cots = {qid: truncate_words(text, int(max_words)) for qid, text in cots.items()}
-                expanded = expand_queries(evalq, cots, formula)
+                expanded = _expand(evalq, cots, [(None, {"formula": formula, "max_words": max_words})] + tuned)
                 write_expansions(expanded, d / "expanded.tsv")
                 queries = [Query(q.query_id, expanded.get(q.query_id, q.text)) for q in evalq]
             retr = self.retriever(**params)
@@ -628,6 +636,25 @@ class Pipeline:
             "rows": [{"name": r.name, "label": r.label, "kind": r.kind, "run": runs.get(r.name)} for r in self.rows],
         }
         write_json(self.exp_dir / "manifest.json", manifest)
+
+
+def _expand(queries: Sequence[Query], cots: Mapping[str, str], settings: Sequence[tuple]) -> dict[str, str]:
+    """Expand each query with the last setting whose query ids contain it (``None``: every query)."""
+    from radcot.expansion import expand_queries
+    from radcot.tuning import truncate_words
+
+    groups: dict[int, list[Query]] = {}
+    for q in queries:
+        i = next(j for j in reversed(range(len(settings))) if settings[j][0] is None or q.query_id in settings[j][0])
+        groups.setdefault(i, []).append(q)
+    out: dict[str, str] = {}
+    for i, qs in groups.items():
+        s = settings[i][1]
+        n = s.get("max_words")
+        cut = {q.query_id: truncate_words(cots.get(q.query_id) or "", int(n)) if n is not None
+               else cots.get(q.query_id) for q in qs}
+        out.update(expand_queries(qs, cut, s["formula"]))
+    return {q.query_id: out[q.query_id] for q in queries}
 
 
 def run_pipeline(path: str | os.PathLike, overrides: Sequence[str] = (), runs_dir: str | os.PathLike | None = None,

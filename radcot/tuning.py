@@ -79,10 +79,13 @@ def check_grid(spec: Mapping[str, Any] | None, where: str = "tune") -> dict[str,
 
 def score_setting(queries: Sequence[Query], cots: Mapping[str, str], qrels, retriever, formula: str,
                   max_words: int | None, metric: str, k: int) -> float:
-    """The ``metric`` of BM25 (``retriever``) over ``queries`` expanded with truncated ``cots``."""
+    """The ``metric`` of BM25 (``retriever``) over ``queries`` expanded with truncated ``cots`` (scored on
+    ``queries`` only)."""
     from radcot.evaluation import evaluate
     from radcot.expansion import expand_queries
 
+    ids = {q.query_id for q in queries}
+    qrels = {q: d for q, d in _qrels_dict(qrels).items() if q in ids}  # judged queries outside the run would count 0
     cut = {qid: truncate_words(text, max_words) for qid, text in cots.items()}
     expanded = expand_queries(queries, cut, formula)
     run = retriever.run([Query(q.query_id, expanded.get(q.query_id, q.text)) for q in queries], k=k)
@@ -104,8 +107,8 @@ def tune_expansion(queries: Sequence[Query], cots: Mapping[str, str], qrels, ret
         TuningError: a bad grid, or no query with both a CoT and judgements.
     """
     g = check_grid(grid)
-    judged = {q.query_id for q in _qrels_queries(qrels)}
-    usable = [q for q in queries if q.query_id in judged and (cots.get(q.query_id) or "").strip()]
+    qrels = _qrels_dict(qrels)
+    usable = [q for q in queries if qrels.get(q.query_id) and (cots.get(q.query_id) or "").strip()]
     if not usable:
         raise TuningError(f"tuning needs training queries with both a CoT and qrels; none of {len(queries)} has both")
     points = []
@@ -119,9 +122,12 @@ def tune_expansion(queries: Sequence[Query], cots: Mapping[str, str], qrels, ret
     return TuneResult(best["formula"], best["max_words"], g["metric"], best[g["metric"]], len(usable), points)
 
 
-def _qrels_queries(qrels) -> list[Query]:
+def _qrels_dict(qrels) -> dict[str, dict[str, int]]:
     if isinstance(qrels, Mapping):
-        return [Query(q, "") for q, docs in qrels.items() if docs]
+        return {str(q): dict(d) for q, d in qrels.items()}
     from radcot.data.readers import read_qrels
 
-    return [Query(q, "") for q in sorted({r.query_id for r in read_qrels(qrels)})]
+    out: dict[str, dict[str, int]] = {}
+    for r in read_qrels(qrels):
+        out.setdefault(r.query_id, {})[r.doc_id] = r.relevance
+    return out

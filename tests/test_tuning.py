@@ -55,6 +55,29 @@ def test_pipeline_tunes_teacher_row_on_training_queries(tmp_path):
     # the whole CoT carries the answer; 4 words rarely do: the tuner must see that
     assert best["max_words"] is None
     search_cfg = manifest["stages"]["search-teacher-cot"]["config"]
-    assert search_cfg["formula"] == choice["formula"] and "max_words" not in search_cfg
+    assert search_cfg["tuned"] == [[choice["formula"], choice["max_words"]]]
+    expanded = (Path(manifest["stages"]["search-teacher-cot"]["dir"]) / "expanded.tsv").read_text()
+    assert "Answer:" in expanded  # whole CoTs (max_words None) went into the queries
     with pytest.raises(TuningError, match="none of 1 has both"):
         tune_expansion(list(read_queries(DEMO / "queries.test.tsv"))[:1], {}, {"x": {"d": 1}}, p.retriever())
+
+
+@pytest.mark.java
+@pytest.mark.slow
+def test_kfold_tuning_is_cross_validated(tmp_path):
+    """kfold: each fold's setting is chosen on the other folds' queries and applied to its own."""
+    from radcot.pipeline import Pipeline
+
+    cfg = {"experiment": "tunek", "dataset": {"path": str(DEMO), "limit_queries": 45}, "retriever": {"threads": 1},
+           "teacher": {"backend": "kb", "args": {"world": str(DEMO)}, "concurrency": 1},
+           "training_queries": {"mode": "kfold", "folds": 3},
+           "rows": [{"name": "bm25"}, {"name": "teacher-cot", "cots": "teacher",
+                                        "tune": {"formula": ["radcot"], "max_words": [3, None], "k": 20}}]}
+    p = Pipeline(cfg, runs_dir=tmp_path)
+    exp = p.run()
+    stages = json.loads((exp / "manifest.json").read_text())["stages"]
+    choices = [stages[n]["choice"] for n in ("tune-teacher-cot", "tune-teacher-cot-f1", "tune-teacher-cot-f2")]
+    assert [c["n_queries"] for c in choices] == [30, 30, 30]
+    tuned = p._tune_row(p.rows[1])
+    for (ids, _), (train_q, eval_q, _) in zip(tuned, p._folds()):
+        assert ids == {q.query_id for q in eval_q} and not ids & {q.query_id for q in train_q}
