@@ -146,3 +146,17 @@ def test_report_plots_without_switching_the_global_backend(experiment, tmp_path)
         assert "matplotlib.pyplot" not in sys.modules  # no pyplot import: no global backend choice
     else:
         assert matplotlib.get_backend() == before
+
+
+def test_table_cli_formats_and_answers_error(experiment, capsys):
+    from radcot.cli import main
+
+    exp, _ = experiment
+    assert main(["table", str(exp), "--format", "latex", "--report", "none", "--teacher", "teacher-cot"]) == 0
+    assert r"\begin{tabular}" in capsys.readouterr().out
+    assert main(["table", str(exp), "--format", "csv", "--report", "none"]) == 0
+    assert "gap_closed_nDCG@10" in capsys.readouterr().out
+    # the fixture has run files but no CoT files: --answers says so in one line, no traceback
+    assert main(["table", str(exp), "--answers", "--report", "none"]) == 1
+    err = capsys.readouterr().err
+    assert "no teacher row with CoTs" in err and "Traceback" not in err
