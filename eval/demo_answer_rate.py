@@ -1,11 +1,11 @@
 """How often CoTs for the demo world's test queries contain the right answer (the fact's object).
 
-The demo's nDCG numbers say whether an expansion helps BM25; this says why: a CoT that names the answer
-pulls up the passages stating the fact. Usage::
+A thin wrapper over :mod:`radcot.analysis` (``radcot table runs/demo --answers --world data/demo`` gives
+the same for every row of an experiment). Usage::
 
     python eval/demo_answer_rate.py runs/demo/teacher-eval-*/cot.jsonl runs/demo/generate-*/cot.jsonl
 
-Prints, per file, the fraction of its CoTs that contain the answer (case-insensitive substring).
+Prints, per file, the fraction of its CoTs that contain the answer (case-insensitive, whole words).
 """
 from __future__ import annotations
 
@@ -23,17 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world", default=str(REPO / "data" / "demo"), help="the world directory (default data/demo)")
     args = p.parse_args(argv)
 
-    from radcot.data.world import KnowledgeBase
-    from radcot.teacher.runner import read_teacher_output
-    from radcot.utils import read_jsonl
+    from radcot.analysis import answer_rate, world_answers
 
-    kb = KnowledgeBase.load(args.world)
-    answer = {f["fact_id"]: f["object_name"].lower() for f in kb.facts}
-    fact_of = {q["_id"]: q["metadata"]["fact_id"] for q in read_jsonl(Path(args.world) / "queries.jsonl")}
+    answers = world_answers(args.world)
     for path in args.cots:
-        recs = read_teacher_output(path)
-        hits = sum(answer[fact_of[qid]] in (r.get("text") or "").lower() for qid, r in recs.items())
-        print(f"{path}: {hits}/{len(recs)} CoTs contain the answer ({hits / max(len(recs), 1):.1%})")
+        r = answer_rate(answers, path, name=path)
+        print(f"{path}: {r.hits}/{r.n} CoTs contain the answer ({r.rate:.1%})")
     return 0
 
 

@@ -44,13 +44,20 @@ is ``radcot run --schema`` and the README's "Pipeline config reference"):
     questions the teacher writes for ``passages`` sampled passages); ``limit``.
 ``student``
     ``model`` (``tiny-t5[:opts]`` offline, ``google/flan-t5-base``, a directory), ``n_context``, ``train``
-    (TrainConfig fields), ``generate`` (generation options).
+    (TrainConfig fields), ``generate`` (generation options), ``context_retriever`` (``bm25`` default,
+    ``dense``: FAISS over the corpus with the offline MiniLM encoder, built in the ``index-dense`` stage,
+    ``fused``: reciprocal rank fusion of both) -- the passages of distillation data and generation.
+    A row's ``student:`` mapping overrides any of these.
 ``rows``
     the table: ``name``, ``label`` and one of: nothing (plain BM25; ``rm3: true`` / ``rocchio: true``
     allowed), ``cots: teacher|<file>`` (a CoT source), ``student: {context: true|false, ...}``; plus
-    ``formula`` (``radcot``/``query2doc``/``none``).
+    ``formula`` (``radcot``/``query2doc``/``none``), ``max_words`` (truncate CoTs to this many words) or
+    ``tune: {formula: [...], max_words: [...], metric: nDCG@10, k: 100}`` (``cots: teacher`` rows: the best
+    grid point on the training queries with qrels -- split mode -- or, in kfold mode, per fold on the other
+    folds' queries; recorded in the manifest under ``stages.tune-<row>``; radcot.tuning).
 ``evaluation``
-    ``metrics``, ``k`` (run depth), ``baseline`` (a row name).
+    ``metrics``, ``k`` (run depth), ``baseline`` (a row name), ``teacher_row`` (the row the table's
+    gap-closed columns measure against; default: the first ``cots: teacher`` row).
 """
 from __future__ import annotations
 
@@ -89,6 +96,9 @@ DEFAULTS: dict[str, Any] = {
     "evaluation": {"metrics": ["nDCG@10", "RR@10", "R@1000", "AP"], "k": 1000, "baseline": "bm25"},
     "rows": [{"name": "bm25", "label": "BM25"}],
 }
+
+#: retrievers a student's context can come from (``student.context_retriever``)
+CONTEXT_RETRIEVERS = ("bm25", "dense", "fused")
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _HASH_LIMIT = 512 * 1024 * 1024  # fingerprint bigger inputs by size + mtime instead of hashing them
@@ -328,6 +338,36 @@ class Pipeline:
         params.update(overrides)
         return BM25Retriever(self._index(), **params)
 
+    def _dense_index(self) -> str:
+        """The dense index (FAISS, the offline all-MiniLM-L6-v2 encoder) of the corpus: the ``index-dense`` stage."""
+        ds = self.dataset
+        if ds.corpus is None:
+            raise PipelineError(f"{self.source}: student.context_retriever dense/fused needs the dataset's corpus "
+                                f"to build a dense index (dataset {ds.name} has none)")
+        cfg = {"corpus": _fingerprint(ds.corpus), "encoder": "all-MiniLM-L6-v2"}
+
+        def build(d: Path):
+            from radcot.retrieval.dense import DenseRetriever
+
+            DenseRetriever.build(ds.corpus, d / "index", show_progress=self.show_progress)
+
+        return str(self._stage("index-dense", cfg, build) / "index")
+
+    def context_retriever(self, name: str = "bm25"):
+        """The retriever that builds a student's context: ``bm25``, ``dense`` or ``fused`` (RRF of both)."""
+        if name == "bm25":
+            return self.retriever()
+        if name not in CONTEXT_RETRIEVERS:
+            raise PipelineError(f"{self.source}: student.context_retriever {name!r} is not one of {CONTEXT_RETRIEVERS}")
+        from radcot.retrieval.dense import DenseRetriever
+
+        dense = DenseRetriever(self._dense_index())
+        if name == "dense":
+            return dense
+        from radcot.student.data import FusedRetriever
+
+        return FusedRetriever([self.retriever(), dense])
+
     # ------------------------------------------------------------------ teacher
     def _teacher(self, section: str, queries: Sequence[Query], tag: str, prompt: str | None = None,
                  max_tokens: int | None = None) -> Path:
@@ -427,15 +467,21 @@ class Pipeline:
         s = _merge(self.config["student"], {k: v for k, v in row.spec["student"].items()})
         context = bool(s.get("context", True))
         k = int(s.get("n_context", 10))
+        ctx = str(s.get("context_retriever") or "bm25")
+        if ctx not in CONTEXT_RETRIEVERS:
+            raise PipelineError(f"{self.source}: row {row.name}: student.context_retriever {ctx!r} is not one of "
+                                f"{CONTEXT_RETRIEVERS}")
         index = self._index()
+        # only non-default context retrievers enter the stage hashes (bm25 stages keep their cached directories)
+        extra = {"context_retriever": ctx, "dense_index": self._dense_index()} if context and ctx != "bm25" else {}
         outs = []
         for f, (train_q, eval_q, teacher_out) in enumerate(self._folds()):
             dcfg = {"queries": _queries_hash(train_q), "teacher": str(teacher_out), "index": index,
                     "k": k, "context": context, "seed": self.config["seed"],
-                    "retriever": {kk: self.config["retriever"].get(kk) for kk in ("k1", "b")}}
+                    "retriever": {kk: self.config["retriever"].get(kk) for kk in ("k1", "b")}, **extra}
 
             def build_data(d: Path, train_q=train_q, teacher_out=teacher_out):
-                retr = None if not context else self.retriever()
+                retr = None if not context else self.context_retriever(ctx)
                 build_distillation_data(train_q, teacher_out, retriever=retr, k=k, out_dir=d / "data",
                                         no_context=not context, seed=self.config["seed"],
                                         show_progress=self.show_progress)
@@ -452,10 +498,10 @@ class Pipeline:
             run_dir = self._stage(f"train-{row.name}-f{f}", tcfg, do_train, resumable=True, shared="train") / "run"
             gen = dict(s.get("generate") or {})
             gcfg = {"student": str(run_dir), "queries": _queries_hash(eval_q), "index": index if context else None,
-                    "k": k, "generate": gen}
+                    "k": k, "generate": gen, **extra}
 
             def do_generate(d: Path, run_dir=run_dir, eval_q=eval_q):
-                retr = self.retriever() if context else None
+                retr = self.context_retriever(ctx) if context else None
                 generate_cots(run_dir / "best", d / "cot.jsonl", queries=eval_q, retriever=retr,
                               k=k, show_progress=self.show_progress, **gen)
 
@@ -477,18 +523,65 @@ class Pipeline:
                                 f"--set params.cots=/path/to/dl19.tsv)")
         return [path]
 
+    def _tune_sets(self, row: Row) -> list[tuple[list[Query], list[Query], Path, str]]:
+        """(tuning queries, queries the choice applies to, their CoTs, qrels) per fold for a ``tune:`` row."""
+        where = f"{self.source}: rows {row.name}: tune"
+        if row.kind != "cots" or row.spec["cots"] != "teacher":
+            raise PipelineError(f"{where}: tuning is implemented for cots: teacher rows (their training-query CoTs "
+                                f"exist); remove tune: from row {row.name} or set formula:/max_words: by hand")
+        mode = self.config["training_queries"].get("mode", "split")
+        ds = self.dataset
+        if mode == "split" and ds.train_qrels_path is not None:
+            train_q, eval_q, teacher_out = self._folds()[0]
+            return [(train_q, eval_q, teacher_out, str(ds.train_qrels_path))]
+        if mode == "kfold":  # cross-validated: each fold's setting is chosen on the other folds' queries
+            cots = self._row_cots(row)[0]
+            return [(train_q, eval_q, cots, str(ds.qrels_path)) for train_q, eval_q, _ in self._folds()]
+        raise PipelineError(f"{where}: needs training queries with qrels (training_queries.mode: split with the "
+                            f"dataset's qrels/train.tsv, or kfold); test queries are never used for tuning")
+
+    def _tune_row(self, row: Row) -> list[tuple[set[str], dict]]:
+        """``tune:`` a row's formula and CoT length on training queries with qrels: ``[(query ids, choice)]``."""
+        from radcot.teacher.runner import read_teacher_output
+        from radcot.tuning import check_grid, tune_expansion
+
+        grid = check_grid(row.spec["tune"], f"{self.source}: rows {row.name}: tune")
+        out = []
+        for f, (train_q, eval_q, cot_file, qrels) in enumerate(self._tune_sets(row)):
+            cfg = {"index": self._index(), "queries": _queries_hash(train_q), "cots": _fingerprint(cot_file),
+                   "qrels": _fingerprint(qrels), "grid": grid}
+
+            def build(d: Path, train_q=train_q, cot_file=cot_file, qrels=qrels):
+                recs = read_teacher_output(cot_file)
+                cots = {q: r.get("text") or "" for q, r in recs.items() if r.get("error") is None}
+                write_json(d / "choice.json", tune_expansion(train_q, cots, qrels, self.retriever(), grid).to_dict())
+
+            name = f"tune-{row.name}" + (f"-f{f}" if f else "")
+            choice = json.loads((self._stage(name, cfg, build) / "choice.json").read_text(encoding="utf-8"))
+            self._stages[name]["choice"] = choice  # recorded in the manifest
+            logger.info("row %s: tuned on %d training queries: formula=%s max_words=%s (%s=%.4f)", row.name,
+                        choice["n_queries"], choice["formula"], choice["max_words"], choice["metric"], choice["score"])
+            out.append(({q.query_id for q in eval_q}, choice))
+        return out
+
     def _search_row(self, row: Row) -> Path:
         from radcot.data.readers import write_run
-        from radcot.expansion import expand_queries, write_expansions
+        from radcot.expansion import write_expansions
         from radcot.teacher.runner import read_teacher_output
 
         cot_files = self._row_cots(row)
         evalq = self.eval_queries()
         formula = row.spec.get("formula", "radcot") if cot_files else "none"
+        max_words = row.spec.get("max_words")
+        tuned = self._tune_row(row) if cot_files and row.spec.get("tune") else []
         params = {kk: v for kk, v in row.spec.items() if kk in ("rm3", "rocchio", "k1", "b", "rm3_params")}
         k = int(self.config["evaluation"].get("k", 1000))
         cfg = {"index": self._index(), "queries": _queries_hash(evalq), "cots": [_fingerprint(p) for p in cot_files or []],
                "formula": formula, "params": params, "k": k}
+        if max_words is not None:  # only then in the hash: untuned rows keep their cached runs
+            cfg["max_words"] = int(max_words)
+        if tuned:
+            cfg["tuned"] = [[c["formula"], c["max_words"]] for _, c in tuned]
 
         def build(d: Path):
             queries = evalq
@@ -500,7 +593,7 @@ class Pipeline:
                 if missing:
                     logger.warning("row %s: %d/%d queries have no CoT and are searched unexpanded (e.g. %s)",
                                    row.name, len(missing), len(evalq), missing[:3])
-                expanded = expand_queries(evalq, cots, formula)
+                expanded = _expand(evalq, cots, [(None, {"formula": formula, "max_words": max_words})] + tuned)
                 write_expansions(expanded, d / "expanded.tsv")
                 queries = [Query(q.query_id, expanded.get(q.query_id, q.text)) for q in evalq]
             retr = self.retriever(**params)
@@ -582,6 +675,25 @@ def format_problems(source: str, problems: Sequence[str], what: str) -> str:
     """One message listing every problem, one per line."""
     lines = "\n".join(f"  - {p}" for p in problems)
     return f"{source}: {what} found {len(problems)} problem{'s' if len(problems) != 1 else ''}:\n{lines}"
+
+
+def _expand(queries: Sequence[Query], cots: Mapping[str, str], settings: Sequence[tuple]) -> dict[str, str]:
+    """Expand each query with the last setting whose query ids contain it (``None``: every query)."""
+    from radcot.expansion import expand_queries
+    from radcot.tuning import truncate_words
+
+    groups: dict[int, list[Query]] = {}
+    for q in queries:
+        i = next(j for j in reversed(range(len(settings))) if settings[j][0] is None or q.query_id in settings[j][0])
+        groups.setdefault(i, []).append(q)
+    out: dict[str, str] = {}
+    for i, qs in groups.items():
+        s = settings[i][1]
+        n = s.get("max_words")
+        cut = {q.query_id: truncate_words(cots.get(q.query_id) or "", int(n)) if n is not None
+               else cots.get(q.query_id) for q in qs}
+        out.update(expand_queries(qs, cut, s["formula"]))
+    return {q.query_id: out[q.query_id] for q in queries}
 
 
 def run_pipeline(path: str | os.PathLike, overrides: Sequence[str] = (), runs_dir: str | os.PathLike | None = None,

@@ -3,9 +3,13 @@
 :func:`results_table` reads ``runs/<experiment>/manifest.json``, scores each row's TREC run against the
 experiment's qrels with :func:`radcot.evaluation.evaluate`, and paired-t-tests every row against the
 baseline. :func:`format_table` prints it as Markdown, LaTeX or CSV (``†`` marks p < 0.05), with the
-reference numbers from ``eval/reference.yaml`` beside it when the dataset has any. :func:`write_report`
-writes ``report.md`` (or ``.html``) with PNG plots: sorted per-query ΔnDCG@10 for each row against the
-baseline, and the students' training loss / ROUGE-L curves.
+reference numbers from ``radcot/reference.yaml`` (package data) beside it when the dataset has any.
+Every row that expands queries gets a **gap closed** value per metric when the experiment has a teacher
+row: ``(row - baseline) / (teacher - baseline)``, the share of the teacher's gain the row keeps. The
+teacher row is ``evaluation.teacher_row`` (or ``--teacher``), else the first row with ``cots: teacher``.
+:func:`write_report` writes ``report.md`` (or ``.html``) with PNG plots: sorted per-query ΔnDCG@10 for
+each row against the baseline, the gap closed per row, and the students' training loss / ROUGE-L curves.
+Plots are drawn on explicit Agg canvases: no global matplotlib backend is switched.
 
 Example:
     >>> from radcot.report import results_table, format_table
@@ -30,8 +34,10 @@ logger = logging.getLogger("radcot.report")
 
 METRICS = ("nDCG@10", "RR@10", "R@1000", "AP")
 ALPHA = 0.05
-#: reference numbers (paper and peers) shipped with the project
-REFERENCE_FILE = Path(__file__).resolve().parent.parent / "eval" / "reference.yaml"
+#: reference numbers (paper and peers) shipped inside the package (package data)
+REFERENCE_FILE = Path(__file__).resolve().parent / "reference.yaml"
+#: row kinds that expand queries (they get a gap-closed value)
+EXPANDING = ("cots", "student")
 
 
 @dataclasses.dataclass
@@ -43,6 +49,8 @@ class TableRow:
     per_query: dict[str, dict[str, float]]
     delta: dict[str, float] = dataclasses.field(default_factory=dict)
     p_value: dict[str, float] = dataclasses.field(default_factory=dict)
+    kind: str = "bm25"
+    gap: dict[str, float | None] = dataclasses.field(default_factory=dict)
 
     def significant(self, metric: str) -> bool:
         p = self.p_value.get(metric)
@@ -58,6 +66,7 @@ class Table:
     rows: list[TableRow]
     n_queries: int
     reference: list[dict] = dataclasses.field(default_factory=list)
+    teacher: str | None = None
 
     def row(self, name: str) -> TableRow:
         for r in self.rows:
@@ -67,9 +76,9 @@ class Table:
 
     def to_dict(self) -> dict[str, Any]:
         return {"experiment": self.experiment, "dataset": self.dataset, "baseline": self.baseline,
-                "n_queries": self.n_queries,
-                "rows": [{"name": r.name, "label": r.label, "run": r.run, "metrics": r.metrics, "delta": r.delta,
-                          "p_value": r.p_value} for r in self.rows]}
+                "teacher": self.teacher, "n_queries": self.n_queries,
+                "rows": [{"name": r.name, "label": r.label, "kind": r.kind, "run": r.run, "metrics": r.metrics,
+                          "delta": r.delta, "p_value": r.p_value, "gap_closed": r.gap} for r in self.rows]}
 
 
 def load_manifest(exp_dir: str | os.PathLike) -> dict:
@@ -81,37 +90,58 @@ def load_manifest(exp_dir: str | os.PathLike) -> dict:
 
 
 def load_reference(dataset: str, path: str | os.PathLike | None = None) -> list[dict]:
-    """Reference rows for a dataset name from ``eval/reference.yaml`` (empty when none)."""
+    """Reference rows for a dataset name from the package's ``reference.yaml`` (empty when none)."""
     import yaml
 
-    path = Path(path) if path else REFERENCE_FILE
-    if not path.is_file():
-        return []
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if path is not None:
+        if not Path(path).is_file():
+            return []
+        text = Path(path).read_text(encoding="utf-8")
+    else:
+        from importlib import resources
+
+        ref = resources.files("radcot").joinpath("reference.yaml")
+        if not ref.is_file():
+            return []
+        text = ref.read_text(encoding="utf-8")
+    data = yaml.safe_load(text) or {}
     return list((data.get("datasets") or {}).get(dataset, {}).get("rows", []))
 
 
-def results_table(exp_dir: str | os.PathLike, baseline: str | None = None, metrics: Sequence[str] | None = None,
-                  rows: Sequence[str] | None = None) -> Table:
-    """Score every row's run file of an experiment; deltas and paired t-tests against ``baseline``."""
-    from radcot.data.readers import read_qrels
-    from radcot.evaluation import evaluate, paired_ttest
-    from radcot.experiment.store import verify_run_file
+def teacher_row_name(manifest: dict, teacher: str | None = None) -> str | None:
+    """The experiment's teacher row: ``teacher``, else ``evaluation.teacher_row``, else the first
+    ``cots: teacher`` row of the config; ``None`` when it has none."""
+    if teacher:
+        return teacher
+    ev = manifest.get("evaluation") or {}
+    if ev.get("teacher_row"):
+        return str(ev["teacher_row"])
+    for spec in (manifest.get("config") or {}).get("rows", []):
+        if isinstance(spec, dict) and spec.get("cots") == "teacher":
+            return spec.get("name")
+    return None
 
-    exp_dir = Path(exp_dir)
-    m = load_manifest(exp_dir)
-    ev = m.get("evaluation") or {}
-    metrics = list(metrics or ev.get("metrics") or METRICS)
-    baseline = baseline if baseline is not None else ev.get("baseline")
+
+def _load_qrels(exp_dir: Path, m: dict) -> dict[str, dict[str, int]]:
+    from radcot.data.readers import read_qrels
+
     qrels_path = (m.get("inputs") or {}).get("qrels")
     if not qrels_path or not Path(qrels_path).exists():
         raise RadcotError(f"{exp_dir}/manifest.json: qrels file {qrels_path!r} not found (moved?)")
-    qrels = {}
+    qrels: dict[str, dict[str, int]] = {}
     for q in read_qrels(qrels_path):
         qrels.setdefault(q.query_id, {})[q.doc_id] = q.relevance
     eval_qids = m.get("eval_qids")
     if eval_qids:
-        qrels = {q: d for q, d in qrels.items() if q in set(eval_qids)}
+        keep = set(eval_qids)
+        qrels = {q: d for q, d in qrels.items() if q in keep}
+    return qrels
+
+
+def _score_rows(m: dict, qrels: dict, metrics: list[str], rows: Sequence[str] | None) -> list[TableRow]:
+    from radcot.evaluation import evaluate
+    from radcot.experiment.store import verify_run_file
+
     out_rows = []
     for r in m["rows"]:
         if rows and r["name"] not in rows:
@@ -121,23 +151,75 @@ def results_table(exp_dir: str | os.PathLike, baseline: str | None = None, metri
             continue
         verify_run_file(r["run"])  # refuses a run file changed since its pipeline stage finished
         agg, pq = evaluate(qrels, r["run"], metrics, per_query=True)
-        out_rows.append(TableRow(r["name"], r.get("label", r["name"]), r["run"], agg, pq))
+        out_rows.append(TableRow(r["name"], r.get("label", r["name"]), r["run"], agg, pq, kind=r.get("kind", "bm25")))
+    return out_rows
+
+
+def _add_tests(out_rows: list[TableRow], baseline: str, metrics: list[str]) -> None:
+    from radcot.evaluation import paired_ttest
+
+    base = next(r for r in out_rows if r.name == baseline)
+    for r in out_rows:
+        if r is base:
+            continue
+        for metric in metrics:
+            t = paired_ttest(base.per_query[metric], r.per_query[metric], metric)
+            r.delta[metric] = t.delta
+            r.p_value[metric] = t.p_value
+
+
+def gap_closed(row: float, baseline: float, teacher: float) -> float | None:
+    """``(row - baseline) / (teacher - baseline)``: the share of the teacher's gain a row keeps.
+
+    ``None`` when the teacher does not differ from the baseline (no gain to keep).
+
+    Example:
+        >>> round(gap_closed(0.2384, 0.2040, 0.5240), 4)
+        0.1075
+    """
+    gain = teacher - baseline
+    if abs(gain) < 1e-12:
+        return None
+    return (row - baseline) / gain
+
+
+def _add_gaps(out_rows: list[TableRow], baseline: str, teacher: str, metrics: list[str]) -> None:
+    base = next(r for r in out_rows if r.name == baseline)
+    top = next(r for r in out_rows if r.name == teacher)
+    for r in out_rows:
+        if r.kind in EXPANDING or r is top:
+            r.gap = {m: gap_closed(r.metrics[m], base.metrics[m], top.metrics[m]) for m in metrics}
+
+
+def results_table(exp_dir: str | os.PathLike, baseline: str | None = None, metrics: Sequence[str] | None = None,
+                  rows: Sequence[str] | None = None, teacher: str | None = None) -> Table:
+    """Score every row's run file of an experiment; deltas and paired t-tests against ``baseline``, and the
+    gap closed towards the ``teacher`` row (default: ``evaluation.teacher_row`` or the ``cots: teacher`` row)."""
+    exp_dir = Path(exp_dir)
+    m = load_manifest(exp_dir)
+    ev = m.get("evaluation") or {}
+    metrics = list(metrics or ev.get("metrics") or METRICS)
+    baseline = baseline if baseline is not None else ev.get("baseline")
+    qrels = _load_qrels(exp_dir, m)
+    out_rows = _score_rows(m, qrels, metrics, rows)
     if not out_rows:
         raise RadcotError(f"{exp_dir}: no row has a run file; run the pipeline first")
     names = [r.name for r in out_rows]
     if baseline and baseline not in names:
         raise RadcotError(f"baseline {baseline!r} is not among the rows with runs: {names}")
+    teacher_name = teacher_row_name(m, teacher)
+    if teacher_name and teacher_name not in names:
+        if teacher or ev.get("teacher_row"):
+            raise RadcotError(f"teacher row {teacher_name!r} (--teacher / evaluation.teacher_row) is not among the "
+                              f"rows with runs: {names}")
+        teacher_name = None
     if baseline:
-        base = next(r for r in out_rows if r.name == baseline)
-        for r in out_rows:
-            if r is base:
-                continue
-            for metric in metrics:
-                t = paired_ttest(base.per_query[metric], r.per_query[metric], metric)
-                r.delta[metric] = t.delta
-                r.p_value[metric] = t.p_value
+        _add_tests(out_rows, baseline, metrics)
+        if teacher_name and teacher_name != baseline:
+            _add_gaps(out_rows, baseline, teacher_name, metrics)
     dataset = (m.get("inputs") or {}).get("dataset", "")
-    return Table(m["experiment"], dataset, metrics, baseline, out_rows, len(qrels), load_reference(dataset))
+    return Table(m["experiment"], dataset, metrics, baseline, out_rows, len(qrels), load_reference(dataset),
+                 teacher=teacher_name if baseline else None)
 
 
 def _cells(table: Table, r: TableRow, mark: str = "†") -> list[str]:
@@ -150,37 +232,72 @@ def _cells(table: Table, r: TableRow, mark: str = "†") -> list[str]:
     return out
 
 
-def format_table(table: Table, fmt: str = "md") -> str:
-    """Render as ``md``, ``latex`` or ``csv``. ``†``: paired t-test p < 0.05 against the baseline."""
-    head = ["run"] + table.metrics
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["name", "label"] + table.metrics + [f"delta_{m}" for m in table.metrics]
-                   + [f"p_{m}" for m in table.metrics])
-        for r in table.rows:
-            w.writerow([r.name, r.label] + [f"{r.metrics[m]:.6f}" for m in table.metrics]
-                       + [f"{r.delta[m]:.6f}" if m in r.delta else "" for m in table.metrics]
-                       + [f"{r.p_value[m]:.6g}" if m in r.p_value else "" for m in table.metrics])
-        return buf.getvalue()
-    if fmt == "latex":
-        lines = [r"\begin{tabular}{l" + "r" * len(table.metrics) + "}", r"\toprule",
-                 " & ".join(["Run"] + [m.replace("@", "@") for m in table.metrics]) + r" \\", r"\midrule"]
-        for r in table.rows:
-            cells = [f"{r.metrics[m]:.4f}" + ("$^\\dagger$" if r.significant(m) else "") for m in table.metrics]
-            lines.append(" & ".join([r.label.replace("_", r"\_").replace("&", r"\&")] + cells) + r" \\")
-        lines += [r"\bottomrule", r"\end{tabular}"]
-        return "\n".join(lines) + "\n"
-    if fmt != "md":
-        raise RadcotError(f"unknown table format {fmt!r}: use md, latex or csv")
+def _gap_cells(table: Table, r: TableRow, percent: str = "%") -> list[str]:
+    """Gap closed per metric as percentages; ``–`` for rows that do not expand queries."""
+    return [f"{100 * r.gap[m]:.1f}{percent}" if r.gap.get(m) is not None else "–" for m in table.metrics]
+
+
+def _format_csv(table: Table) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    ms = table.metrics
+    w.writerow(["name", "label"] + ms + [f"delta_{m}" for m in ms] + [f"p_{m}" for m in ms]
+               + [f"gap_closed_{m}" for m in ms])
+    for r in table.rows:
+        w.writerow([r.name, r.label] + [f"{r.metrics[m]:.6f}" for m in ms]
+                   + [f"{r.delta[m]:.6f}" if m in r.delta else "" for m in ms]
+                   + [f"{r.p_value[m]:.6g}" if m in r.p_value else "" for m in ms]
+                   + [f"{r.gap[m]:.6f}" if r.gap.get(m) is not None else "" for m in ms])
+    return buf.getvalue()
+
+
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"),
+                 ("$", r"\$")):
+        text = text.replace(a, b)
+    return text.replace("†", r"$^\dagger$").replace("–", "--")
+
+
+def _format_latex(table: Table) -> str:
+    gaps = table.teacher is not None
+    ncol = 1 + len(table.metrics) * (2 if gaps else 1)
+    head = ["Run"] + list(table.metrics) + ([f"gap {m}" for m in table.metrics] if gaps else [])
+    lines = [r"\begin{tabular}{l" + "r" * (ncol - 1) + "}", r"\toprule",
+             " & ".join(_latex_escape(h) for h in head) + r" \\", r"\midrule"]
+    for r in table.rows:
+        cells = [r.label] + _cells(table, r) + (_gap_cells(table, r, percent="%") if gaps else [])
+        lines.append(" & ".join(_latex_escape(c) for c in cells) + r" \\")
+    if table.reference:
+        lines += [r"\midrule", r"\multicolumn{%d}{l}{\emph{Reference (not reproduced here)}} \\" % ncol]
+        for ref in table.reference:
+            vals = ref.get("metrics") or {}
+            cells = [f"{vals[m]:.4f}" if isinstance(vals.get(m), (int, float)) else "–" for m in table.metrics]
+            label = f"{ref.get('label', '?')} [{ref.get('source', '')}]"
+            lines.append(" & ".join(_latex_escape(c) for c in [label] + cells + ([""] * len(table.metrics) if gaps else []))
+                         + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    notes = []
+    if table.baseline:
+        notes.append(f"% deltas against {table.baseline}; $^\\dagger$ paired t-test p < {ALPHA}")
+    if gaps:
+        notes.append(f"% gap: (row - {table.baseline}) / ({table.teacher} - {table.baseline})")
+    return "\n".join(lines + notes) + "\n"
+
+
+def _format_md(table: Table) -> str:
+    gaps = table.teacher is not None
+    head = ["run"] + table.metrics + ([f"gap closed {m}" for m in table.metrics] if gaps else [])
     lines = [f"{table.experiment} ({table.dataset}, {table.n_queries} judged queries)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table.rows:
-        lines.append("| " + " | ".join([r.label] + _cells(table, r)) + " |")
+        lines.append("| " + " | ".join([r.label] + _cells(table, r) + (_gap_cells(table, r) if gaps else [])) + " |")
     if table.baseline:
         lines += ["", f"(Δ against {table.baseline}; † paired t-test p < {ALPHA})"]
+    if gaps:
+        lines += [f"(gap closed: (row − {table.baseline}) / ({table.teacher} − {table.baseline}), the share of the "
+                  f"teacher row's gain a row keeps)"]
     if table.reference:
-        lines += ["", "Reference numbers (not reproduced here; sources in eval/reference.yaml):", "",
+        lines += ["", "Reference numbers (not reproduced here; sources in radcot/reference.yaml):", "",
                   "| reference | " + " | ".join(table.metrics) + " | source |", "|" + "---|" * (len(table.metrics) + 2)]
         for ref in table.reference:
             vals = ref.get("metrics") or {}
@@ -189,12 +306,32 @@ def format_table(table: Table, fmt: str = "md") -> str:
     return "\n".join(lines) + "\n"
 
 
+def format_table(table: Table, fmt: str = "md") -> str:
+    """Render as ``md``, ``latex`` or ``csv``. ``†``: paired t-test p < 0.05 against the baseline; gap-closed
+    columns when the table has a teacher row."""
+    if fmt == "csv":
+        return _format_csv(table)
+    if fmt == "latex":
+        return _format_latex(table)
+    if fmt != "md":
+        raise RadcotError(f"unknown table format {fmt!r}: use md, latex or csv")
+    return _format_md(table)
+
+
+def _figure(size: tuple[float, float]):
+    """A matplotlib figure on its own Agg canvas (no pyplot, no global backend switch)."""
+    from radcot._deps import require
+
+    require("matplotlib", "report plots", extra="report")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def _plot_deltas(table: Table, out_dir: Path, metric: str) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not table.baseline or metric not in table.metrics:
         return []
     base = table.row(table.baseline)
@@ -203,7 +340,8 @@ def _plot_deltas(table: Table, out_dir: Path, metric: str) -> list[Path]:
         if r is base:
             continue
         deltas = sorted(r.per_query[metric][q] - base.per_query[metric][q] for q in base.per_query[metric])
-        fig, ax = plt.subplots(figsize=(7, 3))
+        fig = _figure((7, 3))
+        ax = fig.add_subplot()
         ax.bar(range(len(deltas)), deltas, width=1.0, color=["#c0392b" if d < 0 else "#2e86c1" for d in deltas])
         ax.axhline(0, color="black", lw=0.6)
         ax.set_xlabel("queries (sorted)")
@@ -214,9 +352,31 @@ def _plot_deltas(table: Table, out_dir: Path, metric: str) -> list[Path]:
         fig.tight_layout()
         path = out_dir / f"delta-{metric.replace('@', '_')}-{r.name}.png"
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _plot_gaps(table: Table, out_dir: Path) -> list[Path]:
+    """One bar chart: gap closed per expanding row and metric (percent of the teacher's gain)."""
+    rows = [r for r in table.rows if r.gap and r.name != table.teacher]
+    if not table.teacher or not rows:
+        return []
+    fig = _figure((7, 3))
+    ax = fig.add_subplot()
+    width = 0.8 / len(table.metrics)
+    for j, m in enumerate(table.metrics):
+        vals = [100 * (r.gap.get(m) or 0.0) for r in rows]
+        ax.bar([i + j * width for i in range(len(rows))], vals, width=width, label=m)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.axhline(100, color="grey", lw=0.6, ls="--")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [r.name for r in rows])
+    ax.set_ylabel(f"% of {table.teacher}'s gain")
+    ax.set_title(f"gap closed towards {table.teacher} (over {table.baseline})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "gap-closed.png"
+    fig.savefig(path, dpi=110)
+    return [path]
 
 
 def _training_logs(exp_dir: Path) -> list[tuple[str, Path]]:
@@ -231,11 +391,6 @@ def _training_logs(exp_dir: Path) -> list[tuple[str, Path]]:
 
 
 def _plot_training(exp_dir: Path, out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     paths = []
     for name, log in _training_logs(exp_dir):
         recs = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -244,7 +399,8 @@ def _plot_training(exp_dir: Path, out_dir: Path) -> list[Path]:
         rouge = [(r["step"], r[rouge_key]) for r in recs if rouge_key and rouge_key in r and "step" in r]
         if not loss:
             continue
-        fig, ax = plt.subplots(figsize=(6, 3))
+        fig = _figure((6, 3))
+        ax = fig.add_subplot()
         ax.plot(*zip(*loss), label="train loss", color="#2e86c1")
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
@@ -256,23 +412,29 @@ def _plot_training(exp_dir: Path, out_dir: Path) -> list[Path]:
         fig.tight_layout()
         path = out_dir / f"training-{name}.png"
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         paths.append(path)
     return paths
 
 
 def write_report(exp_dir: str | os.PathLike, table: Table | None = None, fmt: str = "md",
-                 out_dir: str | os.PathLike | None = None) -> Path:
-    """Write ``report.md`` (or ``report.html``) with the table and PNG plots; returns its path."""
+                 out_dir: str | os.PathLike | None = None, answers: Sequence[Any] | None = None) -> Path:
+    """Write ``report.md`` (or ``report.html``) with the table and PNG plots; returns its path.
+
+    ``answers``: answer rates (:func:`radcot.analysis.experiment_answer_rates`) to add as a section.
+    """
     from radcot.utils import atomic_write, write_json
 
     exp_dir = Path(exp_dir)
     table = table or results_table(exp_dir)
     out_dir = Path(out_dir) if out_dir else exp_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = _plot_deltas(table, out_dir, "nDCG@10") + _plot_training(exp_dir, out_dir)
+    plots = _plot_deltas(table, out_dir, "nDCG@10") + _plot_gaps(table, out_dir) + _plot_training(exp_dir, out_dir)
     write_json(out_dir / "results.json", table.to_dict())
     md = format_table(table, "md")
+    if answers:
+        from radcot.analysis import format_answer_rates
+
+        md += "\nHow often each row's CoTs contain the teacher's answer:\n\n" + format_answer_rates(answers)
     if fmt == "html":
         body = "<pre>" + html.escape(md) + "</pre>" + "".join(
             f'<figure><img src="{p.name}"><figcaption>{html.escape(p.stem)}</figcaption></figure>' for p in plots)

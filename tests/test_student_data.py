@@ -128,3 +128,57 @@ def test_cli_build_data_train_generate(cranfield, cranfield_cots, cranfield_bm25
                  str(cranfield_bm25_index), "--limit", "3", "--max-new-tokens", "6", "--out", str(tmp_path / "g.jsonl"),
                  "--no-progress"]) == 0
     assert len((tmp_path / "g.jsonl").read_text().splitlines()) == 3
+
+
+def _small_collection(cranfield, root: Path, n_docs: int = 150) -> Path:
+    """A BEIR directory with the first ``n_docs`` Cranfield documents and the queries judged on them."""
+    import csv as _csv
+
+    root.mkdir(parents=True, exist_ok=True)
+    lines = (cranfield / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:n_docs]
+    (root / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ids = {json.loads(x)["_id"] for x in lines}
+    rows = list(_csv.reader(open(cranfield / "qrels" / "test.tsv", encoding="utf-8"), delimiter="\t"))
+    kept = [r for r in rows[1:] if r[1] in ids]
+    (root / "qrels").mkdir(exist_ok=True)
+    (root / "qrels" / "test.tsv").write_text("\n".join(["\t".join(rows[0])] + ["\t".join(r) for r in kept]) + "\n")
+    qids = {r[0] for r in kept}
+    qs = [x for x in (cranfield / "queries.jsonl").read_text(encoding="utf-8").splitlines() if json.loads(x)["_id"] in qids]
+    (root / "queries.jsonl").write_text("\n".join(qs) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.mark.slow
+def test_pipeline_context_retrievers_dense_and_fused(cranfield, tmp_path):
+    """student.context_retriever: dense builds the index-dense stage; fused is RRF of BM25 and dense."""
+    pytest.importorskip("faiss")
+    from radcot.pipeline import Pipeline, PipelineError
+    from radcot.records import Query
+    from radcot.retrieval.base import retrieve_passages
+    from radcot.student.data import FusedRetriever
+
+    data = _small_collection(cranfield, tmp_path / "small")
+    p = Pipeline({"experiment": "ctx", "dataset": {"path": str(data)}, "rows": [{"name": "bm25"}],
+                  "retriever": {"threads": 1}}, runs_dir=tmp_path / "runs")
+    with pytest.raises(PipelineError, match="context_retriever 'sparse'"):
+        p.context_retriever("sparse")
+    dense, fused, bm25 = p.context_retriever("dense"), p.context_retriever("fused"), p.context_retriever("bm25")
+    assert any(d.name.startswith("index-dense-") for d in (tmp_path / "runs" / "ctx").iterdir())
+    assert isinstance(fused, FusedRetriever) and dense.kind == "dense" and bm25.kind == "bm25"
+    queries = [Query(q["_id"], q["text"]) for q in map(json.loads, (data / "queries.jsonl").read_text().splitlines())][:5]
+    depth = fused.depth
+    runs = [{q: [h.doc_id for h in hs] for q, hs in r.batch_search(queries, depth).items()} for r in (bm25, dense)]
+    got = fused.batch_search(queries, k=4)
+    for q in queries:
+        score: dict[str, float] = {}
+        for run in runs:
+            for rank, d in enumerate(run[q.query_id], 1):
+                score[d] = score.get(d, 0.0) + 1.0 / (60 + rank)
+        expect = sorted(score, key=lambda d: (-score[d], d))[:4]
+        assert [h.doc_id for h in got[q.query_id]] == expect
+    passages = retrieve_passages(fused, queries, k=3)
+    assert all(len(v) == 3 and v[0]["text"] for v in passages.values())
+    row = p.rows[0]
+    row.spec["student"] = {"context_retriever": "sparse"}
+    with pytest.raises(PipelineError, match="row bm25: student.context_retriever"):
+        p._student_cots(row)

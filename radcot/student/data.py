@@ -102,61 +102,70 @@ def _dev_ids(path_or_ids) -> set[str]:
     return {str(x.query_id if isinstance(x, Query) else x) for x in path_or_ids}
 
 
-def build_distillation_data(
-    queries: Iterable[Query] | str | os.PathLike,
-    teacher_out: str | os.PathLike | Mapping[str, dict],
-    retriever: Any = None,
-    k: int = 10,
-    out_dir: str | os.PathLike = "distill-data",
-    no_context: bool = False,
-    dev_fraction: float = 0.1,
-    dev_queries: Iterable | str | os.PathLike | None = None,
-    seed: int = 0,
-    batch_size: int = 256,
-    show_progress: bool | None = None,
-) -> Path:
-    """Join queries, their top-``k`` passages and teacher CoTs into a saved ``DatasetDict`` (train/dev).
+class FusedRetriever:
+    """Reciprocal rank fusion of several retrievers behind the one retriever shape (``batch_search``, ``doc``).
+
+    Used for a student's context (``student.context_retriever: fused``): BM25 and dense hits fused by
+    :func:`radcot.retrieval.reciprocal_rank_fusion`; documents come from the first retriever that stores them.
 
     Args:
-        queries: :class:`~radcot.records.Query` objects or a queries file/dir (any format ``read_queries`` reads).
-        teacher_out: a teacher output JSONL (``radcot teach``) or TSV, or a ``{qid: record}`` mapping.
-            A record is used iff ``record["error"] is None`` and its text is not blank.
-        retriever: an object with ``batch_search(queries, k)`` and ``doc(doc_id)`` (BM25Retriever,
-            DenseRetriever), or an index directory (loaded with ``radcot.retrieval.load_retriever``).
-            Not needed when ``no_context``.
-        k: passages per query.
-        out_dir: output directory (written atomically).
-        no_context: build the "distillation without retrieval" ablation (no passages).
-        dev_fraction: share of the usable queries held out as ``dev`` (seeded shuffle), if ``dev_queries`` is None.
-        dev_queries: queries (file, Query objects or ids) that form the dev split instead.
-        seed: seed of the dev split.
-        batch_size: queries per ``batch_search`` call.
-        show_progress: draw a progress bar (default: from the log level).
+        retrievers: objects with ``batch_search(queries, k) -> {qid: [ScoredDoc]}`` and ``doc(doc_id)``.
+        depth: hits taken from each retriever before fusing (at least ``k``).
+        rrf_k: the RRF constant (60 as in the paper and pyserini).
 
-    Returns:
-        ``out_dir``. Load it with :func:`load_distillation_data`.
-
-    Raises:
-        DistillationDataError: no query has a usable teacher CoT, or bad split arguments.
+    Example:
+        >>> fused = FusedRetriever([bm25, dense])  # doctest: +SKIP
+        >>> fused.batch_search([Query("q1", "who taught Velkor")], k=5)["q1"][0].doc_id  # doctest: +SKIP
     """
-    datasets = require("datasets", "distillation data")
+
+    kind = "fused"
+
+    def __init__(self, retrievers: Sequence[Any], depth: int = 100, rrf_k: int = 60):
+        if len(retrievers) < 2:
+            raise ValueError(f"FusedRetriever needs at least two retrievers, got {len(retrievers)}")
+        self.retrievers, self.depth, self.rrf_k = list(retrievers), int(depth), int(rrf_k)
+
+    @property
+    def config(self) -> dict:
+        return {"kind": self.kind, "depth": self.depth, "rrf_k": self.rrf_k,
+                "retrievers": [_retriever_info(r, None) for r in self.retrievers]}
+
+    def batch_search(self, queries, k: int = 10, threads: int | None = None, **_) -> dict:
+        from radcot.records import ScoredDoc
+        from radcot.retrieval.fusion import reciprocal_rank_fusion
+
+        depth = max(self.depth, int(k))
+        runs = [r.batch_search(queries, depth) for r in self.retrievers]
+        fused = reciprocal_rank_fusion(runs, k=self.rrf_k, depth=depth, max_docs=int(k))
+        return {qid: [ScoredDoc(qid, d, s) for d, s in docs.items()] for qid, docs in fused.items()}
+
+    def doc(self, doc_id: str):
+        for r in self.retrievers:
+            d = r.doc(doc_id)
+            if d is not None:
+                return d
+        return None
+
+
+def _check_args(k: int, dev_fraction: float, no_context: bool, retriever) -> tuple[Any, str | None]:
+    """Validate the arguments; open ``retriever`` when it is an index directory. Returns ``(retriever, index)``."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if not 0.0 <= dev_fraction < 1.0:
         raise ValueError(f"dev_fraction must be in [0, 1), got {dev_fraction}")
-    queries = as_queries(queries)
-    records, teacher_info = _as_teacher(teacher_out)
-    index_path = None
-    if not no_context:
-        if retriever is None:
-            raise DistillationDataError("build_distillation_data needs a retriever (or index dir) unless no_context=True")
-        if isinstance(retriever, (str, os.PathLike)):
-            from radcot.retrieval import load_retriever
+    if no_context:
+        return retriever, None
+    if retriever is None:
+        raise DistillationDataError("build_distillation_data needs a retriever (or index dir) unless no_context=True")
+    if isinstance(retriever, (str, os.PathLike)):
+        from radcot.retrieval import load_retriever
 
-            index_path = str(retriever)
-            retriever = load_retriever(retriever)
+        return load_retriever(retriever), str(retriever)
+    return retriever, None
 
-    # -- which queries are usable, and why the others are not
+
+def _usable_queries(queries: list[Query], records: Mapping[str, dict], out_dir) -> tuple[list[Query], list[tuple]]:
+    """The queries with a usable teacher CoT, and ``(qid, reason, detail)`` for every other one."""
     excluded: list[tuple[str, str, str]] = []
     usable: list[Query] = []
     seen: set[str] = set()
@@ -181,37 +190,48 @@ def build_distillation_data(
         raise DistillationDataError(
             f"none of the {len(queries)} queries has a usable teacher CoT ({dict(counts)}); check that the teacher "
             f"output matches the queries (same query ids) and that `radcot teach` finished")
+    return usable, excluded
 
-    # -- retrieve
-    passages: dict[str, list[dict]] = {q.query_id: [] for q in usable}
-    if not no_context:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(usable), desc="retrieving", unit="q", disable=not progress_enabled(show_progress))
-        passages.update(retrieve_passages(retriever, usable, k, batch_size=batch_size, error=DistillationDataError,
-                                          on_batch=bar.update))
-        n_short = sum(len(ps) < k for ps in passages.values())
+def _retrieve(queries: Sequence[Query], retriever, k: int, batch_size: int = 256,
+              show_progress: bool | None = None) -> dict[str, list[dict]]:
+    """``{qid: [{doc_id, title, text, score}, ...]}``: each query's top-``k`` passages, best first, with a
+    progress bar; queries with fewer than ``k`` passages are logged (their empty slots are masked)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(queries), desc="retrieving", unit="q", disable=not progress_enabled(show_progress))
+    try:
+        passages = retrieve_passages(retriever, queries, k, batch_size=batch_size, error=DistillationDataError,
+                                     on_batch=bar.update)
+    finally:
         bar.close()
-        if n_short:
-            logger.warning("build-data: %d queries have fewer than k=%d passages (their empty slots are masked)", n_short, k)
+    n_short = sum(len(ps) < k for ps in passages.values())
+    if n_short:
+        logger.warning("build-data: %d queries have fewer than k=%d passages (their empty slots are masked)", n_short, k)
+    return passages
 
-    # -- split
+
+def _dev_split(usable: list[Query], dev_queries, dev_fraction: float, seed: int) -> tuple[set[str], dict]:
+    """The dev query ids (given, or a seeded share of ``usable``) and a description for the metadata."""
     if dev_queries is not None:
         dev_ids = _dev_ids(dev_queries)
         unknown = dev_ids - {q.query_id for q in usable}
         if unknown:
             logger.warning("build-data: %d dev query ids are not among the usable queries (ignored), e.g. %s",
                            len(unknown), sorted(unknown)[:5])
-        split_desc: dict[str, Any] = {"dev_queries": str(dev_queries) if isinstance(dev_queries, (str, os.PathLike))
-                                      else f"{len(dev_ids)} ids"}
-    else:
-        order = [q.query_id for q in usable]
-        random.Random(seed).shuffle(order)
-        n_dev = int(round(dev_fraction * len(order)))
-        if dev_fraction > 0 and n_dev == 0 and len(order) > 1:
-            n_dev = 1
-        dev_ids = set(order[:n_dev])
-        split_desc = {"dev_fraction": dev_fraction, "seed": seed}
+        return dev_ids, {"dev_queries": str(dev_queries) if isinstance(dev_queries, (str, os.PathLike))
+                         else f"{len(dev_ids)} ids"}
+    order = [q.query_id for q in usable]
+    random.Random(seed).shuffle(order)
+    n_dev = int(round(dev_fraction * len(order)))
+    if dev_fraction > 0 and n_dev == 0 and len(order) > 1:
+        n_dev = 1
+    return set(order[:n_dev]), {"dev_fraction": dev_fraction, "seed": seed}
+
+
+def _dataset_dict(usable: list[Query], records: Mapping[str, dict], passages: Mapping[str, list], dev_ids: set[str]):
+    """The ``train``/``dev`` DatasetDict."""
+    datasets = require("datasets", "distillation data")
 
     def rows(select):
         out = {"query_id": [], "query": [], "target": [], "passages": []}
@@ -220,7 +240,7 @@ def build_distillation_data(
                 out["query_id"].append(q.query_id)
                 out["query"].append(q.text)
                 out["target"].append(" ".join(str(records[q.query_id]["text"]).split()))
-                out["passages"].append(passages[q.query_id])
+                out["passages"].append(passages.get(q.query_id) or [])
         return out
 
     feats = _features()
@@ -230,23 +250,12 @@ def build_distillation_data(
     })
     if len(dd["train"]) == 0:
         raise DistillationDataError("the train split is empty (all usable queries went to dev); lower --dev-fraction")
-    target_words = sorted(len(t.split()) for t in dd["train"]["target"])
-    meta = {
-        "format_version": DATA_FORMAT_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "k": k,
-        "no_context": no_context,
-        "retriever": None if no_context else _retriever_info(retriever, index_path),
-        "teacher": teacher_info,
-        "split": split_desc,
-        "n_queries": len(queries),
-        "n_usable": len(usable),
-        "n_excluded": len(excluded),
-        "excluded_by_reason": dict(counts),
-        "n_train": len(dd["train"]),
-        "n_dev": len(dd["dev"]),
-        "target_words": {"median": target_words[len(target_words) // 2], "max": target_words[-1]},
-    }
+    return dd
+
+
+def _save(dd, meta: dict, excluded: list[tuple], out_dir, show_progress: bool | None) -> None:
+    """Write the dataset, its metadata and ``excluded.tsv`` atomically."""
+    datasets = require("datasets", "distillation data")
     with atomic_dir(out_dir) as tmp:
         bars = datasets.is_progress_bar_enabled()
         if not progress_enabled(show_progress):
@@ -261,6 +270,70 @@ def build_distillation_data(
             w = csv.writer(f, delimiter="\t", lineterminator="\n")
             w.writerow(["query_id", "reason", "detail"])
             w.writerows(excluded)
+
+
+def build_distillation_data(
+    queries: Iterable[Query] | str | os.PathLike,
+    teacher_out: str | os.PathLike | Mapping[str, dict],
+    retriever: Any = None,
+    k: int = 10,
+    out_dir: str | os.PathLike = "distill-data",
+    no_context: bool = False,
+    dev_fraction: float = 0.1,
+    dev_queries: Iterable | str | os.PathLike | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    show_progress: bool | None = None,
+) -> Path:
+    """Join queries, their top-``k`` passages and teacher CoTs into a saved ``DatasetDict`` (train/dev).
+
+    Args:
+        queries: :class:`~radcot.records.Query` objects or a queries file/dir (any format ``read_queries`` reads).
+        teacher_out: a teacher output JSONL (``radcot teach``) or TSV, or a ``{qid: record}`` mapping.
+            A record is used iff ``record["error"] is None`` and its text is not blank.
+        retriever: an object with ``batch_search(queries, k)`` and ``doc(doc_id)`` (BM25Retriever,
+            DenseRetriever, :class:`FusedRetriever`), or an index directory (loaded with
+            ``radcot.retrieval.load_retriever``). Not needed when ``no_context``.
+        k: passages per query.
+        out_dir: output directory (written atomically).
+        no_context: build the "distillation without retrieval" ablation (no passages).
+        dev_fraction: share of the usable queries held out as ``dev`` (seeded shuffle), if ``dev_queries`` is None.
+        dev_queries: queries (file, Query objects or ids) that form the dev split instead.
+        seed: seed of the dev split.
+        batch_size: queries per ``batch_search`` call.
+        show_progress: draw a progress bar (default: from the log level).
+
+    Returns:
+        ``out_dir``. Load it with :func:`load_distillation_data`.
+
+    Raises:
+        DistillationDataError: no query has a usable teacher CoT, or bad split arguments.
+    """
+    retriever, index_path = _check_args(k, dev_fraction, no_context, retriever)
+    queries = as_queries(queries)
+    records, teacher_info = _as_teacher(teacher_out)
+    usable, excluded = _usable_queries(queries, records, out_dir)
+    passages = {} if no_context else _retrieve(usable, retriever, k, batch_size, show_progress)
+    dev_ids, split_desc = _dev_split(usable, dev_queries, dev_fraction, seed)
+    dd = _dataset_dict(usable, records, passages, dev_ids)
+    target_words = sorted(len(t.split()) for t in dd["train"]["target"])
+    meta = {
+        "format_version": DATA_FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "k": k,
+        "no_context": no_context,
+        "retriever": None if no_context else _retriever_info(retriever, index_path),
+        "teacher": teacher_info,
+        "split": split_desc,
+        "n_queries": len(queries),
+        "n_usable": len(usable),
+        "n_excluded": len(excluded),
+        "excluded_by_reason": dict(Counter(reason for _, reason, _ in excluded)),
+        "n_train": len(dd["train"]),
+        "n_dev": len(dd["dev"]),
+        "target_words": {"median": target_words[len(target_words) // 2], "max": target_words[-1]},
+    }
+    _save(dd, meta, excluded, out_dir, show_progress)
     logger.info("build-data: %d train / %d dev examples (k=%d%s) -> %s", meta["n_train"], meta["n_dev"], k,
                 ", no context" if no_context else "", out_dir)
     return Path(out_dir)
