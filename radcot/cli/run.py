@@ -18,11 +18,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--format", choices=("md", "latex", "csv"), default="md", help="table format")
     ap.add_argument("--no-report", action="store_true", help="skip the Markdown report and its PNG plots")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--rehearse", action="store_true",
+                    help="MS MARCO configs: run offline in miniature (stand-in data, teacher server and students; "
+                         "each swap logged) to check the whole path before renting a GPU")
     args = ap.parse_args(argv)
 
     from radcot.pipeline import run_pipeline
     from radcot.report import format_table, results_table, write_report
 
+    if args.rehearse:
+        from radcot.rehearse import run_rehearsal as run_pipeline  # noqa: F811 - same signature
     exp_dir = run_pipeline(args.pipeline, args.overrides, runs_dir=args.runs_dir, rows=args.rows,
                            show_progress=False if args.no_progress else None)
     table = results_table(exp_dir, rows=args.rows)
