@@ -50,7 +50,7 @@ MINIATURE_VERSION = 1
 WORLD = {"seed": 2019, "scale": 0.2, "n_test": 66}
 #: student training in a rehearsal: a handful of steps, evaluated and saved along the way
 #: (eval_max_new_tokens is the in-training dev evaluation only; generate: settings stay the config's)
-TRAIN_SWAPS = {"max_steps": 2, "eval_every": 1, "save_every": 1, "eval_max_examples": 4, "eval_max_new_tokens": 32}
+TRAIN_SWAPS = {"max_steps": 3, "eval_every": 2, "save_every": 2, "eval_max_examples": 4, "eval_max_new_tokens": 32}
 #: official release file name per named dataset (teacher-cot-davinci003/<file>)
 COT_FILES = {"msmarco-passage/trec-dl-2019": "dl19.tsv", "msmarco-passage/trec-dl-2020": "dl20.tsv",
              "msmarco-passage/dev-subset": "dev-subset.tsv"}
