@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--format", choices=("md", "latex", "csv"), default="md", help="table format")
     ap.add_argument("--no-report", action="store_true", help="skip the Markdown report and its PNG plots")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--rehearse", action="store_true",
+                    help="MS MARCO configs: run offline in miniature (stand-in data, teacher server and students; "
+                         "each swap logged) to check the whole path before renting a GPU")
     return ap
 
 
@@ -63,10 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as e:  # a config mistake: exit 2 like any usage error (1 under --check: "problems")
         print(f"radcot run: error: {e}", file=sys.stderr)
         return 1 if args.check else 2
-    if args.check:
+    rows = pipeline.select_rows(args.rows)
+    if args.rehearse:
+        from radcot.rehearse import run_rehearsal
+
+        exp_dir = run_rehearsal(args.pipeline, args.overrides, runs_dir=args.runs_dir, rows=rows,
+                                show_progress=False if args.no_progress else None)
+    elif args.check:
         return _check(pipeline)
-    exp_dir = pipeline.run(rows=args.rows)
-    table = results_table(exp_dir, rows=pipeline.select_rows(args.rows))
+    else:
+        exp_dir = pipeline.run(rows=args.rows)
+    table = results_table(exp_dir, rows=rows)
     print(format_table(table, args.format))
     if not args.no_report:
         print(f"report: {write_report(exp_dir, table)}")

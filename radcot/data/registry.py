@@ -11,9 +11,11 @@ name                                   pyserini topics/qrels      local file nam
 ====================================  =========================  ===============================
 
 Resolution order for a named dataset: an explicit ``data_dir`` (or ``$RADCOT_MSMARCO_DIR``) holding the
-files above; else pyserini's bundled topics/qrels (online). The index: an explicit ``index`` directory
-(or ``$RADCOT_MSMARCO_INDEX``), else pyserini's prebuilt ``msmarco-v1-passage`` (downloaded once,
-~2 GB). Offline without them, :class:`~radcot.records.OfflineResourceError` says what to download and
+files above; else pyserini's bundled topics/qrels (online). A ``data_dir`` may also hold MS MARCO's
+``collection.tsv`` (``pid \t passage``) and ``queries.train.tsv``: they become the dataset's corpus and
+training queries. The index: an explicit ``index`` directory (or ``$RADCOT_MSMARCO_INDEX``); else, when
+``data_dir`` holds ``collection.tsv``, none (the pipeline builds a BM25 index from that collection); else
+pyserini's prebuilt ``msmarco-v1-passage`` (downloaded once, ~2 GB). Offline without them, :class:`~radcot.records.OfflineResourceError` says what to download and
 where to put it.
 
 Any local directory in BEIR layout (``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``) is a dataset too.
@@ -56,7 +58,8 @@ _DOWNLOAD_HELP = (
     "--set params.msmarco_dir=DIR (the DL pipelines; dataset.data_dir in others; or set RADCOT_MSMARCO_DIR), and "
     "the prebuilt Lucene index with `python -c \"from pyserini.util import download_prebuilt_index; "
     "print(download_prebuilt_index('msmarco-v1-passage'))\"` (or build one with `radcot index "
-    "--collection collection.tsv --index INDEX_DIR` from MS MARCO's collection.tsv) and pass its directory with "
+    "--collection collection.tsv --index INDEX_DIR` from MS MARCO's collection.tsv, or put collection.tsv into "
+    "DIR to have the pipeline index it) and pass its directory with "
     "--set params.index=INDEX_DIR (or set RADCOT_MSMARCO_INDEX)."
 )
 
@@ -140,22 +143,31 @@ def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | 
 def _load_named(name: str, data_dir, index) -> Dataset:
     spec = NAMED[name]
     data_dir = data_dir or os.environ.get("RADCOT_MSMARCO_DIR")
-    index = index or os.environ.get("RADCOT_MSMARCO_INDEX") or spec.prebuilt_index
+    index = index or os.environ.get("RADCOT_MSMARCO_INDEX")
     if data_dir:
-        d = Path(data_dir)
-        topics, qrels = d / spec.topics_file, d / spec.qrels_file
-        missing = [str(p) for p in (topics, qrels) if not p.is_file()]
-        if missing:
-            raise OfflineResourceError(f"{name}: missing {', '.join(missing)}. "
-                                       + _DOWNLOAD_HELP.format(files=f"{spec.topics_file}, {spec.qrels_file}"))
-        return Dataset(name=name, queries_path=topics, qrels_path=qrels, index=str(index))
+        return _load_named_dir(name, spec, Path(data_dir), index)
     # Online: pyserini's bundled topics and qrels (needs the JVM for topics).
     try:
         topics, qrels = _pyserini_files(spec)
     except Exception as e:  # noqa: BLE001 - any failure here means: not available, say what to do
         raise OfflineResourceError(f"{name}: could not get topics/qrels from pyserini ({type(e).__name__}: {e}). "
                                    + _DOWNLOAD_HELP.format(files=f"{spec.topics_file}, {spec.qrels_file}")) from e
-    return Dataset(name=name, queries_path=topics, qrels_path=qrels, index=str(index))
+    return Dataset(name=name, queries_path=topics, qrels_path=qrels, index=str(index or spec.prebuilt_index))
+
+
+def _load_named_dir(name: str, spec: NamedSpec, d: Path, index) -> Dataset:
+    """A named dataset from a local directory: topics + qrels, optionally collection.tsv, queries.train.tsv."""
+    topics, qrels = d / spec.topics_file, d / spec.qrels_file
+    missing = [str(p) for p in (topics, qrels) if not p.is_file()]
+    if missing:
+        raise OfflineResourceError(f"{name}: missing {', '.join(missing)}. "
+                                   + _DOWNLOAD_HELP.format(files=f"{spec.topics_file}, {spec.qrels_file}"))
+    corpus = d / "collection.tsv" if (d / "collection.tsv").is_file() else None
+    train = d / "queries.train.tsv" if (d / "queries.train.tsv").is_file() else None
+    if index is None and corpus is None:
+        index = spec.prebuilt_index
+    return Dataset(name=name, queries_path=topics, qrels_path=qrels, corpus=corpus,
+                   index=str(index) if index else None, train_queries_path=train)
 
 
 def _pyserini_files(spec: NamedSpec) -> tuple[Path, Path]:

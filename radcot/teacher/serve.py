@@ -1,4 +1,4 @@
-"""An OpenAI-compatible HTTP server around a local :class:`~radcot.teacher.hf.HFBackend`.
+"""An OpenAI-compatible HTTP server around a local :class:`~radcot.teacher.hf.HFBackend` (or any backend).
 
 ``radcot teacher-serve`` lets one machine's model serve many ``radcot teach --backend openai``
 workers. Endpoints (JSON, as in the OpenAI API): ``POST /v1/chat/completions``,
@@ -6,6 +6,10 @@ workers. Endpoints (JSON, as in the OpenAI API): ``POST /v1/chat/completions``,
 queued to one generation thread that forms micro-batches (up to ``batch_size`` requests with the same
 generation parameters, waiting at most ``batch_wait_s`` for company), so concurrent clients share
 forward passes. Streaming and ``n > 1`` are not supported (HTTP 400 says so).
+
+Any other teacher backend (``kb``, ``replay``...) is served through :class:`PromptBackend`, which reads
+the query back out of the rendered prompt (e.g. ``radcot run --rehearse`` serves the demo world's ``kb``
+teacher to the pipeline's ``openai`` backend).
 
 Binds to 127.0.0.1 by default: there is no authentication.
 
@@ -28,7 +32,8 @@ from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from radcot.teacher.base import Generation, GenerationParams
+from radcot.records import Query
+from radcot.teacher.base import Generation, GenerationParams, TeacherBackend, TeacherError, TeachItem
 
 logger = logging.getLogger("radcot.teacher.serve")
 
@@ -63,6 +68,54 @@ def _params_from(body: dict[str, Any], default_max_tokens: int) -> GenerationPar
         )
     except (TypeError, ValueError) as e:
         raise _BadRequest(f"bad generation parameter: {e}") from None
+
+
+class PromptBackend:
+    """Serve a query-level :class:`TeacherBackend` (``kb``, ``replay``...) behind the prompt-level server API.
+
+    The server hands over rendered prompts; this adapter recovers each query by matching the prompt
+    template (``{query}`` becomes the query; a prompt that does not match is used whole as the query)
+    and asks the backend. Requests get ids ``serve-1``, ``serve-2``...: backends keyed by query id (replay)
+    therefore need their ids in the prompt, which is why this suits text-keyed backends like ``kb``.
+
+    Args:
+        backend: the backend to serve.
+        prompt: the prompt (a name or a template with ``{query}``) clients render (default ``radcot``).
+    """
+
+    chat = False  # chat messages are joined as plain text, then matched against the template
+
+    def __init__(self, backend: TeacherBackend, prompt: str = "radcot"):
+        import re
+
+        from radcot.teacher.prompts import get_prompt
+
+        self.backend = backend
+        self.model_name = backend.model_name
+        self.batch_size = getattr(backend, "batch_size", 1) or 1
+        template = get_prompt(prompt).template.strip()
+        pattern = re.escape(template).replace(re.escape("{examples}"), ".*?").replace(re.escape("{query}"), "(.*)", 1)
+        self._pattern = re.compile(pattern, re.DOTALL)
+        self._n = 0
+
+    def query_of(self, text: str) -> str:
+        """The query inside a rendered prompt (the whole text when the template does not match)."""
+        m = self._pattern.fullmatch(text.strip())
+        return m.group(1) if m else text
+
+    def complete(self, texts: list[str], params: GenerationParams) -> list[Generation]:
+        items = []
+        for text in texts:
+            self._n += 1
+            items.append(TeachItem(Query(f"serve-{self._n}", self.query_of(text)), text))
+        out = self.backend.generate(items, params)
+        for g in out:
+            if isinstance(g, TeacherError):
+                raise g
+        return out
+
+    def close(self) -> None:
+        self.backend.close()
 
 
 class TeacherServer:
@@ -292,4 +345,4 @@ class _Handler(BaseHTTPRequestHandler):
         }
 
 
-__all__ = ["TeacherServer"]
+__all__ = ["PromptBackend", "TeacherServer"]
