@@ -53,6 +53,8 @@ _EXPORTS = {
     # expansion
     "QueryExpander": "radcot.expansion",
     "ExpandedSearcher": "radcot.expansion",
+    "Expander": "radcot.serving.expander",
+    "Expansion": "radcot.serving.expander",
     "expand_queries": "radcot.expansion",
     "expand_text": "radcot.expansion",
     "read_expansions": "radcot.expansion",

@@ -210,11 +210,6 @@ def read_expansions(path: str | os.PathLike) -> dict[str, str]:
     return out
 
 
-#: aliases (the pipeline's names)
-write_expanded = write_expansions
-read_expanded = read_expansions
-
-
 def load_cots(path: str | os.PathLike) -> dict[str, str]:
     """Usable CoTs of a teacher/student output file (JSONL or TSV) as ``{qid: text}``.
 
@@ -226,6 +221,22 @@ def load_cots(path: str | os.PathLike) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------ expander
+
+
+class TeacherUnavailable(RadcotError):
+    """The teacher backend failed for (more than a stated fraction of) the queries: nothing to expand with."""
+
+
+def text_query_id(text: str) -> str:
+    """The query id :class:`QueryExpander` gives a plain string: ``text-`` and 16 hex digits of its SHA-1.
+
+    Example:
+        >>> text_query_id("what is bm25") == text_query_id("what is bm25") != text_query_id("what is rm3")
+        True
+    """
+    import hashlib
+
+    return "text-" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _is_student_dir(path: Path) -> bool:
@@ -250,6 +261,8 @@ class QueryExpander:
         generate_kwargs: extra keyword arguments for :func:`radcot.student.generate.generate_cots`
             (``k``, ``max_new_tokens``, ``batch_size``, ``num_return_sequences`` ...).
         cache_dir: where a student's generations are written (default: a temporary directory).
+        max_failed_fraction: a teacher source raises :class:`TeacherUnavailable` when more than this fraction
+            of its calls in one expansion fail (default 0.5; a server that is down fails them all).
 
     Example:
         >>> ex = QueryExpander({"1": "Rationale: x. Answer: y."}, formula="query2doc")
@@ -259,8 +272,12 @@ class QueryExpander:
 
     def __init__(self, source: Any, formula: str = "radcot", samples: int = 1, prompt: Any = "radcot",
                  params: Any = None, retriever: Any = None, generate_kwargs: Mapping[str, Any] | None = None,
-                 cache_dir: str | os.PathLike | None = None):
+                 cache_dir: str | os.PathLike | None = None, max_failed_fraction: float = 0.5):
         from radcot.teacher.base import TeacherBackend
+
+        if not 0.0 <= max_failed_fraction <= 1.0:
+            raise ValueError(f"max_failed_fraction must be in [0, 1], got {max_failed_fraction}")
+        self.max_failed_fraction = max_failed_fraction
 
         self.formula = _check_formula(formula)
         if samples < 1:
@@ -323,6 +340,7 @@ class QueryExpander:
         prompt = get_prompt(self.prompt)
         params = self.params or GenerationParams()
         batch = max(1, int(getattr(self.backend, "batch_size", 1) or 1))
+        asked, failed, last_error = 0, 0, None
         for s in range(self.samples):
             p = params if s == 0 else dataclasses.replace(params, seed=(params.seed or 0) + s)
             for i in range(0, len(queries), batch):
@@ -330,14 +348,35 @@ class QueryExpander:
                 items = [TeachItem(q, prompt.render(q.text)) for q in chunk]
                 try:
                     results = self.backend.generate(items, p)
-                except Exception as e:  # noqa: BLE001 - a failed batch falls back to the query, logged
-                    logger.warning("teacher %s failed on %d queries (%s); they are searched unexpanded",
-                                   self.backend.name, len(chunk), e)
-                    results = [TeacherError(str(e))] * len(chunk)
+                except Exception as e:  # noqa: BLE001 - counted; too many failures raise below
+                    results = [TeacherError(f"{type(e).__name__}: {e}")] * len(chunk)
                 for q, res in zip(chunk, results):
-                    slot = self._cots.setdefault(q.query_id, [])
-                    if not isinstance(res, BaseException) and _usable(res.text):
-                        slot.append(_clean(res.text))
+                    asked += 1
+                    if isinstance(res, BaseException):
+                        failed, last_error = failed + 1, res
+                    elif _usable(res.text):
+                        self._cots.setdefault(q.query_id, []).append(_clean(res.text))
+                    else:
+                        self._cots.setdefault(q.query_id, [])  # answered, but blank: falls back to the query
+        self._check_failures(asked, failed, last_error)
+
+    def _check_failures(self, asked: int, failed: int, last_error: BaseException | None) -> None:
+        """Raise :class:`TeacherUnavailable` when more than ``max_failed_fraction`` of the teacher calls failed.
+
+        Failed queries are not cached, so calling again retries them.
+        """
+        if not failed:
+            return
+        where = getattr(self.backend, "base_url", None)
+        if failed / asked > self.max_failed_fraction:
+            check = f"check that the server at {where} is up (curl {where}/models)" if where else \
+                "check the teacher backend"
+            raise TeacherUnavailable(
+                f"teacher {self.backend.name} failed on {failed} of {asked} queries (more than "
+                f"max_failed_fraction={self.max_failed_fraction:g}); last error: {last_error}. Nothing was expanded "
+                f"with it: {check} and run again (failed queries are retried, answered ones are kept)")
+        logger.warning("teacher %s failed on %d of %d queries (last error: %s); they are searched unexpanded",
+                       self.backend.name, failed, asked, last_error)
 
     def _generate_student(self, queries: list[Query]) -> None:
         from radcot.student.generate import generate_cots  # other stage; imported only when used
@@ -383,11 +422,13 @@ class QueryExpander:
         return {q.query_id: self._cots.get(q.query_id, [])[: self.samples] for q in queries}
 
     def _as_query(self, query: Query | str) -> Query:
+        """A :class:`Query` as it is; a string gets the id recorded for its text in a CoT file, else an id made
+        from the text itself (:func:`text_query_id`), so that two different strings never share a CoT."""
         if isinstance(query, Query):
             return query
         text = str(query)
-        qid = self._by_text.get(" ".join(text.split()), "0")
-        return Query(qid, text)
+        key = " ".join(text.split())
+        return Query(self._by_text.get(key) or text_query_id(key), text)
 
     # -------------------------------------------------------------------------------------- expansion
 
@@ -516,4 +557,4 @@ class ExpandedSearcher:
 
 
 __all__ = ["FORMULAS", "ExpandedSearcher", "QueryExpander", "expand_queries", "expand_text", "limit_terms", "load_cots",
-           "radcot_repeats", "read_expanded", "read_expansions", "write_expanded", "write_expansions"]
+           "radcot_repeats", "read_expansions", "text_query_id", "write_expansions", "TeacherUnavailable"]

@@ -132,6 +132,74 @@ def test_expander_from_teacher_backend(tmp_path):
     assert ex.last_missing == []
 
 
+def test_two_plain_strings_in_a_row_get_their_own_cot(tmp_path):
+    """Issue 13: plain strings all had query id "0" and the second got the first one's cached CoT."""
+    from radcot.data.world import make_world
+    from radcot.teacher.kb import KBTeacher
+
+    world = tmp_path / "w"
+    make_world(world, seed=4, scale=0.1, n_test=5)
+    texts = [line.split("\t")[1] for line in (world / "queries.test.tsv").read_text().splitlines()[:3]]
+    teacher = KBTeacher(world)
+    assert len({teacher.answer(t) for t in texts}) == 3  # the check below can tell the CoTs apart
+    ex = QueryExpander(teacher, formula="radcot")
+    for t in texts:
+        assert ex.expand(t) == expand_text(t, teacher.answer(t), "radcot")
+    # a dict keyed by ids has no CoT for an unknown string: it falls back to the string, not to id "0"
+    assert QueryExpander({"0": "the CoT of query 0"}, formula="query2doc").expand("other") == "other"
+
+
+class _HalfBroken:
+    """A teacher backend (the TeacherBackend contract) that fails on every query whose text contains "bad"."""
+
+    def __new__(cls):
+        from radcot.teacher.base import Generation, TeacherBackend, TeacherError
+
+        class HalfBroken(TeacherBackend):
+            name = "half-broken"
+
+            def generate(self, items, params):
+                return [TeacherError("HTTP 500") if "bad" in it.query.text else Generation(f"CoT of {it.query.text}")
+                        for it in items]
+
+        return HalfBroken()
+
+
+def test_teacher_failures_over_the_fraction_raise_below_it_warn(caplog):
+    from radcot.expansion import TeacherUnavailable
+
+    qs = [Query("1", "good one"), Query("2", "good two"), Query("3", "good three"), Query("4", "bad four")]
+    ex = QueryExpander(_HalfBroken(), formula="query2doc")
+    with caplog.at_level(logging.WARNING, logger="radcot.expansion"):
+        out = ex.expand_all(qs)  # 1 of 4 failed: under the default 0.5
+    assert out["1"] == "good one " * 5 + " CoT of good one" and out["4"] == "bad four"
+    assert "failed on 1 of 4" in caplog.text
+    with pytest.raises(TeacherUnavailable, match=r"failed on 2 of 2 queries .*last error: HTTP 500"):
+        QueryExpander(_HalfBroken(), formula="query2doc").expand_all([Query("5", "bad"), Query("6", "bad too")])
+    strict = QueryExpander(_HalfBroken(), formula="query2doc", max_failed_fraction=0.0)
+    with pytest.raises(TeacherUnavailable, match="1 of 4"):
+        strict.expand_all(qs)
+
+
+def test_openai_teacher_against_a_server_that_is_down():
+    """Issue 9 class 5: a teacher server that is down must not give silently unexpanded queries."""
+    import socket
+
+    from radcot.expansion import TeacherUnavailable
+    from radcot.teacher.openai import OpenAIBackend
+
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = OpenAIBackend(model="m", base_url=f"http://127.0.0.1:{port}/v1", max_attempts=1, timeout=5)
+    ex = QueryExpander(backend, formula="radcot")
+    with pytest.raises(TeacherUnavailable) as err:
+        ex.expand_all([Query("1", "what is x"), Query("2", "what is y")])
+    msg = str(err.value)
+    assert "failed on 2 of 2" in msg and f"127.0.0.1:{port}/v1" in msg and "run again" in msg
+    assert ex._cots == {}  # nothing cached: a second call asks the teacher again
+
+
 def test_several_samples_from_files(tmp_path):
     a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
     a.write_text("1\tfirst\n2\tonly\n", encoding="utf-8")

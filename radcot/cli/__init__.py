@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a Fusion-in-Decoder student (resumable, DDP under torchrun)"),
     "generate": ("generate", "generate CoTs with a trained student"),
     "expand": ("expand", "expand queries with CoTs (query2doc/radcot formulas)"),
+    "serve": ("serve", "serve live query expansion over HTTP with a trained student (FastAPI + uvicorn)"),
     "run": ("run", "run a declarative pipeline (pipelines/*.yaml) with a stage cache"),
     "table": ("table", "print a results table (and report) for a pipeline's runs"),
     "make-world": ("make_world", "generate the embedded synthetic demo collection deterministically"),

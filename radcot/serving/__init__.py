@@ -1,0 +1,11 @@
+"""Live query expansion: the in-memory :class:`Expander` and the ``radcot serve`` HTTP service.
+
+Layering: this package sits beside the CLI, on top of :mod:`radcot.expansion` and the student's
+generation helpers; it never reaches into training. The service modules (``app``, ``batcher``, ``metrics``)
+import FastAPI/prometheus-client, so they are imported only by ``radcot serve`` (``pip install radcot[serve]``).
+"""
+from __future__ import annotations
+
+from radcot.serving.expander import Expander, Expansion, resolve_student_dir
+
+__all__ = ["Expander", "Expansion", "resolve_student_dir"]
