@@ -25,7 +25,7 @@ def teacher_cots(tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher") / "cot.jsonl"
     queries = list(read_queries(DEMO / "queries.test.tsv"))[:60]
     backend = get_backend("kb", world=str(DEMO))
-    teach(queries, backend, out, prompt="radcot", show_progress=False)
+    teach(backend, queries, out, prompt="radcot", show_progress=False)
     return out, queries
 
 
