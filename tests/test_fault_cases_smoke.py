@@ -23,7 +23,8 @@ def test_three_cases_through_the_harness(tmp_path):
     assert len(cases) >= 150  # the issue asks for at least 150, across every command
     assert {c.command for c in cases.values()} >= {"index", "search", "evaluate", "teach", "teacher-serve", "build-data",
                                                    "train", "generate", "expand", "run", "table", "make-world"}
-    picked = [cases["unknown command"], cases["evaluate run with nan score"], cases["make-world again (own output)"]]
+    picked = [cases["unknown command"], cases["evaluate run with nan score"],
+              cases["make-world again --overwrite (own output)"]]
     ctx = fc.placeholders(tmp_path / "fixtures")
     ctx["QRELS"] = str(REPO / "data" / "demo" / "qrels" / "test.tsv")  # the only fixture these cases read
     results = fc.run_cases(picked, ctx, tmp_path / "cases", jobs=2, log=lambda s: None)
