@@ -782,7 +782,7 @@ def make_world_cases() -> list[Case]:
         Case("make-world again --overwrite (own output)", [*ok, "--overwrite"], expect="ok", mode="twice",
              check=both(manifest, no_tmp_left)),
         Case("make-world interrupted then rerun", ["make-world", "--out", "w"], expect="ok", mode="interrupt",
-             kill_after=1.5, check=both(manifest, no_tmp_left)),
+             kill_after=1.5, rerun=["--overwrite"], check=both(manifest, no_tmp_left)),
         Case("make-world two writers", ok, expect="ok", mode="concurrent", check=both(manifest, no_tmp_left)),
     ]
     for flag, values in {"--scale": ["0", "-1", "nan"], "--n-test": ["0", "-1"], "--train-paraphrases": ["-1"],

@@ -146,10 +146,11 @@ def _score_rows(m: dict, qrels: dict, metrics: list[str], rows: Sequence[str] | 
     for r in m["rows"]:
         if rows and r["name"] not in rows:
             continue
+        if r.get("run"):
+            verify_run_file(r["run"])  # refuses a run file changed (or deleted) since its pipeline stage finished
         if not r.get("run") or not Path(r["run"]).is_file():
             logger.warning("row %s has no run file yet (run the pipeline); skipped", r["name"])
             continue
-        verify_run_file(r["run"])  # refuses a run file changed since its pipeline stage finished
         agg, pq = evaluate(qrels, r["run"], metrics, per_query=True)
         out_rows.append(TableRow(r["name"], r.get("label", r["name"]), r["run"], agg, pq, kind=r.get("kind", "bm25")))
     return out_rows

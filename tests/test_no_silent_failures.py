@@ -103,3 +103,25 @@ def test_train_resume_with_nothing_to_resume(tmp_path, capsys):
                  "--resume"]) == 1
     err = capsys.readouterr().err
     assert "nothing to resume" in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("c.yaml", "a: [1\n", "c.yaml:2: not valid YAML"),
+    ("c.json", "{\"lr\": 1e-3,\n", "c.json:2: not valid JSON"),
+    ("c.yaml", "- lr\n- 3\n", "expected a mapping of TrainConfig fields"),
+])
+def test_train_config_file_errors_name_file_and_line(tmp_path, capsys, name, text, expected):
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    assert main(["train", "--config", str(tmp_path / name), "--data", str(tmp_path / "d"), "--model", "tiny-t5",
+                 "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_teacher_backend_missing_argument_is_one_line(tmp_path, capsys):
+    (tmp_path / "q.tsv").write_text("1\twhere was it\n", encoding="utf-8")
+    assert main(["expand", "--teacher", "kb", "--queries", str(tmp_path / "q.tsv"),
+                 "--out", str(tmp_path / "e.tsv")]) == 1
+    err = capsys.readouterr().err
+    assert "teacher backend 'kb': missing a required argument: 'world'" in err and "Traceback" not in err
+    assert not (tmp_path / "e.tsv").exists()

@@ -114,6 +114,13 @@ def test_bm25_pipeline_caches_and_table_matches_ir_measures(cranfield, tmp_path)
     assert len(bm25_run.read_text().splitlines()) == len(lines)
     assert results_table(exp2).row("bm25").metrics["nDCG@10"] == pytest.approx(0.3510, abs=5e-4)
 
+    # a deleted cached run: the table refuses it (not a table with the row silently missing); the pipeline rebuilds it
+    bm25_run.unlink()
+    with pytest.raises(ChangedOutputError, match="changed since its stage finished"):
+        results_table(exp2)
+    Pipeline(cfg, runs_dir=tmp_path, show_progress=False).run()
+    assert results_table(exp2).row("bm25").metrics["nDCG@10"] == pytest.approx(0.3510, abs=5e-4)
+
 
 @pytest.mark.slow
 @pytest.mark.java

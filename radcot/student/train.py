@@ -209,16 +209,37 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **overrides) -> "TrainConfig":
-        """Read a JSON or YAML config file; ``overrides`` (not None) replace its fields."""
-        text = Path(path).read_text(encoding="utf-8")
-        if str(path).endswith((".yaml", ".yml")):
-            import yaml
+        """Read a JSON or YAML config file; ``overrides`` (not None) replace its fields.
 
-            d = yaml.safe_load(text) or {}
-        else:
-            d = json.loads(text)
+        Raises:
+            ValueError: the file is not valid JSON/YAML or not a mapping (names the file and line).
+        """
+        d = _read_config_file(Path(path))
         d.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(d)
+
+
+def _read_config_file(path: Path) -> dict:
+    """A TrainConfig file's mapping; a malformed file raises ValueError naming the file, line and the fix."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            try:
+                d = yaml.safe_load(text) or {}
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                where = f":{mark.line + 1}" if mark is not None else ""
+                raise ValueError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+        else:
+            d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); a .yaml/.yml name is read as YAML") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a mapping of TrainConfig fields (lr: ..., max_steps: ...), "
+                         f"got {type(d).__name__}")
+    return d
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from radcot.teacher.base import Generation, GenerationParams, TeacherBackend, TeacherError, TeachItem
@@ -50,7 +51,14 @@ def get_backend(name: str, **kwargs: Any) -> TeacherBackend:
     Example:
         >>> be = get_backend("replay", path="/data/teacher-cot-davinci003/dl19.tsv")  # doctest: +SKIP
     """
-    return backend_class(name)(**kwargs)
+    cls = backend_class(name)
+    try:
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError as e:
+        accepted = ", ".join(p for p in inspect.signature(cls).parameters if p not in ("self", "kwargs"))
+        raise ValueError(f"teacher backend {name!r}: {e} (it takes: {accepted}); give them as teacher.args in a "
+                         f"pipeline, or as flags/--teacher-option KEY=VALUE on the command line") from None
+    return cls(**kwargs)
 
 
 __all__ = [
