@@ -272,6 +272,11 @@ def test_dl_config_made_ready_from_the_command_line_only(msmarco_dir, tmp_path):
         assert after.returncode == 0, after.stderr
         assert "preflight passed" in after.stdout
         assert f"student model google/flan-t5-base -> {models / 'google' / 'flan-t5-base'}" in after.stderr
+        # --rows: only what the selected rows (and the baseline) need is checked: no models_dir for base/large
+        only = subprocess.run(base + ["--rows", "radcot-small"] + [a for s in sets if "models_dir" not in s
+                                                                    for a in ("--set", s)],
+                              capture_output=True, text=True, env=env, timeout=180)
+        assert only.returncode == 0, only.stderr
     finally:
         server.shutdown()
         server.server_close()

@@ -32,13 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _check(pipeline) -> int:
+def _check(pipeline, rows) -> int:
     import time
 
     from radcot.pipeline import format_problems
 
     t0 = time.perf_counter()
-    problems = pipeline.check()
+    problems = pipeline.check(rows)
     if problems:
         print(format_problems(pipeline.source, problems, "preflight"), file=sys.stderr)
         return 1
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         exp_dir = run_rehearsal(args.pipeline, args.overrides, runs_dir=args.runs_dir, rows=rows,
                                 show_progress=False if args.no_progress else None)
     elif args.check:
-        return _check(pipeline)
+        return _check(pipeline, args.rows)
     else:
         exp_dir = pipeline.run(rows=args.rows)
     table = results_table(exp_dir, rows=rows)
