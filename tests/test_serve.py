@@ -49,7 +49,9 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "radcot", "serve", "--port", "0", *args],
                                      stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, env=env)
         line = self._first_line()
-        assert line.startswith("radcot serve: listening on http://127.0.0.1:"), line
+        if not line.startswith("radcot serve: listening on http://127.0.0.1:"):
+            self.stop()
+            pytest.fail(f"radcot serve's first line is {line!r}; stderr: {self.stderr()[-3000:]}")
         self.url = line.split()[-1]
         self.port = int(self.url.rsplit(":", 1)[1])
 
@@ -63,17 +65,20 @@ class Server:
     def client(self, **headers) -> "httpx.Client":
         return httpx.Client(base_url=self.url, timeout=120, headers=headers)
 
-    def wait_ready(self, **headers) -> list[int]:
+    def wait_ready(self, **headers) -> list:
         """Poll ``/health`` until 200; returns every status seen."""
         seen: list[int] = []
         deadline = time.monotonic() + READY_S
         with self.client(**headers) as c:
             while time.monotonic() < deadline and self.proc.poll() is None:
-                seen.append(c.get("/health").status_code)
+                try:
+                    seen.append(c.get("/health").status_code)
+                except httpx.TransportError as e:  # reported below if it never gets ready
+                    seen.append(type(e).__name__)
                 if seen[-1] == 200:
                     return seen
                 time.sleep(0.05)
-        pytest.fail(f"radcot serve not ready in {READY_S} s (statuses {sorted(set(seen))}); "
+        pytest.fail(f"radcot serve not ready in {READY_S} s (answers {sorted(set(map(str, seen)))}); "
                     f"stderr: {self.stderr()[-3000:]}")
 
     def stderr(self) -> str:
@@ -94,9 +99,11 @@ def server(demo_student, demo_index, tmp_path_factory):
     s = Server(_args(demo_student, demo_index, "--max-batch", "16", "--batch-wait-ms", "50", "--cache-size", "100",
                      "--max-body-bytes", "4096", "--max-queries", "8", "--max-query-chars", "200", "--max-k", "50"),
                tmp_path_factory.mktemp("serve") / "stderr.log")
-    s.health_seen = s.wait_ready()
-    yield s
-    s.stop()
+    try:
+        s.health_seen = s.wait_ready()
+        yield s
+    finally:
+        s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +111,11 @@ def strict(demo_student, demo_index, tmp_path_factory):
     s = Server(_args(demo_student, demo_index, "--api-key-env", KEY_VAR, "--cache-size", "0", "--max-queue", "4",
                      "--batch-wait-ms", "2000"),
                tmp_path_factory.mktemp("serve-strict") / "stderr.log", env=dict(os.environ, **{KEY_VAR: KEY}))
-    s.wait_ready(authorization=f"Bearer {KEY}")
-    yield s
-    s.stop()
+    try:
+        s.wait_ready(authorization=f"Bearer {KEY}")
+        yield s
+    finally:
+        s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -408,10 +417,13 @@ def test_usage_errors_exit_2_with_one_line(demo_student, args, message):
 
 def test_sigterm_while_loading_exits_0_at_once(demo_student, demo_index, tmp_path):
     s = Server(_args(demo_student, demo_index), tmp_path / "stderr.log")
-    with s.client() as c:
-        assert c.get("/health").status_code == 503  # still loading (torch, the student, the JVM)
-    t0 = time.monotonic()
-    s.proc.send_signal(signal.SIGTERM)
-    rc = s.proc.wait(timeout=15)
-    assert rc == 0 and time.monotonic() - t0 < 10, (rc, s.stderr()[-2000:])
-    assert "stopped before the student finished loading" in s.stderr()
+    try:
+        with s.client() as c:
+            assert c.get("/health").status_code == 503  # still loading (torch, the student, the JVM)
+        t0 = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        rc = s.proc.wait(timeout=15)
+        assert rc == 0 and time.monotonic() - t0 < 10, (rc, s.stderr()[-2000:])
+        assert "stopped before the student finished loading" in s.stderr()
+    finally:
+        s.stop()

@@ -14,7 +14,7 @@ Example:
     >>> from radcot.integrations.pyterrier import RADCoTExpander, RADCoTRetriever  # doctest: +SKIP
     >>> expand = RADCoTExpander.load("runs/demo/train-radcot", index="runs/demo/index")  # doctest: +SKIP
     >>> pipeline = expand >> RADCoTRetriever(expand.expander.retriever, k=100)  # doctest: +SKIP
-    >>> pt.Experiment([pipeline], topics, qrels, ["nDCG@10"])                   # doctest: +SKIP
+    >>> pt.Experiment([pipeline], topics, qrels, [ir_measures.nDCG @ 10])            # doctest: +SKIP
 """
 from __future__ import annotations
 
