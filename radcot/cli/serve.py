@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         server.should_exit = True
 
     def on_loaded() -> None:
-        # the JVM (pyserini) installs its own SIGTERM/SIGINT handlers when it starts, which would make
-        # SIGTERM hang the process: give them back to uvicorn's graceful shutdown
+        # radcot starts the JVM with -Xrs (no signal handlers of its own); a JVM another library started
+        # without it would take SIGTERM/SIGINT: give them back to uvicorn's graceful shutdown either way
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, server.handle_exit)
 
