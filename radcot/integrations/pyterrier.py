@@ -11,10 +11,11 @@ Java (Terrier) is never started here, so the one JVM of the process stays radcot
 
 Example:
     >>> import pyterrier as pt                                                    # doctest: +SKIP
+    >>> from ir_measures import nDCG                                              # doctest: +SKIP
     >>> from radcot.integrations.pyterrier import RADCoTExpander, RADCoTRetriever  # doctest: +SKIP
-    >>> expand = RADCoTExpander.load("runs/demo/train-radcot", index="runs/demo/index")  # doctest: +SKIP
-    >>> pipeline = expand >> RADCoTRetriever(expand.expander.retriever, k=100)  # doctest: +SKIP
-    >>> pt.Experiment([pipeline], topics, qrels, [ir_measures.nDCG @ 10])            # doctest: +SKIP
+    >>> expand = RADCoTExpander.load("student/", index="idx/vaswani")             # doctest: +SKIP
+    >>> pipeline = expand >> RADCoTRetriever(expand.expander.retriever, k=100)    # doctest: +SKIP
+    >>> pt.Experiment([pipeline], topics, qrels, [nDCG @ 10])                     # doctest: +SKIP
 """
 from __future__ import annotations
 
