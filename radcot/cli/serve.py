@@ -90,8 +90,27 @@ def _bind(host: str, port: int, p: argparse.ArgumentParser) -> socket.socket:
     except OSError as e:
         sock.close()
         p.error(f"cannot bind {host}:{port} ({e.strerror}); pick another --port (0 = any free port)")
+    sock.listen(2048)  # before "listening" is printed: a client that reads it and connects is queued, not refused
     sock.set_inheritable(True)
     return sock
+
+
+def _stop_on_sigterm(server) -> None:
+    """SIGTERM before uvicorn installs its handlers, and after: stop (exit 0), not die.
+
+    uvicorn drains on SIGTERM, then re-raises the signal with the handler that was there before it
+    started; with the default one the process would die by the signal (status -15) after a clean drain.
+    """
+    signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
+
+
+def _exit_if_still_loading(service) -> None:
+    """Stopped before the student finished loading: nothing to drain, and the loading thread cannot be
+    interrupted (torch, the JVM), so leave now instead of waiting for it at interpreter exit."""
+    if service.expander is None and service.load_error is None:
+        print("radcot serve: stopped before the student finished loading", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         server.should_exit = True
 
     def on_loaded() -> None:
-        # the JVM (pyserini) installs its own SIGTERM/SIGINT handlers when it starts, which would make
-        # SIGTERM hang the process: give them back to uvicorn's graceful shutdown
+        # radcot starts the JVM with -Xrs (no signal handlers of its own); a JVM another library started
+        # without it would take SIGTERM/SIGINT: give them back to uvicorn's graceful shutdown either way
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, server.handle_exit)
 
@@ -138,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=DRAIN_S, access_log=False)
     server = uvicorn.Server(config)
     print(f"radcot serve: listening on http://{host}:{port}", flush=True)
+    _stop_on_sigterm(server)
     server.run(sockets=[sock])
+    _exit_if_still_loading(app.state.service)
     if failed:
         print(f"radcot serve: error: could not load the student: {failed[0]}", file=sys.stderr)
         return 1

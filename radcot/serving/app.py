@@ -25,6 +25,7 @@ field) is plain FastAPI/ASGI code.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
 import logging
 import time
@@ -208,8 +209,12 @@ class Service:
 
     async def load_model(self, on_error: Callable[[str], None] | None = None,
                          on_loaded: Callable[[], None] | None = None) -> None:
+        # its own thread, not the loop's default executor: asyncio.run() joins that one on the way out, so a
+        # SIGTERM during loading would wait for the whole load (torch, the model, the JVM) before exiting.
+        # Kept (idle) afterwards: the thread that started the JVM stays alive, as it did before.
+        self._loader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="radcot-load")
         try:
-            self.expander = await asyncio.to_thread(self.load)
+            self.expander = await asyncio.get_running_loop().run_in_executor(self._loader, self.load)
             if on_loaded is not None:
                 on_loaded()  # on the event loop's thread (the main one under uvicorn.run)
             self.metrics.loaded.set(1)

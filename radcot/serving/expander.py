@@ -1,7 +1,7 @@
 """The in-memory expander: a trained student (and its retriever) loaded once, expanding query strings live.
 
 Nothing is written to disk. The model inputs are built by the same functions ``radcot generate`` uses
-(:func:`radcot.student.generate._examples_from_queries` for the retrieved passages, the student's
+(:func:`radcot.student.generate.examples_from_queries` for the retrieved passages, the student's
 :class:`~radcot.student.data.FiDCollator` and :meth:`~radcot.student.model.FiDStudent.generate_text`), with
 the same decoding defaults, so greedy CoTs equal the ``text`` field of ``radcot generate``'s output.
 
@@ -124,15 +124,15 @@ class Expander:
 
     def cots(self, texts: Sequence[str]) -> list[str]:
         """The student's greedy CoT for each text (one-line, whitespace-normalised as ``radcot generate``)."""
-        from radcot.student.generate import _examples_from_queries
+        from radcot.student.generate import examples_from_queries
 
         texts = [str(t) for t in texts]
         if not texts:
             return []
         queries = [Query(str(i), t) for i, t in enumerate(texts)]
         with self._search_lock:
-            examples = _examples_from_queries(queries, self.retriever, self.k, self.no_context,
-                                              max(self.batch_size, 64))
+            examples = examples_from_queries(queries, self.retriever, self.k, self.no_context,
+                                             max(self.batch_size, 64))
         out: list[str] = []
         with self._lock:
             for i in range(0, len(examples), self.batch_size):
@@ -143,9 +143,9 @@ class Expander:
     def apply(self, text: str, cot: str, formula: str | None = None) -> Expansion:
         """Build the :class:`Expansion` of ``text`` from its CoT (a blank CoT falls back to the query)."""
         formula = _check_formula(formula or self.formula)
-        if formula == "none" or not _usable(cot):
-            return Expansion(text, cot or "", text)
-        cot = _clean(cot)
+        cot = _clean(cot) if _usable(cot) else ""
+        if formula == "none" or not cot:
+            return Expansion(text, cot, text)
         return Expansion(text, cot, expand_text(text, cot, formula))
 
     def expand_batch(self, texts: Sequence[str], formula: str | None = None) -> list[Expansion]:

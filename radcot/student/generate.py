@@ -80,11 +80,6 @@ def examples_from_queries(queries, retriever, k: int, no_context: bool, batch_si
     return [{"query_id": q.query_id, "query": q.text, "passages": passages[q.query_id]} for q in qs]
 
 
-#: the names these helpers had before they were public (engineer code calls them)
-_examples_from_data = examples_from_data
-_examples_from_queries = examples_from_queries
-
-
 def generate_cots(
     student,
     out_path: str | os.PathLike,
