@@ -462,7 +462,7 @@ class Pipeline:
         """Train (per fold) and generate: the CoTs of the student of ``row`` for the eval queries."""
         from radcot.student.data import build_distillation_data
         from radcot.student.generate import generate_cots
-        from radcot.student.train import TrainConfig, train
+        from radcot.student.train import TrainConfig
 
         s = _merge(self.config["student"], {k: v for k, v in row.spec["student"].items()})
         context = bool(s.get("context", True))
@@ -493,7 +493,7 @@ class Pipeline:
             def do_train(d: Path, data_dir=data_dir):
                 config = TrainConfig(data=str(data_dir), model=str(s["model"]), out=str(d / "run"),
                                      seed=self.config["seed"], **(s.get("train") or {}))
-                train(config, resume=True, show_progress=self.show_progress)
+                _launch_training(config, show_progress=self.show_progress)
 
             run_dir = self._stage(f"train-{row.name}-f{f}", tcfg, do_train, resumable=True, shared="train") / "run"
             gen = dict(s.get("generate") or {})
@@ -694,6 +694,15 @@ def _expand(queries: Sequence[Query], cots: Mapping[str, str], settings: Sequenc
                else cots.get(q.query_id) for q in qs}
         out.update(expand_queries(qs, cut, s["formula"]))
     return {q.query_id: out[q.query_id] for q in queries}
+
+
+def _launch_training(config, show_progress: bool | None) -> None:
+    """Train a student as ``radcot train`` would: in this process, or under ``torchrun`` when
+    ``student.train.nproc_per_node > 1``; a stage that was interrupted resumes from its last checkpoint."""
+    from radcot.student.launch import launch_training
+    from radcot.student.train import CONFIG_FILE
+
+    launch_training(config, resume=(Path(config.out) / CONFIG_FILE).is_file(), show_progress=show_progress)
 
 
 def run_pipeline(path: str | os.PathLike, overrides: Sequence[str] = (), runs_dir: str | os.PathLike | None = None,
