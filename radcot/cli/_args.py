@@ -104,6 +104,14 @@ def in_range(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = Fal
     return parse
 
 
+def port(text: str) -> int:
+    """A TCP port, 0..65535 (0: the system picks a free one)."""
+    value = _number(text, int)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port in [0, 65535] (0: pick a free one), got {text!r}")
+    return value
+
+
 #: a share of something, 0..1
 fraction = in_range(0.0, 1.0)
 #: a share strictly between 0 and 1 (a dev split must leave both splits non-empty)
