@@ -44,7 +44,8 @@ is ``radcot run --schema`` and the README's "Pipeline config reference"):
     questions the teacher writes for ``passages`` sampled passages); ``limit``.
 ``student``
     ``model`` (``tiny-t5[:opts]`` offline, ``google/flan-t5-base``, a directory), ``n_context``, ``train``
-    (TrainConfig fields), ``generate`` (generation options), ``context_retriever`` (``bm25`` default,
+    (TrainConfig fields; ``nproc_per_node > 1`` trains under ``torchrun`` with that many processes, as
+    ``radcot train --nproc-per-node`` does), ``generate`` (generation options), ``context_retriever`` (``bm25`` default,
     ``dense``: FAISS over the corpus with the offline MiniLM encoder, built in the ``index-dense`` stage,
     ``fused``: reciprocal rank fusion of both) -- the passages of distillation data and generation.
     A row's ``student:`` mapping overrides any of these.
