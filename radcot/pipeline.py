@@ -6,7 +6,7 @@ data and endpoints before any stage runs; both list every problem at once.
 
 Each stage writes into ``runs/<experiment>/<stage>-<hash>/`` where the hash covers the stage's own config,
 the directories of the stages it reads from and radcot's version. Stages that do not depend on the
-evaluation set (index, teacher on training queries, distillation data, training) go to
+evaluation set (BM25 and dense index, teacher on training queries, distillation data, training) go to
 ``runs/_shared/<stage>-<hash>/`` and are reused by every experiment with the same inputs. A re-run
 therefore redoes only the stages whose config (or upstream) changed; a stage that crashed is resumed in
 place (teacher, training and generation are resumable themselves; the others are rebuilt). A stage is
@@ -352,7 +352,8 @@ class Pipeline:
 
             DenseRetriever.build(ds.corpus, d / "index", show_progress=self.show_progress)
 
-        return str(self._stage("index-dense", cfg, build) / "index")
+        # shared like the BM25 index: the data stages of every experiment name it, so it must not be experiment-specific
+        return str(self._stage("index-dense", cfg, build, shared="index-dense") / "index")
 
     def context_retriever(self, name: str = "bm25"):
         """The retriever that builds a student's context: ``bm25``, ``dense`` or ``fused`` (RRF of both)."""
