@@ -352,7 +352,7 @@ class Pipeline:
 
             DenseRetriever.build(ds.corpus, d / "index", show_progress=self.show_progress)
 
-        # shared like the BM25 index: the data stages of every experiment name it, so it must not be experiment-specific
+        # shared like the BM25 index: the shared data stages name it, so its path must not be an experiment's
         return str(self._stage("index-dense", cfg, build, shared="index-dense") / "index")
 
     def context_retriever(self, name: str = "bm25"):

@@ -292,7 +292,8 @@ class DenseRetriever:
         from radcot.utils import interactive_progress
 
         model = self._encoder()
-        emb = model.encode(list(texts), batch_size=self.batch_size, show_progress_bar=interactive_progress(show_progress),
+        emb = model.encode(list(texts), batch_size=self.batch_size,
+                           show_progress_bar=interactive_progress(show_progress),  # its own tqdm: a terminal only
                            convert_to_numpy=True, normalize_embeddings=self.normalize)
         return np.ascontiguousarray(emb, dtype=np.float32).reshape(len(texts), self.dims)  # (Q, dims)
 
