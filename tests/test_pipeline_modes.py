@@ -25,12 +25,16 @@ TINY = [
 ]
 
 
+def _stage_dir(exp: Path, name: str) -> Path:
+    """A stage's directory from the manifest (shared stages live under RUNS_DIR/_shared, not in ``exp``)."""
+    return Path(json.loads((exp / "manifest.json").read_text())["stages"][name]["dir"])
+
+
 def _data_ids(exp: Path, fold: int) -> tuple[list[str], dict[str, str]]:
     """Query ids (train + dev splits) and texts of the distillation data of ``fold``."""
     from radcot.student.data import load_distillation_data
 
-    (data_dir,) = exp.glob(f"data-radcot-f{fold}-*/data")
-    dd, _ = load_distillation_data(data_dir)
+    dd, _ = load_distillation_data(_stage_dir(exp, f"data-radcot-f{fold}") / "data")
     rows = [r for split in dd for r in dd[split]]
     return [r["query_id"] for r in rows], {r["query_id"]: r["query"] for r in rows}
 
@@ -136,7 +140,7 @@ def test_synthetic_training_queries_come_from_sampled_passages(demo_world, tmp_p
     finally:
         server.close()
     docs = {d.doc_id: d for d in read_corpus(demo_world)}
-    (syn,) = exp.glob("teacher-synthetic-queries-*/cot.jsonl")
+    syn = _stage_dir(exp, "teacher-synthetic-queries") / "cot.jsonl"
     syn_ids = _cot_ids(syn)
     assert len(syn_ids) == len(set(syn_ids)) == 8
     sampled = [i.removeprefix("syn-") for i in syn_ids]
