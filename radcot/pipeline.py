@@ -6,7 +6,7 @@ data and endpoints before any stage runs; both list every problem at once.
 
 Each stage writes into ``runs/<experiment>/<stage>-<hash>/`` where the hash covers the stage's own config,
 the directories of the stages it reads from and radcot's version. Stages that do not depend on the
-evaluation set (index, teacher on training queries, distillation data, training) go to
+evaluation set (BM25 and dense index, teacher on training queries, distillation data, training) go to
 ``runs/_shared/<stage>-<hash>/`` and are reused by every experiment with the same inputs. A re-run
 therefore redoes only the stages whose config (or upstream) changed; a stage that crashed is resumed in
 place (teacher, training and generation are resumable themselves; the others are rebuilt). A stage is
@@ -44,7 +44,8 @@ is ``radcot run --schema`` and the README's "Pipeline config reference"):
     questions the teacher writes for ``passages`` sampled passages); ``limit``.
 ``student``
     ``model`` (``tiny-t5[:opts]`` offline, ``google/flan-t5-base``, a directory), ``n_context``, ``train``
-    (TrainConfig fields), ``generate`` (generation options), ``context_retriever`` (``bm25`` default,
+    (TrainConfig fields; ``nproc_per_node > 1`` trains under ``torchrun`` with that many processes, as
+    ``radcot train --nproc-per-node`` does), ``generate`` (generation options), ``context_retriever`` (``bm25`` default,
     ``dense``: FAISS over the corpus with the offline MiniLM encoder, built in the ``index-dense`` stage,
     ``fused``: reciprocal rank fusion of both) -- the passages of distillation data and generation.
     A row's ``student:`` mapping overrides any of these.
@@ -351,7 +352,8 @@ class Pipeline:
 
             DenseRetriever.build(ds.corpus, d / "index", show_progress=self.show_progress)
 
-        return str(self._stage("index-dense", cfg, build) / "index")
+        # shared like the BM25 index: the shared data stages name it, so its path must not be an experiment's
+        return str(self._stage("index-dense", cfg, build, shared="index-dense") / "index")
 
     def context_retriever(self, name: str = "bm25"):
         """The retriever that builds a student's context: ``bm25``, ``dense`` or ``fused`` (RRF of both)."""
@@ -462,7 +464,7 @@ class Pipeline:
         """Train (per fold) and generate: the CoTs of the student of ``row`` for the eval queries."""
         from radcot.student.data import build_distillation_data
         from radcot.student.generate import generate_cots
-        from radcot.student.train import TrainConfig, train
+        from radcot.student.train import TrainConfig
 
         s = _merge(self.config["student"], {k: v for k, v in row.spec["student"].items()})
         context = bool(s.get("context", True))
@@ -493,7 +495,7 @@ class Pipeline:
             def do_train(d: Path, data_dir=data_dir):
                 config = TrainConfig(data=str(data_dir), model=str(s["model"]), out=str(d / "run"),
                                      seed=self.config["seed"], **(s.get("train") or {}))
-                train(config, resume=True, show_progress=self.show_progress)
+                _launch_training(config, show_progress=self.show_progress)
 
             run_dir = self._stage(f"train-{row.name}-f{f}", tcfg, do_train, resumable=True, shared="train") / "run"
             gen = dict(s.get("generate") or {})
@@ -694,6 +696,15 @@ def _expand(queries: Sequence[Query], cots: Mapping[str, str], settings: Sequenc
                else cots.get(q.query_id) for q in qs}
         out.update(expand_queries(qs, cut, s["formula"]))
     return {q.query_id: out[q.query_id] for q in queries}
+
+
+def _launch_training(config, show_progress: bool | None) -> None:
+    """Train a student as ``radcot train`` would: in this process, or under ``torchrun`` when
+    ``student.train.nproc_per_node > 1``; a stage that was interrupted resumes from its last checkpoint."""
+    from radcot.student.launch import launch_training
+    from radcot.student.train import CONFIG_FILE
+
+    launch_training(config, resume=(Path(config.out) / CONFIG_FILE).is_file(), show_progress=show_progress)
 
 
 def run_pipeline(path: str | os.PathLike, overrides: Sequence[str] = (), runs_dir: str | os.PathLike | None = None,

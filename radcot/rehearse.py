@@ -13,7 +13,8 @@ resources swapped, each swap logged as one ``rehearse: <what> -> <stand-in>`` li
   server (``radcot teacher-serve --backend kb``) started for the rehearsal (:func:`teacher_server`);
 - the LLM-CoT row: a replay of CoT files in the official release format (``qid \\t query \\t cot \\t cosine``);
 - students: flan-t5-shaped stand-ins (:func:`radcot.student.offline.build_flan_t5_standin`), one per size,
-  trained for a handful of steps at the config's other settings;
+  trained for a handful of steps at the config's other settings; a student model that is a local directory
+  (``--set rows.NAME.student.model=DIR``, ``params.models_dir``) is used as given;
 - several training processes (``student.train.nproc_per_node > 1``) become 2 CPU ranks.
 
 Everything generated lives under ``<runs_dir>/_rehearsal/<hash>/`` and is byte-identical on every call,
@@ -304,7 +305,9 @@ def _swap_students(cfg: dict, mini: Miniature, cuda: bool, swaps: list[str]) -> 
                                        if isinstance(r.get("student"), dict)]
     for where, s in places:
         size = standin_size(s.get("model", ""))
-        if size:
+        if size and Path(str(s["model"])).is_dir():  # a model you named (--set, params.models_dir) is trained as is
+            logger.info("rehearse: %s.model %s is a local directory: used as given, not swapped", where, s["model"])
+        elif size:
             swaps.append(say(f"{where}.model {s['model']}", f"{mini.model_dir(size)} (flan-t5-{size}-shaped stand-in)"))
             s["model"] = str(mini.model_dir(size))
         if where == "student" or s.get("train"):

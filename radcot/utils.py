@@ -116,7 +116,8 @@ def progress_enabled(show_progress: bool | None) -> bool:
 class LogProgress:
     """A tqdm stand-in for non-interactive stderr: a log line every ``interval_s`` seconds or 10% of ``total``.
 
-    Supports what radcot's bars use: iteration, ``update(n)``, ``set_postfix(**kw)``, ``close()`` and ``with``.
+    Supports what radcot's bars use: iteration, ``update(n)``, ``set_postfix(**kw)``, ``write(s)``, ``close()`` and
+    ``with``.
     """
 
     def __init__(self, iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it",
@@ -157,6 +158,11 @@ class LogProgress:
 
     def set_description(self, desc: str, refresh: bool = True) -> None:
         self.desc = desc
+
+    @staticmethod
+    def write(s: str, file=None, end: str = "\n") -> None:
+        """Print a message (to stdout by default), as ``tqdm.write`` does; shown even when progress is off."""
+        print(s, file=file or sys.stdout, end=end, flush=True)
 
     def _log(self, now: float) -> None:
         self._logged_n = self.n

@@ -1,6 +1,7 @@
 """The pipeline config schema, include:, --set into rows and params.models_dir (no stage runs here)."""
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -149,3 +150,25 @@ def test_reference_documents_every_key_and_the_readme_has_it():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "## Pipeline config reference" in readme
     assert ref.strip() in readme, "README's config reference is stale: regenerate it: python -m radcot.experiment.schema README.md"
+
+
+def test_dl_configs_share_one_base_and_differ_only_in_the_evaluation_set():
+    """trec-dl-2019/2020 and msmarco-dev include msmarco-base.yaml: every setting of the shared stages (teacher,
+    training queries, student, retriever) is the same; the dataset, the CoT file, metrics and name differ."""
+    import yaml
+
+    configs = {n: load_config(REPO / "pipelines" / f"{n}.yaml") for n in ("trec-dl-2019", "trec-dl-2020", "msmarco-dev")}
+    for name in configs:
+        assert yaml.safe_load((REPO / "pipelines" / f"{name}.yaml").read_text())["include"] == "msmarco-base.yaml"
+    shared = ("seed", "retriever", "teacher", "training_queries", "student", "rows")
+    for key in shared:
+        assert len({json.dumps(c[key], sort_keys=True) for c in configs.values()}) == 1, key
+    assert len({c["dataset"]["name"] for c in configs.values()}) == 3
+    assert len({c["params"]["davinci_cots"] for c in configs.values()}) == 3
+    assert configs["trec-dl-2019"]["evaluation"]["metrics"] == ["nDCG@10", "R(rel=2)@1000", "AP(rel=2)"]
+    assert configs["msmarco-dev"]["evaluation"]["metrics"] == ["RR@10", "R@1000", "nDCG@10"]
+
+
+def test_include_in_a_config_mapping_is_refused_with_where_it_is_resolved():
+    with pytest.raises(PipelineError, match=r"include: resolved when a pipeline file is read"):
+        Pipeline({"include": "base.yaml", "experiment": "x", "dataset": {"path": "d"}, "rows": [{"name": "bm25"}]})

@@ -21,6 +21,8 @@ BASE = {
     "generate": ["--student", "S", "--queries", "Q", "--out", "O"],
     "expand": ["--cots", "C", "--queries", "Q", "--out", "O"],
     "make-world": ["--out", "O"],
+    "teacher-serve": ["--backend", "kb", "--backend-arg", "world=W"],
+    "evaluate": ["--qrels", "Q", "--run", "R"],
 }
 
 BAD = [
@@ -51,6 +53,11 @@ BAD = [
     ("expand", "--batch-size", "0"), ("expand", "--max-unexpanded-fraction", "-0.5"),
     ("make-world", "--scale", "0"), ("make-world", "--scale", "nan"), ("make-world", "--n-test", "0"),
     ("make-world", "--train-paraphrases", "0"),
+    ("teacher-serve", "--port", "-1"), ("teacher-serve", "--port", "65536"), ("teacher-serve", "--port", "http"),
+    ("teacher-serve", "--batch-size", "0"), ("teacher-serve", "--batch-wait-ms", "-5"),
+    ("teacher-serve", "--batch-wait-ms", "nan"), ("teacher-serve", "--threads", "0"),
+    ("teacher-serve", "--max-input-tokens", "0"), ("teacher-serve", "--dtype", "fp8"),
+    ("evaluate", "--metrics", "nDCG@ten"), ("evaluate", "--metrics", "MAP@x"),
 ]
 
 
@@ -94,6 +101,7 @@ def test_every_numeric_flag_of_every_command_is_checked():
     (_args.open_fraction, "0.5", ["0", "1"]),
     (_args.token, "run-1", ["a b", "", "tab\there"]),
     (_args.heap_size, "512m", ["512", "g", "0g", "-1g"]),
+    (_args.port, "0", ["-1", "65536", "80.5", "http"]),
 ])
 def test_type_functions(parse, good, bad):
     parse(good)

@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from radcot.utils import LogProgress, progress
 
 
@@ -65,3 +67,23 @@ def test_progress_chooses_by_tty_and_flag(monkeypatch, caplog):
     bar = progress(total=3, show_progress=True)
     assert isinstance(bar, tqdm)
     bar.close()
+
+
+@pytest.mark.java
+def test_index_and_search_into_a_log_file_write_periodic_lines_not_redraws(demo_world, tmp_path):
+    """`radcot index` (writing the JsonCollection) and `radcot search` (the BM25 bar) go through radcot's progress
+    helper: with stderr a file, a few log lines with counts, no carriage returns."""
+    log = tmp_path / "log.txt"
+    commands = [["index", "--collection", str(demo_world), "--index", str(tmp_path / "idx")],
+                ["search", "--index", str(tmp_path / "idx"), "--queries", str(demo_world / "queries.jsonl"),
+                 "--run", str(tmp_path / "run.trec"), "--k", "10", "--threads", "2"]]
+    with open(log, "w") as f:
+        for cmd in commands:
+            proc = subprocess.run([sys.executable, "-m", "radcot", *cmd], stdout=subprocess.PIPE, stderr=f, text=True,
+                                  timeout=600, env=dict(os.environ, RADCOT_JAVA_HEAP="1g"))
+            assert proc.returncode == 0, log.read_text()[-2000:]
+    text = log.read_text()
+    assert "\r" not in text and "\x1b[" not in text
+    assert re.search(r"writing JsonCollection: 5438 doc in", text), text
+    searched = [ln for ln in text.splitlines() if re.search(r"BM25: \d+/2195 q \(", ln)]
+    assert 2 <= len(searched) <= 12 and "2195/2195 q (100%)" in searched[-1], text

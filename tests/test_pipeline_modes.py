@@ -20,17 +20,21 @@ TINY = [
     "student.train.eval_every=0", "student.train.save_every=2", "student.train.eval_max_examples=2",
     "student.train.text_maxlength=32", "student.train.target_maxlength=16",
     "student.model=tiny-t5:d_model=32,layers=1,heads=2,d_ff=64,vocab_size=500",
-    "student.generate.max_new_tokens=8", "evaluation.k=50",
+    "student.generate.max_new_tokens=8", "evaluation.k=50", "evaluation.teacher_row=null",
     "rows=[{name: bm25}, {name: radcot, student: {context: true}}]",
 ]
+
+
+def _stage_dir(exp: Path, name: str) -> Path:
+    """A stage's directory from the manifest (shared stages live under RUNS_DIR/_shared, not in ``exp``)."""
+    return Path(json.loads((exp / "manifest.json").read_text())["stages"][name]["dir"])
 
 
 def _data_ids(exp: Path, fold: int) -> tuple[list[str], dict[str, str]]:
     """Query ids (train + dev splits) and texts of the distillation data of ``fold``."""
     from radcot.student.data import load_distillation_data
 
-    (data_dir,) = exp.glob(f"data-radcot-f{fold}-*/data")
-    dd, _ = load_distillation_data(data_dir)
+    dd, _ = load_distillation_data(_stage_dir(exp, f"data-radcot-f{fold}") / "data")
     rows = [r for split in dd for r in dd[split]]
     return [r["query_id"] for r in rows], {r["query_id"]: r["query"] for r in rows}
 
@@ -136,7 +140,7 @@ def test_synthetic_training_queries_come_from_sampled_passages(demo_world, tmp_p
     finally:
         server.close()
     docs = {d.doc_id: d for d in read_corpus(demo_world)}
-    (syn,) = exp.glob("teacher-synthetic-queries-*/cot.jsonl")
+    syn = _stage_dir(exp, "teacher-synthetic-queries") / "cot.jsonl"
     syn_ids = _cot_ids(syn)
     assert len(syn_ids) == len(set(syn_ids)) == 8
     sampled = [i.removeprefix("syn-") for i in syn_ids]
@@ -153,3 +157,31 @@ def test_synthetic_training_queries_come_from_sampled_passages(demo_world, tmp_p
     # the student trained on them wrote CoTs for the 4 evaluation queries (not the synthetic ones)
     (gen,) = exp.glob("generate-radcot-f0-*/cot.jsonl")
     assert set(_cot_ids(gen)) == {q.query_id for q in p.eval_queries()}
+
+
+# ------------------------------------------------------------------------------------------------ launch
+
+
+def test_training_stage_launches_torchrun_when_several_processes_are_asked(demo_world, tmp_path, caplog):
+    """``student.train.nproc_per_node: 2`` trains under torchrun with two (gloo, CPU) ranks, as `radcot train
+    --nproc-per-node 2` does: each rank logs the examples it saw, and the two halves are disjoint."""
+    import logging
+
+    from radcot.pipeline import Pipeline
+
+    overrides = [f"params.data={demo_world}", "dataset.limit_queries=4", "training_queries.limit=24", *TINY,
+                 "student.train.nproc_per_node=2", "student.train.log_examples=true"]
+    p = Pipeline.from_yaml(REPO / "pipelines" / "demo.yaml", overrides, runs_dir=tmp_path, show_progress=False)
+    with caplog.at_level(logging.INFO, logger="radcot"):
+        exp = p.run()
+    assert any("launching 2 processes" in r.getMessage() for r in caplog.records)
+    (run,) = (tmp_path / "_shared").glob("train-*/run")
+    seen = {}
+    for rank in (0, 1):
+        lines = (run / f"examples.rank{rank}.tsv").read_text().splitlines()
+        seen[rank] = {line.split("\t")[1] for line in lines}
+        assert seen[rank], f"rank {rank} logged no examples"
+    assert not seen[0] & seen[1]  # DistributedSampler: each rank its own half
+    assert (run / "best" / "config.json").is_file()
+    (gen,) = exp.glob("generate-radcot-f0-*/cot.jsonl")
+    assert len(_cot_ids(gen)) == 4

@@ -150,7 +150,8 @@ def _small_collection(cranfield, root: Path, n_docs: int = 150) -> Path:
 
 @pytest.mark.slow
 def test_pipeline_context_retrievers_dense_and_fused(cranfield, tmp_path):
-    """student.context_retriever: dense builds the index-dense stage; fused is RRF of BM25 and dense."""
+    """student.context_retriever: dense builds the index-dense stage (shared across experiments, as the data stages
+    that name it are); fused is RRF of BM25 and dense."""
     pytest.importorskip("faiss")
     from radcot.pipeline import Pipeline, PipelineError
     from radcot.records import Query
@@ -163,7 +164,10 @@ def test_pipeline_context_retrievers_dense_and_fused(cranfield, tmp_path):
     with pytest.raises(PipelineError, match="context_retriever 'sparse'"):
         p.context_retriever("sparse")
     dense, fused, bm25 = p.context_retriever("dense"), p.context_retriever("fused"), p.context_retriever("bm25")
-    assert any(d.name.startswith("index-dense-") for d in (tmp_path / "runs" / "ctx").iterdir())
+    (dense_dir,) = (tmp_path / "runs" / "_shared").glob("index-dense-*")
+    other = Pipeline({"experiment": "ctx2", "dataset": {"path": str(data)}, "rows": [{"name": "bm25"}],
+                      "retriever": {"threads": 1}}, runs_dir=tmp_path / "runs")
+    assert other._dense_index() == str(dense_dir / "index") and other._stages["index-dense"]["reused"]
     assert isinstance(fused, FusedRetriever) and dense.kind == "dense" and bm25.kind == "bm25"
     queries = [Query(q["_id"], q["text"]) for q in map(json.loads, (data / "queries.jsonl").read_text().splitlines())][:5]
     depth = fused.depth

@@ -1,8 +1,10 @@
-"""Saved students load as the same model under transformers 4.57 and 5.x (issue 14), untied and tied heads."""
+"""Saved students load as the same model under transformers 4.57 and 5.x (issue 14), untied and tied heads,
+including a flan-t5-shaped student trained by the pipeline's own train stage."""
 from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +102,35 @@ def test_loading_an_untied_student_prints_no_tie_advice(trained_untied_student, 
     with caplog.at_level(logging.WARNING):
         FiDStudent.from_pretrained(best)
     assert "tie_word_embeddings=False" not in capfd.readouterr().err + caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.java
+def test_student_trained_by_the_pipeline_same_logits_under_transformers_4_and_5(demo_world, tmp_path):
+    """A flan-t5-shaped student (T5 v1.1 flags, separate lm_head, SentencePiece) trained for a few steps by
+    ``Pipeline.run`` (its shared train stage, as a DL run trains flan-t5) is saved untied, its head moved by
+    training, and transformers 4.57 and 5.x compute the same logits from it."""
+    from radcot.data.readers import read_corpus
+    from radcot.pipeline import Pipeline
+    from radcot.student.data import NO_CONTEXT_TEMPLATE, PASSAGE_TEMPLATE
+    from radcot.student.offline import build_flan_t5_standin
+
+    texts = [d.contents for d in read_corpus(demo_world)][:600] + [PASSAGE_TEMPLATE, NO_CONTEXT_TEMPLATE] * 20
+    start = build_flan_t5_standin(texts, tmp_path / "flan-t5-small", size="small", vocab_size=600)
+    overrides = [f"params.data={demo_world}", "dataset.limit_queries=3", "training_queries.limit=24",
+                 f"student.model={start}", "student.n_context=2", "student.generate.max_new_tokens=8",
+                 "student.train={max_steps: 4, batch_size: 4, lr: 1.0e-3, eval_every: 0, save_every: 4, "
+                 "eval_max_examples: 2, text_maxlength: 48, target_maxlength: 24}",
+                 "rows=[{name: bm25}, {name: radcot, student: {context: true}}]", "evaluation.teacher_row=null",
+                 "evaluation.k=20"]
+    runs = tmp_path / "runs"
+    Pipeline.from_yaml(Path(__file__).resolve().parents[1] / "pipelines" / "demo.yaml", overrides, runs_dir=runs,
+                       show_progress=False).run()
+    (best,) = (runs / "_shared").glob("train-*/run/best")
+    cfg = json.loads((best / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is False and cfg["feed_forward_proj"] == "gated-gelu"
+    head, emb = _head_and_embeddings(best)
+    assert head is not None and not torch.equal(head, emb)
+    assert not torch.equal(head, _head_and_embeddings(start)[0]), "training did not move the head"
+    worst = assert_same_logits_across_versions(best)
+    print(f"pipeline-trained flan-t5-shaped student: max |logits 4.57 - logits 5.x| = {worst:.2e}")

@@ -1,8 +1,6 @@
 """``radcot build-data``: join queries, their top-k passages and teacher CoTs into a distillation dataset."""
 from __future__ import annotations
 
-import argparse
-
 from radcot.cli._args import ArgumentParser, check_output, in_range, non_negative_int, positive_int
 
 

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from radcot.cli._args import ArgumentParser
+
 
 def _metric(name: str) -> str:
     """argparse type: an ir-measures name (an unknown one is a usage error, exit 2)."""
@@ -19,9 +21,9 @@ def _metric(name: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="radcot evaluate", description="Score a TREC run with ir-measures. Judged "
-                                "queries absent from the run score 0 and are reported (a warning; "
-                                "\"missing_from_run\" in --json).")
+    p = ArgumentParser(prog="radcot evaluate", description="Score a TREC run with ir-measures. Judged "
+                       "queries absent from the run score 0 and are reported (a warning; "
+                       "\"missing_from_run\" in --json).")
     p.add_argument("--qrels", required=True, help="TREC/BEIR qrels file, or a BEIR directory (qrels/test.tsv)")
     p.add_argument("--run", required=True, help="TREC run file")
     p.add_argument("--metrics", nargs="+", type=_metric, default=["nDCG@10", "RR@10", "R@1000", "AP"],

@@ -10,7 +10,6 @@ it writes ``m`` files, ``OUT`` for the first sample and ``OUT.sample2.tsv``... f
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path

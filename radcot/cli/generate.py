@@ -1,8 +1,6 @@
 """``radcot generate``: write CoTs with a trained student (teacher-format JSONL, resumable)."""
 from __future__ import annotations
 
-import argparse
-
 from radcot.cli._args import (
     ArgumentParser,
     check_resumable,

@@ -6,7 +6,6 @@ Example:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 

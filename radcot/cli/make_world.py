@@ -6,7 +6,6 @@ Example:
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 from radcot.cli._args import ArgumentParser, non_negative_int, positive_float, positive_int

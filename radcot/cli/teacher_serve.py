@@ -12,9 +12,11 @@ import argparse
 import signal
 import sys
 
+from radcot.cli._args import ArgumentParser, non_negative_float, port, positive_int
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="radcot teacher-serve",
         description="Serve a local transformers causal LM (or another teacher backend) with an OpenAI-compatible "
         "API (/v1/chat/completions, /v1/completions, /v1/models). No authentication: keep it on 127.0.0.1.",
@@ -34,15 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
     p.add_argument("--served-model-name", default=None, help="the name clients send as 'model' (default: the model's)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (0: pick a free one; default 8000)")
-    p.add_argument("--batch-size", type=int, default=8, help="most requests per forward pass (default 8)")
-    p.add_argument("--batch-wait-ms", type=float, default=20.0,
+    p.add_argument("--port", type=port, default=8000, help="TCP port (0: pick a free one; default 8000)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="most requests per forward pass (default 8)")
+    p.add_argument("--batch-wait-ms", type=non_negative_float, default=20.0,
                    help="how long a request waits for others to share its batch (default 20)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--no-chat", action="store_true", help="ignore the model's chat template for chat requests")
-    p.add_argument("--max-input-tokens", type=int, default=1024)
+    p.add_argument("--max-input-tokens", type=positive_int, default=1024,
+                   help="longest prompt in tokens; longer ones are cut from the left (default 1024)")
     return p
 
 

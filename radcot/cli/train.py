@@ -1,7 +1,6 @@
 """``radcot train``: train a FiD student (resumable; DDP when launched with torchrun)."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 

@@ -24,7 +24,7 @@ import dataclasses
 import difflib
 import inspect
 import typing
-from typing import Any, Callable, Literal, Mapping, Optional
+from typing import Any, Callable, Literal, Mapping, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -174,8 +174,11 @@ class EvaluationSection(_Section):
 
 
 class PipelineConfig(_Section):
-    """A whole pipeline file (after ``include:``, ``--set`` and ``${param}`` substitution)."""
+    """A whole pipeline file, validated after ``include:``, ``--set`` and ``${param}`` substitution."""
 
+    include: Optional[Union[str, list[str]]] = Field(
+        None, description="pipeline files merged first (paths relative to this file; mappings merge key by key, this "
+                          "file wins, lists are replaced); resolved when the file is read")
     experiment: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="run name: the runs go to RUNS_DIR/EXPERIMENT")
     seed: int = Field(13, description="seed of splits, training and sampling")
     params: dict[str, Any] = Field(default_factory=dict, description="variables for ${name}; models_dir maps hub "
@@ -189,6 +192,15 @@ class PipelineConfig(_Section):
     student: StudentSection = Field(default_factory=StudentSection, description="the student defaults")
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection, description="the table")
     rows: list[Row] = Field(..., min_length=1, description="the table's rows")
+
+    @field_validator("include")
+    @classmethod
+    def _include_resolved(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError("resolved when a pipeline file is read (radcot run FILE, Pipeline.from_yaml, "
+                             "radcot.experiment.config.load_config); a config mapping passed as such cannot include "
+                             "files: merge them first")
+        return value
 
 
 # ---------------------------------------------------------------------------------------------- messages

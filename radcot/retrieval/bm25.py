@@ -556,7 +556,7 @@ class BM25Retriever:
         return {qid: dict(hits) for qid, hits in self._ranked(qs, k, threads, show_progress).items()}
 
     def _ranked(self, qs: list[Query], k: int, threads: int, show_progress) -> dict[str, list[tuple[str, float]]]:
-        from radcot.utils import progress_enabled
+        from radcot.utils import progress
 
         seen: set[str] = set()
         for q in qs:
@@ -566,10 +566,8 @@ class BM25Retriever:
         if self.rm3 or self.rocchio:
             return self._search_java_run(qs, k, max(1, threads))
         self._java()
-        from tqdm.auto import tqdm
-
         out: dict[str, list[tuple[str, float]]] = {}
-        with tqdm(total=len(qs), desc="BM25", unit="q", disable=not progress_enabled(show_progress)) as bar:
+        with progress(total=len(qs), desc="BM25", unit="q", show_progress=show_progress) as bar:
             if threads <= 1 or len(qs) < 2:
                 for q in qs:
                     out[q.query_id] = self._search_fast(q.query_id, q.text, k)
@@ -712,15 +710,13 @@ def _write_json_collection(collection, coll_dir: Path, threads: int, show_progre
     Raises:
         DataFormatError: the collection holds no document.
     """
-    from tqdm.auto import tqdm
-
-    from radcot.utils import progress_enabled
+    from radcot.utils import progress
 
     coll_dir.mkdir(parents=True)
     files = [open(coll_dir / f"docs{i:02d}.jsonl", "w", encoding="utf-8") for i in range(threads)]
     n = 0
     try:
-        with tqdm(desc="writing JsonCollection", unit="doc", disable=not progress_enabled(show_progress)) as bar:
+        with progress(desc="writing JsonCollection", unit="doc", show_progress=show_progress) as bar:
             for doc in iter_docs(collection):
                 rec = {"id": doc.doc_id, "contents": doc.contents}
                 if doc.title:

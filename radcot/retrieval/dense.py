@@ -289,10 +289,11 @@ class DenseRetriever:
         """Embed query texts: a float32 array of shape ``(len(texts), dims)``."""
         import numpy as np
 
-        from radcot.utils import progress_enabled
+        from radcot.utils import interactive_progress
 
         model = self._encoder()
-        emb = model.encode(list(texts), batch_size=self.batch_size, show_progress_bar=progress_enabled(show_progress),
+        emb = model.encode(list(texts), batch_size=self.batch_size,
+                           show_progress_bar=interactive_progress(show_progress),  # its own tqdm: a terminal only
                            convert_to_numpy=True, normalize_embeddings=self.normalize)
         return np.ascontiguousarray(emb, dtype=np.float32).reshape(len(texts), self.dims)  # (Q, dims)
 
@@ -425,9 +426,8 @@ def _encode_chunks(model, work: Path, n: int, chunk_size: int, batch_size: int, 
                    show_progress: bool | None) -> None:
     """Step 2 (resumable): embed the documents chunk by chunk into ``work/emb-NNNNN.npy``."""
     import numpy as np
-    from tqdm.auto import tqdm
 
-    from radcot.utils import progress_enabled
+    from radcot.utils import progress
 
     offsets = np.load(work / "doc_offsets.npy")
     n_chunks = (n + chunk_size - 1) // chunk_size
@@ -436,7 +436,7 @@ def _encode_chunks(model, work: Path, n: int, chunk_size: int, batch_size: int, 
         logger.info("resuming dense build: %d of %d embedding chunks already done", n_chunks - len(todo), n_chunks)
     done = n - sum(min(n, (c + 1) * chunk_size) - c * chunk_size for c in todo)
     with open(work / "docs.jsonl", "rb") as fdoc, \
-            tqdm(total=n, initial=done, desc="encoding docs", unit="doc", disable=not progress_enabled(show_progress)) as bar:
+            progress(total=n, initial=done, desc="encoding docs", unit="doc", show_progress=show_progress) as bar:
         for c in todo:
             lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
             fdoc.seek(int(offsets[lo]))

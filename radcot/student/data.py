@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from radcot._deps import require
 from radcot.records import DataFormatError, Query, RadcotError
 from radcot.retrieval.base import as_queries, retrieve_passages
-from radcot.utils import atomic_dir, progress_enabled, sha256_file, write_json
+from radcot.utils import atomic_dir, interactive_progress, progress, sha256_file, write_json
 
 logger = logging.getLogger("radcot.student")
 
@@ -197,9 +197,7 @@ def _retrieve(queries: Sequence[Query], retriever, k: int, batch_size: int = 256
               show_progress: bool | None = None) -> dict[str, list[dict]]:
     """``{qid: [{doc_id, title, text, score}, ...]}``: each query's top-``k`` passages, best first, with a
     progress bar; queries with fewer than ``k`` passages are logged (their empty slots are masked)."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(queries), desc="retrieving", unit="q", disable=not progress_enabled(show_progress))
+    bar = progress(total=len(queries), desc="retrieving", unit="q", show_progress=show_progress)
     try:
         passages = retrieve_passages(retriever, queries, k, batch_size=batch_size, error=DistillationDataError,
                                      on_batch=bar.update)
@@ -258,7 +256,7 @@ def _save(dd, meta: dict, excluded: list[tuple], out_dir, show_progress: bool | 
     datasets = require("datasets", "distillation data")
     with atomic_dir(out_dir) as tmp:
         bars = datasets.is_progress_bar_enabled()
-        if not progress_enabled(show_progress):
+        if not interactive_progress(show_progress):  # datasets draws tqdm bars: only on a terminal
             datasets.disable_progress_bars()
         try:
             dd.save_to_disk(str(tmp))

@@ -44,7 +44,7 @@ from typing import Any, Mapping
 
 from radcot._deps import require
 from radcot.records import RadcotError
-from radcot.utils import atomic_dir, progress_enabled, write_json
+from radcot.utils import atomic_dir, progress, write_json
 
 logger = logging.getLogger("radcot.student")
 
@@ -444,8 +444,6 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool | No
         DistillationDataError: the data directory is not a distillation dataset.
     """
     torch = require("torch", "student training")
-    from tqdm.auto import tqdm
-
     dist = _Dist(torch)
     try:
         run = _Run(config, dist, torch)
@@ -455,8 +453,8 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool | No
         run.load_data()
         run.choose_device()
         run.build_model(resume_from)
-        bar = tqdm(total=config.max_steps, initial=run.step, desc="training", unit="step",
-                   disable=not (dist.main and progress_enabled(show_progress)))
+        bar = progress(total=config.max_steps, initial=run.step, desc="training", unit="step",
+                       show_progress=show_progress if dist.main else False)
         while run.step < config.max_steps:
             loss = run.train_step()
             bar.update(1)
