@@ -39,7 +39,12 @@ def _start_index(collection: Path, index: Path) -> subprocess.Popen:
 
 
 def _leftovers(index: Path) -> list[str]:
-    return sorted(p.name for p in index.parent.iterdir() if p.name.startswith(f".{index.name}."))
+    """Temporary files/dirs beside ``index``; not its empty ``.<name>.lock`` (flock lock files stay by design:
+    deleting one while another process waits on it would let two writers in)."""
+    from radcot.locks import lock_path
+
+    return sorted(p.name for p in index.parent.iterdir()
+                  if p.name.startswith(f".{index.name}.") and p != lock_path(index))
 
 
 def _wait_for(index: Path, marker: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:

@@ -84,8 +84,8 @@ def _backend(args, parser: argparse.ArgumentParser):
                      "clients at that server instead")
     try:
         inner = get_backend(args.backend, **_backend_kwargs(args.backend_args, parser))
-    except TypeError as e:
-        parser.error(f"bad --backend-arg for backend {args.backend!r}: {e}")
+    except ValueError as e:  # get_backend names the missing/unknown argument and what the backend takes
+        parser.error(f"bad --backend-arg: {e}")
     return PromptBackend(inner, prompt=args.prompt)
 
 

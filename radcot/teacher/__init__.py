@@ -56,8 +56,8 @@ def get_backend(name: str, **kwargs: Any) -> TeacherBackend:
         inspect.signature(cls).bind(**kwargs)
     except TypeError as e:
         accepted = ", ".join(p for p in inspect.signature(cls).parameters if p not in ("self", "kwargs"))
-        raise ValueError(f"teacher backend {name!r}: {e} (it takes: {accepted}); give them as teacher.args in a "
-                         f"pipeline, or as flags/--teacher-option KEY=VALUE on the command line") from None
+        raise ValueError(f"teacher backend {name!r}: {e} (it takes: {accepted}; in a pipeline they go under "
+                         f"teacher.args)") from None
     return cls(**kwargs)
 
 
