@@ -128,6 +128,7 @@ class TuneSection(_Section):
     formula: Optional[list[str]] = Field(None, description="formulas to try")
     max_words: Optional[list[Optional[int]]] = Field(None, description="CoT word limits to try")
     metric: Optional[str] = Field(None, description="the ir-measures metric to select by")
+    k: Optional[PosInt] = Field(None, description="search depth while tuning (default 100)")
 
 
 class Row(_Section):
