@@ -91,7 +91,7 @@ def _backend(args, parser: argparse.ArgumentParser):
                      "clients at that server instead")
     try:
         inner = get_backend(args.backend, **_backend_kwargs(args.backend_args, parser))
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # get_backend names a missing or unknown argument in a ValueError
         parser.error(f"bad --backend-arg for backend {args.backend!r}: {e}")
     return PromptBackend(inner, prompt=args.prompt)
 
