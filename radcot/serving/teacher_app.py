@@ -77,29 +77,36 @@ def _bad(message: str, status: int = 400, type: str = "invalid_request_error") -
 # ------------------------------------------------------------------------------------- OpenAI requests
 
 
-def _or(value: Any, default: Any) -> Any:
-    return default if value is None else value
+def _field(body: dict[str, Any], name: str, cast: type, default: Any) -> Any:
+    """``body[name]`` as ``cast`` (``default`` when absent or null); 400 naming the field otherwise."""
+    value = body.get(name)
+    if value is None:
+        return default
+    try:
+        return cast(value)
+    except (TypeError, ValueError):
+        raise _bad(f"{name}={value!r} is not a valid {cast.__name__}") from None
 
 
 def params_from(body: dict[str, Any], default_max_tokens: int) -> GenerationParams:
     """OpenAI request fields -> :class:`GenerationParams` (400 on bad values)."""
     if body.get("stream"):
         raise _bad("stream=true is not supported by radcot teacher-serve; send stream=false")
-    if int(body.get("n", 1) or 1) != 1:
+    if _field(body, "n", int, 1) != 1:
         raise _bad("n > 1 is not supported by radcot teacher-serve; send one request per sample")
     stop = body.get("stop") or ()
     if isinstance(stop, str):
         stop = (stop,)
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens")) or default_max_tokens
+    tokens_field = "max_tokens" if body.get("max_tokens") is not None else "max_completion_tokens"
     try:
         return GenerationParams(
-            max_tokens=int(max_tokens),
-            temperature=float(_or(body.get("temperature"), 1.0)),  # the OpenAI API's defaults
-            top_p=float(_or(body.get("top_p"), 1.0)),
+            max_tokens=_field(body, tokens_field, int, None) or default_max_tokens,
+            temperature=_field(body, "temperature", float, 1.0),  # the OpenAI API's defaults
+            top_p=_field(body, "top_p", float, 1.0),
             stop=tuple(str(s) for s in stop),
-            seed=body.get("seed"),
+            seed=_field(body, "seed", int, None),
         )
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError) as e:  # GenerationParams' own checks (ranges)
         raise _bad(f"bad generation parameter: {e}") from None
 
 
