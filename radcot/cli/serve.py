@@ -16,13 +16,9 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import sys
 
 logger = logging.getLogger("radcot.serving")
-
-#: graceful shutdown: seconds uvicorn waits for requests in flight before closing (the drain stays under 10 s)
-DRAIN_S = 7
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +53,7 @@ def _check(args, p: argparse.ArgumentParser) -> str | None:
     """Usage errors before anything loads; returns the API key (or None)."""
     from radcot.records import RadcotError
     from radcot.serving.expander import resolve_student_dir
+    from radcot.serving.server import api_key
 
     if args.workers != 1:
         p.error(f"--workers {args.workers}: only 1 is supported; the batcher gathers requests inside one process "
@@ -73,35 +70,7 @@ def _check(args, p: argparse.ArgumentParser) -> str | None:
         p.error(str(e))
     if args.index is not None and not os.path.isdir(args.index):
         p.error(f"--index {args.index} is not a directory (build one with radcot index)")
-    if args.api_key_env is None:
-        return None
-    key = os.environ.get(args.api_key_env, "")
-    if not key.strip():
-        p.error(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset; export it first")
-    return key
-
-
-def _bind(host: str, port: int, p: argparse.ArgumentParser) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        p.error(f"cannot bind {host}:{port} ({e.strerror}); pick another --port (0 = any free port)")
-    sock.listen(2048)  # before "listening" is printed: a client that reads it and connects is queued, not refused
-    sock.set_inheritable(True)
-    return sock
-
-
-def _stop_on_sigterm(server) -> None:
-    """SIGTERM before uvicorn installs its handlers, and after: stop (exit 0), not die.
-
-    uvicorn drains on SIGTERM, then re-raises the signal with the handler that was there before it
-    started; with the default one the process would die by the signal (status -15) after a clean drain.
-    """
-    signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
+    return api_key(args.api_key_env, p.error)
 
 
 def _exit_if_still_loading(service) -> None:
@@ -118,12 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from radcot._deps import require
 
-    uvicorn = require("uvicorn", "radcot serve", extra="serve")
+    require("uvicorn", "radcot serve", extra="serve")
     require("fastapi", "radcot serve", extra="serve")
     require("prometheus_client", "radcot serve", extra="serve")
     key = _check(args, p)
     from radcot.serving.app import ServeSettings, create_app
     from radcot.serving.expander import Expander
+    from radcot.serving.server import address, listen, run, uvicorn_server
 
     def load():
         if args.threads:
@@ -152,13 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, server.handle_exit)
 
     app = create_app(load, settings, on_load_error=on_load_error, on_loaded=on_loaded)
-    sock = _bind(args.host, args.port, p)
-    host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=DRAIN_S, access_log=False)
-    server = uvicorn.Server(config)
-    print(f"radcot serve: listening on http://{host}:{port}", flush=True)
-    _stop_on_sigterm(server)
-    server.run(sockets=[sock])
+    sock = listen(args.host, args.port, p.error)
+    server = uvicorn_server(app)
+    print(f"radcot serve: listening on http://{address(sock)}", flush=True)
+    run(server, sock)
     _exit_if_still_loading(app.state.service)
     if failed:
         print(f"radcot serve: error: could not load the student: {failed[0]}", file=sys.stderr)

@@ -9,7 +9,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 from radcot.cli._args import ArgumentParser, non_negative_float, port, positive_int
@@ -19,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="radcot teacher-serve",
         description="Serve a local transformers causal LM (or another teacher backend) with an OpenAI-compatible "
-        "API (/v1/chat/completions, /v1/completions, /v1/models). No authentication: keep it on 127.0.0.1.",
+        "API (/v1/chat/completions, /v1/completions, /v1/models; GET /health, /metrics). Binds 127.0.0.1 by "
+        "default; --api-key-env requires a key.",
     )
     p.add_argument("--backend", default="hf",
                    help="teacher backend to serve: hf (default, a local causal LM) or another radcot backend "
@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-chat", action="store_true", help="ignore the model's chat template for chat requests")
     p.add_argument("--max-input-tokens", type=positive_int, default=1024,
                    help="longest prompt in tokens; longer ones are cut from the left (default 1024)")
+    p.add_argument("--max-queue", type=positive_int, default=1024,
+                   help="most requests waiting for a batch; more get 503 with Retry-After (default 1024)")
+    p.add_argument("--max-body-bytes", type=positive_int, default=1 << 20,
+                   help="request body limit; larger bodies get 413 (default 1 MiB)")
+    p.add_argument("--api-key-env", default=None, metavar="VAR",
+                   help="require the API key held in environment variable VAR (Authorization: Bearer / X-API-Key; "
+                        "radcot teach --backend openai sends OPENAI_API_KEY)")
     return p
 
 
@@ -92,26 +99,26 @@ def _backend(args, parser: argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"radcot teacher-serve: warning: binding {args.host} exposes the model without authentication",
-              file=sys.stderr)
-    from radcot.teacher.serve import TeacherServer
+    from radcot._deps import require
 
-    backend = _backend(args, parser)
-    server = TeacherServer(backend, host=args.host, port=args.port, model_name=args.served_model_name,
-                           batch_size=args.batch_size, batch_wait_s=args.batch_wait_ms / 1000.0)
+    for module in ("uvicorn", "fastapi", "prometheus_client"):
+        require(module, "radcot teacher-serve", extra="serve")
+    from radcot.serving.server import address, api_key, listen, run, uvicorn_server
+    from radcot.serving.teacher_app import TeacherServeSettings, create_teacher_app
 
-    def _term(signum, frame):  # SIGTERM -> clean shutdown like Ctrl-C
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _term)
+    key = api_key(args.api_key_env, parser.error)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and key is None:
+        print(f"radcot teacher-serve: warning: binding {args.host} exposes the model without authentication "
+              f"(--api-key-env VAR requires a key)", file=sys.stderr)
+    sock = listen(args.host, args.port, parser.error)
+    settings = TeacherServeSettings(model_name=args.served_model_name, batch_size=args.batch_size,
+                                    batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
+                                    max_body_bytes=args.max_body_bytes, api_key=key)
+    app = create_teacher_app(_backend(args, parser), settings)
+    service = app.state.service
+    server = uvicorn_server(app)
     # one parseable line for scripts and tests: the URL to pass as --base-url
-    print(f"radcot teacher-serve: serving {server.model_name} at {server.base_url}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.httpd.server_close()
-    print(f"radcot teacher-serve: stopped after {server.requests} requests in {server.batches} batches", flush=True)
+    print(f"radcot teacher-serve: serving {service.model_name} at http://{address(sock)}/v1", flush=True)
+    run(server, sock)
+    print(f"radcot teacher-serve: stopped after {service.requests} requests in {service.batches} batches", flush=True)
     return 0

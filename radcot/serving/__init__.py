@@ -1,8 +1,10 @@
 """Live query expansion: the in-memory :class:`Expander` and the ``radcot serve`` HTTP service.
 
 Layering: this package sits beside the CLI, on top of :mod:`radcot.expansion` and the student's
-generation helpers; it never reaches into training. The service modules (``app``, ``batcher``, ``metrics``)
-import FastAPI/prometheus-client, so they are imported only by ``radcot serve`` (``pip install radcot[serve]``).
+generation helpers; it never reaches into training. The service modules (``app``, ``batcher``, ``metrics``,
+``server``; ``teacher_app``, the OpenAI-compatible API of ``radcot teacher-serve`` on the same stack) import
+FastAPI/prometheus-client, so they are imported only by ``radcot serve`` and ``radcot teacher-serve``
+(``pip install radcot[serve]``).
 """
 from __future__ import annotations
 

@@ -46,6 +46,9 @@ logger = logging.getLogger("radcot.serving")
 
 Formula = Literal["radcot", "query2doc", "dense", "none"]
 
+#: the routes that get their own label in the request metrics
+PATHS = ("/v1/expand", "/v1/search", "/health", "/metrics")
+
 
 @dataclass
 class ServeSettings:
@@ -86,16 +89,19 @@ class SearchRequest(BaseModel):
 
 
 class HTTPProblem(Exception):
-    """An error response: status, message, the offending field, extra headers."""
+    """An error response: status, message, the offending field, the error type (OpenAI's), extra headers."""
 
-    def __init__(self, status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None,
+                 type: str | None = None):  # noqa: A002 - the JSON field's name
         super().__init__(message)
-        self.status, self.message, self.field, self.headers = status, message, field, headers or {}
+        self.status, self.message, self.field, self.headers, self.type = status, message, field, headers or {}, type
 
     def response(self) -> JSONResponse:
         err: dict[str, Any] = {"code": self.status, "message": self.message}
         if self.field is not None:
             err["field"] = self.field
+        if self.type is not None:
+            err["type"] = self.type
         return JSONResponse({"error": err}, status_code=self.status, headers=self.headers)
 
 
@@ -143,7 +149,10 @@ def check_limits(texts: list[tuple[str, str]], settings: ServeSettings) -> None:
 
 
 class Guard:
-    """ASGI middleware: API key, the body-size limit from ``Content-Length``, request metrics."""
+    """ASGI middleware: API key, the body-size limit from ``Content-Length``, request metrics.
+
+    ``settings`` is any settings object with ``api_key`` and ``max_body_bytes`` (both services' have them).
+    """
 
     def __init__(self, app, settings: ServeSettings, metrics: Metrics):
         self.app, self.settings, self.metrics = app, settings, metrics
@@ -302,7 +311,7 @@ def create_app(load: Callable[[], Any], settings: ServeSettings | None = None,
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
     """
     settings = settings or ServeSettings()
-    metrics = Metrics()
+    metrics = Metrics(PATHS)
     service = Service(settings, load, metrics)
 
     @asynccontextmanager
@@ -316,6 +325,13 @@ def create_app(load: Callable[[], Any], settings: ServeSettings | None = None,
 
     app = FastAPI(title="radcot", summary="live RADCoT query expansion", lifespan=lifespan)
     app.state.service = service
+    _routes(app, service)
+    install_guard(app, settings, metrics)
+    return app
+
+
+def install_guard(app: FastAPI, settings: Any, metrics: Metrics) -> None:
+    """The plumbing both services share: :class:`HTTPProblem` answers, quiet client disconnects, :class:`Guard`."""
 
     @app.exception_handler(HTTPProblem)
     async def _problem(request: Request, exc: HTTPProblem):
@@ -326,9 +342,7 @@ def create_app(load: Callable[[], Any], settings: ServeSettings | None = None,
         logger.info("client went away while sending %s", request.url.path)
         return Response(status_code=499)  # nobody reads it; nginx's code for "client closed request"
 
-    _routes(app, service)
     app.add_middleware(Guard, settings=settings, metrics=metrics)
-    return app
 
 
-__all__ = ["ServeSettings", "create_app"]
+__all__ = ["Guard", "HTTPProblem", "ServeSettings", "create_app", "install_guard", "read_body"]

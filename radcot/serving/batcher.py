@@ -4,7 +4,8 @@ Requests put their query texts on an asyncio queue; one worker task takes the fi
 keeps taking requests until the batch holds ``max_batch`` texts or ``wait_ms`` have passed, and runs the
 batch function once in a worker thread (the event loop keeps accepting requests meanwhile). Each request
 gets its own slice of the results. A request whose client went away (its future cancelled) is dropped
-before the batch runs, or its results are discarded after; the worker never waits on it.
+before the batch runs, or its results are discarded after; the worker never waits on it. The items need not be
+strings: ``radcot teacher-serve`` queues ``(prompt, generation parameters)`` pairs.
 
 Example:
     >>> batcher = Batcher(expander.cots, max_batch=32, wait_ms=5)  # doctest: +SKIP
