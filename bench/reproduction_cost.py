@@ -96,7 +96,7 @@ def bench_teacher(n: int, concurrency: int, runs: Path) -> dict:
         backend = get_backend("openai", model=model, concurrency=concurrency)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            teach(queries, backend, Path(tmp) / "cot.jsonl", params=GenerationParams(max_tokens=150),
+            teach(backend, queries, Path(tmp) / "cot.jsonl", params=GenerationParams(max_tokens=150),
                   concurrency=concurrency, show_progress=False)
             dt = time.perf_counter() - t0
         backend.close()
