@@ -9,7 +9,8 @@ query is generated. Runs, on two real ``radcot serve`` processes:
 
 Prints throughput (queries/s), latency p50/p95/p99 per request, each run's throughput as a multiple of
 the sequential one, the mean batch size (from ``/metrics``), the server's RSS after each run and the
-batched server's before and after all its requests, and whether every query got the same CoT in every run (greedy output must not depend on
+batched server's before (after a warm-up at the largest concurrency, ``--warmup``; RSS right after loading is
+printed too) and after all its requests, and whether every query got the same CoT in every run (greedy output must not depend on
 batching). Usage::
 
     python bench/serve.py [--student RUN --index IDX] [--requests 240] [--clients 8] [--threads N]
@@ -166,6 +167,8 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=240, help="requests per run (one query each)")
     p.add_argument("--clients", default="8", help="concurrent client counts, comma-separated (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--warmup", type=int, default=128,
+                   help="requests sent at the largest concurrency before RSS 'before' is read (0: none; default 128)")
     p.add_argument("--threads", type=int, default=None, help="server torch threads (default: torch's)")
     args = p.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
@@ -178,7 +181,12 @@ def main(argv=None) -> int:
 
     server = Server(student, index, common + ["--max-batch", "32", "--batch-wait-ms", "5"], tmp / "batched.log")
     try:
+        loaded = server.rss_mib()
+        if args.warmup:  # one pass at the largest concurrency: allocator pools for full batches, lazy inits
+            measure(server, "warm-up", texts[:args.warmup], max(clients))
         rss0 = server.rss_mib()
+        print(f"RSS after loading {loaded:.0f} MiB, after a {args.warmup}-request warm-up at {max(clients)} clients "
+              f"{rss0:.0f} MiB", flush=True)
         rows = [measure(server, "batched (max-batch 32)", texts, c) for c in [1, *clients]]
         rss = (rss0, server.rss_mib(), sum(r["requests"] for r in rows))
     finally:
