@@ -183,16 +183,16 @@ class _CountingHandler(BaseHTTPRequestHandler):
         try:
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             time.sleep(0.4)
-            body = json.dumps({"choices": [{"message": {"content": "Rationale: r. Answer: a."},
-                                            "finish_reason": "stop"}], "usage": {}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        finally:
+        finally:  # no longer in flight once answered: the client may send its next request before write() returns
             with cls.lock:
                 cls.in_flight -= 1
+        body = json.dumps({"choices": [{"message": {"content": "Rationale: r. Answer: a."},
+                                        "finish_reason": "stop"}], "usage": {}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
 
 def test_teacher_concurrency_reaches_the_openai_connection_pool(tmp_path):
