@@ -7,7 +7,7 @@ and exit 0 within :data:`DRAIN_S` seconds plus the batcher's drain.
 Example:
     >>> sock = listen("127.0.0.1", 0, parser.error)  # doctest: +SKIP
     >>> server = uvicorn_server(app)  # doctest: +SKIP
-    >>> print(f"listening on http://{url_host(sock)}"); run(server, sock)  # doctest: +SKIP
+    >>> print(f"listening on http://{address(sock)}"); run(server, sock)  # doctest: +SKIP
 """
 from __future__ import annotations
 
