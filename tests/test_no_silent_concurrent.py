@@ -42,7 +42,7 @@ def _teach_args(server: FaultServer, queries: Path, out: Path) -> list[str]:
 
 
 def test_two_teach_processes_one_output(tmp_path):
-    server = FaultServer(delay=0.1)  # 40 queries, 2 in flight: the first run takes >= 2 s
+    server = FaultServer(delay=0.4)  # 40 queries, 2 in flight: the first run takes >= 8 s (slow starts under load)
     try:
         queries = tmp_path / "q.tsv"
         queries.write_text("".join(f"{i}\tquery number {i}\n" for i in range(40)), encoding="utf-8")

@@ -50,9 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     check_resumable(args.out, "student output")  # resumed, or replaced with --overwrite, only if radcot wrote it
     from radcot.locks import output_lock
 
-    with output_lock(args.out, "student output"):  # fail at once if busy, before loading the student
-        pass
+    # fail at once if busy, before loading the student, and hold the lock until generate_cots is done (it
+    # inherits it): released in between, a second process could take the output between the check and the run
+    with output_lock(args.out, "student output", inherit=True):
+        return _run(args, p)
 
+
+def _run(args, p) -> int:
     from radcot.student.generate import generate_cots
     from radcot.student.model import FiDStudent
 

@@ -121,8 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     check_resumable(args.out, "teacher output")  # resumed, or replaced with --overwrite, only if radcot wrote it
     from radcot.locks import output_lock
 
-    with output_lock(args.out, "teacher output"):  # fail at once if busy, before loading a model; teach() holds it
-        pass
+    # fail at once if busy, before loading a model, and hold the lock until teach() is done (it inherits it):
+    # released in between, a second process could take the output between the check and the run
+    with output_lock(args.out, "teacher output", inherit=True):
+        return _run(args)
+
+
+def _run(args) -> int:
     from radcot.teacher import GenerationParams, get_backend, teach
     from radcot.teacher.prompts import get_prompt
 

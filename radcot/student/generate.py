@@ -145,7 +145,7 @@ def generate_cots(
     k = student.fid_config.n_context if k is None else k
     config = {"student": student_name, "fid_config": student.fid_config.to_dict(),
               "params": decoding.params(0 if student.fid_config.no_context else k)}
-    with output_lock(out, "student output"):
+    with output_lock(out, "student output", inherit=True):  # radcot generate already holds it: no gap
         done = _prepare_output(out, config, overwrite)
         if data is not None:
             examples = examples_from_data(data, split)

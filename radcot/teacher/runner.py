@@ -369,7 +369,7 @@ def teach(
     owns_backend = isinstance(backend, str)
     backend = get_backend(backend) if owns_backend else backend
     try:
-        with output_lock(out_path, "teacher output"):
+        with output_lock(out_path, "teacher output", inherit=True):  # radcot teach already holds it: no gap
             return _teach_locked(backend, queries, Path(out_path), prompt, params or GenerationParams(),
                                  concurrency, limit, show_progress, newline, force, overwrite, retry_failed,
                                  max_failed_fraction)
