@@ -298,6 +298,22 @@ def _routes(app: FastAPI, service: Service) -> None:
         return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
 
+def batcher_lifespan(batcher: Batcher, background: Callable[[], Any] | None = None):
+    """A FastAPI lifespan shared by both servers: start ``batcher`` (and ``background()``, a coroutine run as a
+    task, e.g. loading the model); on shutdown answer every queued request first, then cancel the task."""
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        task = asyncio.create_task(background()) if background is not None else None
+        yield
+        await batcher.stop()  # every queued request is answered first (graceful drain)
+        if task is not None and not task.done():
+            task.cancel()
+
+    return lifespan
+
+
 def create_app(load: Callable[[], Any], settings: ServeSettings | None = None,
                on_load_error: Callable[[str], None] | None = None,
                on_loaded: Callable[[], None] | None = None) -> FastAPI:
@@ -313,16 +329,7 @@ def create_app(load: Callable[[], Any], settings: ServeSettings | None = None,
     settings = settings or ServeSettings()
     metrics = Metrics(PATHS)
     service = Service(settings, load, metrics)
-
-    @asynccontextmanager
-    async def lifespan(app):
-        await service.batcher.start()
-        loading = asyncio.create_task(service.load_model(on_load_error, on_loaded))
-        yield
-        await service.batcher.stop()  # every queued request is answered first (graceful drain)
-        if not loading.done():
-            loading.cancel()
-
+    lifespan = batcher_lifespan(service.batcher, lambda: service.load_model(on_load_error, on_loaded))
     app = FastAPI(title="radcot", summary="live RADCoT query expansion", lifespan=lifespan)
     app.state.service = service
     _routes(app, service)

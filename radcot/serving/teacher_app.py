@@ -25,7 +25,6 @@ import json
 import logging
 import time
 import uuid
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +32,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from radcot.serving.app import HTTPProblem, install_guard, read_body
+from radcot.serving.app import HTTPProblem, batcher_lifespan, install_guard, read_body
 from radcot.serving.batcher import Batcher, QueueFull
 from radcot.serving.metrics import Metrics
 from radcot.teacher.base import Generation, GenerationParams
@@ -252,15 +251,8 @@ def create_teacher_app(backend: Any, settings: TeacherServeSettings | None = Non
     settings = settings or TeacherServeSettings()
     metrics = Metrics(PATHS)
     service = TeacherService(backend, settings, metrics)
-
-    @asynccontextmanager
-    async def lifespan(app):
-        await service.batcher.start()
-        yield
-        await service.batcher.stop()  # every queued request is answered first (graceful drain)
-
-    app = FastAPI(title="radcot teacher-serve", summary="an OpenAI-compatible teacher", lifespan=lifespan,
-                  redirect_slashes=False)
+    app = FastAPI(title="radcot teacher-serve", summary="an OpenAI-compatible teacher",
+                  lifespan=batcher_lifespan(service.batcher), redirect_slashes=False)
     app.state.service = service
 
     @app.exception_handler(StarletteHTTPException)
