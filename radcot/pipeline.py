@@ -493,8 +493,9 @@ class Pipeline:
                     "n_context": k, "seed": self.config["seed"]}
 
             def do_train(d: Path, data_dir=data_dir):
+                train_kw = self._selection_inputs(s.get("train") or {}, index)
                 config = TrainConfig(data=str(data_dir), model=str(s["model"]), out=str(d / "run"),
-                                     seed=self.config["seed"], **(s.get("train") or {}))
+                                     seed=self.config["seed"], **train_kw)
                 _launch_training(config, show_progress=self.show_progress)
 
             run_dir = self._stage(f"train-{row.name}-f{f}", tcfg, do_train, resumable=True, shared="train") / "run"
@@ -509,6 +510,24 @@ class Pipeline:
 
             outs.append(self._stage(f"generate-{row.name}-f{f}", gcfg, do_generate, resumable=True) / "cot.jsonl")
         return outs
+
+    def _selection_inputs(self, train: Mapping[str, Any], index: str) -> dict[str, Any]:
+        """``student.train`` with ``select_by: retrieval``'s index and qrels filled in: the experiment's BM25
+        index and the judgements of the training queries (the held-out dev split is drawn from them; test
+        queries are never used). Given values are kept."""
+        train = dict(train)
+        if train.get("select_by") != "retrieval":
+            return train
+        train.setdefault("select_index", index)
+        if not train.get("select_qrels"):
+            mode = self.config["training_queries"].get("mode", "split")
+            qrels = self.dataset.train_qrels_path if mode == "split" else self.dataset.qrels_path
+            if qrels is None:
+                raise PipelineError(f"{self.source}: student.train.select_by: retrieval needs judgements for the "
+                                    f"training queries (the dataset's qrels/train.tsv, or training_queries.mode: "
+                                    f"kfold); none found; set student.train.select_qrels or use select_by: rougeL")
+            train["select_qrels"] = str(qrels)
+        return train
 
     # ------------------------------------------------------------------ rows
     def _row_cots(self, row: Row) -> list[Path] | None:

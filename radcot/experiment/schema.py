@@ -333,8 +333,10 @@ def _student_problems(path: str, s: Mapping[str, Any]) -> list[str]:
 
     problems = []
     if isinstance(s.get("train"), Mapping):
-        problems += _dataclass_problems(f"{path}.train", s["train"], TrainConfig,
-                                        {"data": "DATA", "model": "MODEL", "out": "OUT", "seed": 0})
+        fixed = {"data": "DATA", "model": "MODEL", "out": "OUT", "seed": 0}
+        if s["train"].get("select_by") == "retrieval":  # the pipeline fills in its index and training qrels
+            fixed.update({k: "PIPELINE" for k in ("select_index", "select_qrels") if not s["train"].get(k)})
+        problems += _dataclass_problems(f"{path}.train", s["train"], TrainConfig, fixed)
     if isinstance(s.get("generate"), Mapping):
         problems += _kwargs_problems(f"{path}.generate", s["generate"], generate_cots,
                                      {"student", "out_path", "queries", "retriever", "k", "show_progress", "data",

@@ -194,6 +194,31 @@ def _no_tie_warning():
         hf_logger.removeFilter(f)
 
 
+class CopyBias(transformers.LogitsProcessor):
+    """Adds ``bias`` to the next-token logits of every token that occurs in the example's own input (its query
+    and passages), a pointer-style prior for students too small to learn copying from few steps: a name the
+    passages contain beats one the student half-remembers from training. Special tokens get no bonus.
+
+    Rows of the scores are the batch's examples expanded for beams/samples in order (``B * m`` rows, row ``r``
+    belongs to example ``r // m``), as ``generate()`` lays them out.
+    """
+
+    def __init__(self, input_ids, attention_mask, vocab_size: int, bias: float, special_ids: Sequence[int] = ()):
+        ids = input_ids.reshape(input_ids.shape[0], -1)
+        keep = attention_mask.reshape(ids.shape).bool()
+        self.mask = torch.zeros(ids.shape[0], vocab_size, dtype=torch.bool, device=ids.device)
+        self.mask.scatter_(1, torch.where(keep, ids, torch.zeros_like(ids)).clamp(max=vocab_size - 1), keep)
+        special = [i for i in special_ids if 0 <= i < vocab_size]
+        if special:
+            self.mask[:, special] = False
+        self.bias = float(bias)
+
+    def __call__(self, input_ids, scores):
+        m = scores.shape[0] // self.mask.shape[0]
+        mask = self.mask.repeat_interleave(m, dim=0) if m > 1 else self.mask
+        return scores + self.bias * mask[:, : scores.shape[1]].to(scores.dtype)
+
+
 class FiDStudent(torch.nn.Module):
     """Fusion-in-Decoder around a Hugging Face ``T5ForConditionalGeneration``.
 
@@ -262,7 +287,9 @@ class FiDStudent(torch.nn.Module):
         try:
             with quiet_hf(), _no_tie_warning():
                 tokenizer = transformers.AutoTokenizer.from_pretrained(src, local_files_only=local)
-                t5 = transformers.T5ForConditionalGeneration.from_pretrained(src, **kwargs)
+                from radcot.student.pointer import t5_class
+
+                t5 = t5_class(src if path.is_dir() else None).from_pretrained(src, **kwargs)
         except OSError as e:
             if path.is_dir():
                 raise DataFormatError(path, None, "loadable T5 weights and tokenizer (HF format)", str(e).split("\n")[0],
@@ -336,7 +363,19 @@ class FiDStudent(torch.nn.Module):
         ``labels`` is ``(B, T)`` with -100 at padding.
         """
         enc, mask = self.encode(input_ids, attention_mask, passage_mask)
+        kwargs.update(self._copy_kwargs(input_ids))
         return self.t5(encoder_outputs=enc, attention_mask=mask, labels=labels, return_dict=True, **kwargs)
+
+    @property
+    def has_pointer(self) -> bool:
+        """Whether the T5 has the copy mechanism (:mod:`radcot.student.pointer`)."""
+        from radcot.student.pointer import POINTER_FLAG
+
+        return bool(getattr(self.t5.config, POINTER_FLAG, False))
+
+    def _copy_kwargs(self, input_ids) -> dict:
+        """``copy_ids`` (``(B, N*L)``, aligned with the concatenated encoder states) for a pointer T5."""
+        return {"copy_ids": input_ids.reshape(input_ids.shape[0], -1)} if self.has_pointer else {}
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, passage_mask=None, **generate_kwargs):
@@ -350,8 +389,15 @@ class FiDStudent(torch.nn.Module):
         Returns:
             token ids ``(B * num_return_sequences, T)`` (decoder start token first).
         """
+        copy_bias = float(generate_kwargs.pop("copy_bias", 0.0) or 0.0)
         enc, mask = self.encode(input_ids, attention_mask, passage_mask)
         generate_kwargs.setdefault("use_cache", True)
+        if copy_bias:
+            processors = transformers.LogitsProcessorList(generate_kwargs.pop("logits_processor", None) or [])
+            processors.append(CopyBias(input_ids, attention_mask, self.t5.config.vocab_size, copy_bias,
+                                       self.tokenizer.all_special_ids))
+            generate_kwargs["logits_processor"] = processors
+        generate_kwargs.update(self._copy_kwargs(input_ids))
         return self.t5.generate(encoder_outputs=enc, attention_mask=mask, **generate_kwargs)
 
     def generate_text(self, examples: Sequence[Mapping[str, Any]], **generate_kwargs) -> list[str]:

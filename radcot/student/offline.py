@@ -27,9 +27,9 @@ logger = logging.getLogger("radcot.student")
 
 #: keyword -> build_tiny_t5 argument accepted in a ``tiny-t5:k=v,...`` model spec
 TINY_T5_KEYS = {"vocab_size": int, "d_model": int, "layers": int, "heads": int, "d_ff": int, "seed": int,
-                "dropout": float}
+                "dropout": float, "pointer": int}
 TINY_T5_DEFAULTS = {"vocab_size": 4000, "d_model": 128, "layers": 2, "heads": 4, "d_ff": 512, "seed": 0,
-                    "dropout": 0.1}
+                    "dropout": 0.1, "pointer": 0}
 
 
 def is_tiny_spec(model: str) -> bool:
@@ -101,7 +101,8 @@ def train_t5_tokenizer(texts: Iterable[str], vocab_size: int = 4000):
 
 
 def build_tiny_t5(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 4000, d_model: int = 128,
-                  layers: int = 2, heads: int = 4, d_ff: int = 512, seed: int = 0, dropout: float = 0.1) -> Path:
+                  layers: int = 2, heads: int = 4, d_ff: int = 512, seed: int = 0, dropout: float = 0.1,
+                  pointer: int = 0) -> Path:
     """Train a tokenizer on ``texts`` and save a randomly initialised T5 of that size to ``out_dir``.
 
     Args:
@@ -112,6 +113,7 @@ def build_tiny_t5(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: 
         d_model, layers, heads, d_ff: T5 sizes (``layers`` for both encoder and decoder).
         seed: seed of the random initialisation.
         dropout: dropout rate.
+        pointer: 1 = add the copy mechanism (:class:`radcot.student.pointer.PointerT5ForConditionalGeneration`).
 
     Returns:
         ``out_dir`` as a Path.
@@ -135,7 +137,11 @@ def build_tiny_t5(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: 
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = transformers.T5ForConditionalGeneration(config)
+        if pointer:
+            from radcot.student.pointer import PointerT5ForConditionalGeneration as model_class
+        else:
+            model_class = transformers.T5ForConditionalGeneration
+        model = model_class(config)
         # tie_word_embeddings=False means "no d_model**-0.5 output scaling" (T5 v1.1 / flan-t5 style); transformers 5
         # ties lm_head to the shared embedding regardless, so this sets both: std d_model**-0.5 gives logits of
         # unit variance (initial loss ~ln(vocab), not ~40 nats with std 1.0) and learns faster
@@ -151,6 +157,7 @@ def build_tiny_t5(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: 
         tokenizer.save_pretrained(tmp)
         write_json(Path(tmp) / "tiny_t5.json", {"vocab_size": len(tokenizer), "d_model": d_model, "layers": layers,
                                                 "heads": heads, "d_ff": d_ff, "seed": seed, "dropout": dropout,
+                                                "pointer": int(pointer),
                                                 "n_texts": len(texts)})
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("built tiny T5 (%d params, vocab %d) at %s", n_params, len(tokenizer), out_dir)

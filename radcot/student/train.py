@@ -99,6 +99,10 @@ class TrainConfig:
             ``qrels/train.tsv``; dev queries are held-out training queries, never test queries).
         nproc_per_node: training processes (``radcot.student.launch.launch_training`` starts ``torchrun``
             with this many when > 1; ``batch_size`` is per process).
+        copy_augment: share of training examples whose rare words shared by input and target are swapped for
+            other rare words (:class:`radcot.student.augment.CopyAugmenter`): names can then only be copied,
+            not memorised. 0 (default) = off.
+        copy_augment_max_df: a word is rare when it occurs in at most this share of the training targets.
 
     Example:
         >>> TrainConfig(data="d", model="tiny-t5", out="r", lr=3e-4).scheduler
@@ -139,6 +143,8 @@ class TrainConfig:
     select_qrels: str | None = None
     select_formula: str = "radcot"
     select_k: int = 100
+    copy_augment: float = 0.0
+    copy_augment_max_df: float = 0.05
 
     def __post_init__(self):
         for name in ("data", "model", "out"):
@@ -162,6 +168,9 @@ class TrainConfig:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"TrainConfig.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         self._check_selection()
+        if not 0.0 <= self.copy_augment <= 1.0 or not 0.0 < self.copy_augment_max_df <= 1.0:
+            raise ValueError(f"TrainConfig.copy_augment must be in [0, 1] and copy_augment_max_df in (0, 1], got "
+                             f"{self.copy_augment} and {self.copy_augment_max_df}")
         if self.eval_max_examples is not None and self.eval_max_examples < 1:
             raise ValueError(f"TrainConfig.eval_max_examples must be >= 1 or None, got {self.eval_max_examples}")
 
@@ -533,6 +542,14 @@ class _Run:
                         NO_CONTEXT_TEMPLATE)
             template = NO_CONTEXT_TEMPLATE
         self.template = template
+        self.augment = None
+        if config.copy_augment > 0:
+            from radcot.student.augment import CopyAugmenter
+
+            self.augment = CopyAugmenter(self.train_ds["target"], p=config.copy_augment,
+                                         max_df=config.copy_augment_max_df)
+            logger.info("train: copy augmentation on %.0f%% of the examples (%d rare words)",
+                        100 * config.copy_augment, len(self.augment.rare))
 
     # ---------------------------------------------------------------- device / precision
     def choose_device(self) -> None:
@@ -686,6 +703,9 @@ class _Run:
     def _micro_step(self, last: bool) -> tuple[float, int]:
         config, dist = self.config, self.dist
         examples = [self.train_ds[i] for i in self.next_batch()]
+        if self.augment is not None:  # seeded by step and position: a resumed run sees the same examples
+            examples = [self.augment(ex, seed=f"{config.seed}-{self.step}-{self.dist.rank}-{j}")
+                        for j, ex in enumerate(examples)]
         if self.examples_log is not None:
             self.examples_log.writelines(f"{self.step + 1}\t{ex['query_id']}\n" for ex in examples)
         batch = {k: v.to(self.device) for k, v in self.student.collator(examples).items()}

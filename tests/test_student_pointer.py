@@ -1,0 +1,128 @@
+"""The copy mechanism (pointer T5): generate() == cache-less greedy, save/load, and it learns to read its
+passages in a few hundred steps where the stock T5 of the same size writes names it remembers."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from radcot.student.model import FiDStudent  # noqa: E402
+from radcot.student.offline import build_tiny_t5  # noqa: E402
+
+TEMPLATE = "question: {query} context: {passage}"
+SIZE = dict(vocab_size=400, d_model=48, layers=1, heads=2, d_ff=96, dropout=0.0, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _names(n, seed):
+    rng = random.Random(seed)
+    syll = ["ka", "lo", "mi", "ru", "te", "zo", "vi", "na", "pe", "sh", "dr", "qu"]
+    out = set()
+    while len(out) < n:
+        out.add("".join(rng.choice(syll) for _ in range(3)).capitalize())
+    return sorted(out)
+
+
+def _examples(names, towns, seed):
+    """'where was NAME born' + two passages (the right one at a random slot) -> a CoT naming NAME and the town.
+    Every name and town occurs in training; a test example pairs them anew, so only reading gets it right."""
+    rng = random.Random(seed)
+    out = []
+    for name in names:
+        town, other = rng.sample(towns, 2)
+        ps = [{"title": "", "text": f"{name} was born in {town}."},
+              {"title": "", "text": f"{rng.choice(names)} lives in {other}."}]
+        rng.shuffle(ps)
+        out.append({"query": f"where was {name} born", "passages": ps,
+                    "target": f"Rationale: {name} was born in {town}. Answer: {town}."})
+    return out
+
+
+@pytest.fixture(scope="module")
+def world():
+    names, towns = _names(100, 1), _names(50, 2)
+    towns = [t for t in towns if t not in names][:30]
+    train, test = _examples(names, towns, 3) + _examples(names, towns, 5), _examples(names, towns, 4)
+    texts = [e["query"] for e in train + test] + [p["text"] for e in train + test for p in e["passages"]]
+    return train, test, texts + [e["target"] for e in train]
+
+
+def _student(tmp_path, texts, pointer):
+    build_tiny_t5(texts * 3, tmp_path / f"m{pointer}", pointer=pointer, **SIZE)
+    return FiDStudent.from_pretrained(tmp_path / f"m{pointer}", n_context=2, text_maxlength=32,
+                                      target_maxlength=24, template=TEMPLATE)
+
+
+def _train(student, examples, steps=200, batch=16, lr=3e-3):
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(student.parameters(), lr=lr)
+    rng = random.Random(0)
+    student.train()
+    for _ in range(steps):
+        loss = student(**student.collator(rng.sample(examples, batch))).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    student.eval()
+    return float(loss.detach())
+
+
+def _scores(student, examples):
+    """(share of CoTs that start with the query's name, share exactly right)"""
+    outs = [o.strip() for o in student.generate_text(examples, max_new_tokens=16)]
+    named = sum(o.startswith(f"Rationale: {e['query'].split()[2]} ") for o, e in zip(outs, examples))
+    return named / len(examples), sum(o == e["target"] for o, e in zip(outs, examples)) / len(examples)
+
+
+@pytest.mark.slow
+def test_pointer_learns_to_read_in_200_steps_where_the_stock_t5_does_not(tmp_path, world):
+    """Measured (d_model 48, 1 layer, 200 steps of 16): pointer 99% of CoTs name the query's person and 97%
+    are exactly right; the stock T5 19% and 7% (it writes the names it remembers)."""
+    train, test, texts = world
+    pointer, stock = _student(tmp_path, texts, 1), _student(tmp_path, texts, 0)
+    assert pointer.has_pointer and not stock.has_pointer
+    _train(pointer, train)
+    _train(stock, train)
+    (named_p, exact_p), (named_s, exact_s) = _scores(pointer, test), _scores(stock, test)
+    assert named_p >= 0.9 and exact_p >= 0.8, (named_p, exact_p)
+    assert named_s <= 0.5 and exact_s <= 0.3, (named_s, exact_s)
+
+
+def test_pointer_generate_equals_naive_greedy_and_survives_save_load(tmp_path, world):
+    train, test, texts = world
+    student = _student(tmp_path, texts, 1)
+    _train(student, train, steps=20)
+    ii, am, pm = student.collator.encode_inputs(test[:4])
+    fast = student.generate(ii, am, pm, max_new_tokens=8)
+    naive = student.naive_greedy(ii, am, pm, max_new_tokens=8)
+    pad = student.tokenizer.pad_token_id
+    for row, ref in zip(fast.tolist(), naive):
+        while len(row) > len(ref) and row[-1] == pad:
+            row.pop()
+        assert row == ref
+    assert student.generate(ii, am, pm, max_new_tokens=8, num_beams=3, num_return_sequences=2).shape[0] == 8
+    student.save_pretrained(tmp_path / "saved")
+    again = FiDStudent.from_pretrained(tmp_path / "saved").eval()
+    assert again.has_pointer and type(again.t5).__name__ == "PointerT5ForConditionalGeneration"
+    assert torch.equal(again.generate(ii, am, pm, max_new_tokens=8), fast)
+    # its logits are log-probabilities of the mixed distribution: they sum to 1 after exp
+    with torch.no_grad():
+        logits = again(**again.collator(test[:2])).logits
+    assert torch.allclose(logits.exp().sum(-1), torch.ones(logits.shape[:2]), atol=1e-4)
+
+
+def test_tiny_spec_accepts_pointer():
+    from radcot.student.offline import parse_tiny_spec
+
+    assert parse_tiny_spec("tiny-t5:d_model=64,pointer=1")["pointer"] == 1
+    assert parse_tiny_spec("tiny-t5")["pointer"] == 0
