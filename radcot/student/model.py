@@ -194,6 +194,15 @@ def _no_tie_warning():
         hf_logger.removeFilter(f)
 
 
+#: generate() settings that are plain greedy decoding (anything else goes through transformers' generate())
+_GREEDY_DEFAULTS = {"num_beams": 1, "do_sample": False, "num_return_sequences": 1, "use_cache": True}
+
+
+def _plain_greedy(kwargs: Mapping[str, Any]) -> bool:
+    return all(k == "max_new_tokens" or (k in _GREEDY_DEFAULTS and v == _GREEDY_DEFAULTS[k])
+               for k, v in kwargs.items())
+
+
 class CopyBias(transformers.LogitsProcessor):
     """Adds ``bias`` to the next-token logits of every token that occurs in the example's own input (its query
     and passages), a pointer-style prior for students too small to learn copying from few steps: a name the
@@ -416,11 +425,18 @@ class FiDStudent(torch.nn.Module):
             **generate_kwargs: anything ``generate()`` takes (``max_new_tokens``, ``num_beams``,
                 ``do_sample``, ``top_p``, ``num_return_sequences``, ...). ``use_cache`` defaults to True.
 
+        Plain greedy decoding (only ``max_new_tokens``, and ``num_beams=1``/``do_sample=False``/
+        ``num_return_sequences=1``/``use_cache=True`` if given) takes :meth:`_greedy`, a loop over the model
+        with its KV cache that returns the same ids without ``generate()``'s per-step machinery (measured
+        ~25% of a tiny student's decoding time on CPU, which is what serving waits for).
+
         Returns:
             token ids ``(B * num_return_sequences, T)`` (decoder start token first).
         """
         copy_bias = float(generate_kwargs.pop("copy_bias", 0.0) or 0.0)
         enc, mask, copy_ids = self.encode_compact(input_ids, attention_mask, passage_mask)
+        if not copy_bias and _plain_greedy(generate_kwargs):
+            return self._greedy(enc, mask, copy_ids, int(generate_kwargs.get("max_new_tokens") or 20))
         generate_kwargs.setdefault("use_cache", True)
         if copy_bias:
             processors = transformers.LogitsProcessorList(generate_kwargs.pop("logits_processor", None) or [])
@@ -429,6 +445,28 @@ class FiDStudent(torch.nn.Module):
             generate_kwargs["logits_processor"] = processors
         generate_kwargs.update(self._copy_kwargs(copy_ids))
         return self.t5.generate(encoder_outputs=enc, attention_mask=mask, **generate_kwargs)
+
+    def _greedy(self, enc, mask, copy_ids, max_new_tokens: int):
+        """Greedy decoding with the KV cache: ``(B, 1 + T)`` ids, decoder start first, padding after ``</s>``."""
+        cfg = self.t5.generation_config
+        eos = cfg.eos_token_id if isinstance(cfg.eos_token_id, list) else [cfg.eos_token_id]
+        eos = torch.tensor([e for e in eos if e is not None], device=mask.device)
+        pad = cfg.pad_token_id if cfg.pad_token_id is not None else self.tokenizer.pad_token_id
+        B = mask.shape[0]
+        tok = torch.full((B, 1), cfg.decoder_start_token_id, dtype=torch.long, device=mask.device)
+        cache = transformers.EncoderDecoderCache(transformers.DynamicCache(), transformers.DynamicCache())
+        extra = self._copy_kwargs(copy_ids)
+        out, done = [tok], torch.zeros(B, dtype=torch.bool, device=mask.device)
+        for _ in range(max_new_tokens):
+            logits = self.t5(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=tok, past_key_values=cache,
+                             use_cache=True, return_dict=True, **extra).logits[:, -1]
+            nxt = torch.where(done, torch.full_like(done, pad, dtype=torch.long), logits.argmax(-1))
+            out.append(nxt[:, None])
+            done = done | torch.isin(nxt, eos)
+            if bool(done.all()):
+                break
+            tok = nxt[:, None]
+        return torch.cat(out, dim=1)
 
     def generate_text(self, examples: Sequence[Mapping[str, Any]], **generate_kwargs) -> list[str]:
         """Collate ``examples`` (``{"query", "passages"}``), generate and decode (one string per sequence)."""
