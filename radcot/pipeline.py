@@ -500,6 +500,9 @@ class Pipeline:
 
             run_dir = self._stage(f"train-{row.name}-f{f}", tcfg, do_train, resumable=True, shared="train") / "run"
             gen = dict(s.get("generate") or {})
+            m = int(row.spec.get("samples") or 1)
+            if m > 1:  # samples: m sampled CoTs per query (the row's generate: settings may say how to sample)
+                gen.update(num_return_sequences=m, do_sample=gen.get("do_sample", True))
             gcfg = {"student": str(run_dir), "queries": _queries_hash(eval_q), "index": index if context else None,
                     "k": k, "generate": gen, **extra}
 
@@ -588,7 +591,6 @@ class Pipeline:
     def _search_row(self, row: Row) -> Path:
         from radcot.data.readers import write_run
         from radcot.expansion import write_expansions
-        from radcot.teacher.runner import read_teacher_output
 
         cot_files = self._row_cots(row)
         evalq = self.eval_queries()
@@ -599,28 +601,54 @@ class Pipeline:
         k = int(self.config["evaluation"].get("k", 1000))
         cfg = {"index": self._index(), "queries": _queries_hash(evalq), "cots": [_fingerprint(p) for p in cot_files or []],
                "formula": formula, "params": params, "k": k}
-        if max_words is not None:  # only then in the hash: untuned rows keep their cached runs
-            cfg["max_words"] = int(max_words)
+        # optional settings enter the hash only when set: rows without them keep their cached runs
+        extras = {"max_words": max_words, "max_query_terms": row.spec.get("max_query_terms"),
+                  "samples": row.spec.get("samples") if (row.spec.get("samples") or 1) > 1 else None,
+                  "sample_fusion": row.spec.get("sample_fusion") if (row.spec.get("samples") or 1) > 1 else None}
+        cfg.update({kk: v for kk, v in extras.items() if v is not None})
         if tuned:
             cfg["tuned"] = [[c["formula"], c["max_words"]] for _, c in tuned]
 
         def build(d: Path):
-            queries = evalq
-            if cot_files:
-                cots: dict[str, str] = {}
-                for p in cot_files:
-                    cots.update({qid: r.get("text") or "" for qid, r in read_teacher_output(p).items()})
-                missing = [q.query_id for q in evalq if not (cots.get(q.query_id) or "").strip()]
-                if missing:
-                    logger.warning("row %s: %d/%d queries have no CoT and are searched unexpanded (e.g. %s)",
-                                   row.name, len(missing), len(evalq), missing[:3])
-                expanded = _expand(evalq, cots, [(None, {"formula": formula, "max_words": max_words})] + tuned)
-                write_expansions(expanded, d / "expanded.tsv")
-                queries = [Query(q.query_id, expanded.get(q.query_id, q.text)) for q in evalq]
             retr = self.retriever(**params)
-            write_run(retr.run(queries, k=k, show_progress=self.show_progress), d / "run.trec", tag=row.name)
+            if not cot_files:
+                write_run(retr.run(evalq, k=k, show_progress=self.show_progress), d / "run.trec", tag=row.name)
+                return
+            settings = [(None, {"formula": formula, "max_words": max_words})] + tuned
+            sets = [_expand(evalq, cots, settings) for cots in self._row_samples(row, cot_files, evalq)]
+            if extras["max_query_terms"]:
+                from radcot.expansion import limit_terms
+
+                sets = [{q: limit_terms(t, int(extras["max_query_terms"])) for q, t in e.items()} for e in sets]
+            write_expansions(sets[0], d / "expanded.tsv")
+            runs = [retr.run([Query(q.query_id, e.get(q.query_id, q.text)) for q in evalq], k=k,
+                             show_progress=self.show_progress) for e in sets]
+            if len(runs) > 1:
+                from radcot.retrieval.fusion import reciprocal_rank_fusion
+
+                runs = [reciprocal_rank_fusion(runs, depth=k, max_docs=k)]
+            write_run(runs[0], d / "run.trec", tag=row.name)
 
         return self._stage(f"search-{row.name}", cfg, build) / "run.trec"
+
+    def _row_samples(self, row: Row, cot_files: Sequence[Path], evalq: Sequence[Query]) -> list[dict[str, str]]:
+        """The CoTs of a row as ``[{qid: cot}]``: one dict, or with ``samples: m`` one per sample (``sample_fusion:
+        rrf``, searched and fused) or one with the ``m`` samples of each query joined (``concat``)."""
+        from radcot.teacher.runner import read_teacher_output
+
+        m = int(row.spec.get("samples") or 1)
+        texts: dict[str, list[str]] = {}
+        for p in cot_files:
+            for qid, r in read_teacher_output(p).items():
+                got = r.get("texts") if m > 1 and isinstance(r.get("texts"), list) else [r.get("text") or ""]
+                texts[qid] = [t for t in got if (t or "").strip()][:m] or [""]
+        missing = [q.query_id for q in evalq if not texts.get(q.query_id, [""])[0].strip()]
+        if missing:
+            logger.warning("row %s: %d/%d queries have no CoT and are searched unexpanded (e.g. %s)",
+                           row.name, len(missing), len(evalq), missing[:3])
+        if m == 1 or row.spec.get("sample_fusion", "rrf") == "concat":
+            return [{qid: " ".join(ts) for qid, ts in texts.items()}]
+        return [{qid: ts[min(i, len(ts) - 1)] for qid, ts in texts.items()} for i in range(m)]
 
     # ------------------------------------------------------------------ driver
     def select_rows(self, rows: Sequence[str] | None) -> list[str] | None:

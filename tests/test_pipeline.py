@@ -154,3 +154,56 @@ def test_demo_pipeline_small_end_to_end_and_stage_cache(demo_world, tmp_path):
     stages = json.loads((exp / "manifest.json").read_text())["stages"]
     redone = sorted(n for n, s in stages.items() if not s["reused"])
     assert redone == ["generate-radcot-f0", "search-radcot", "train-radcot-f0"]
+
+
+@pytest.mark.slow
+@pytest.mark.java
+def test_row_samples_fusion_and_limits_are_applied(demo_world, tmp_path):
+    """rows[i].samples (rrf / concat), max_words and max_query_terms change what is searched (they were accepted
+    by the schema and ignored by the pipeline, or refused although documented)."""
+    import re
+
+    from radcot.data.readers import read_run
+    from radcot.expansion import read_expansions
+
+    rows = ("rows=[{name: bm25}, {name: teacher-cot, cots: teacher}, {name: tc-cut, cots: teacher, max_words: 4, "
+            "max_query_terms: 6}, {name: s1, student: {context: true}}, {name: s3, student: {context: true}, "
+            "samples: 3, sample_fusion: concat}, {name: s2, student: {context: true}, samples: 2}]")
+    overrides = [
+        f"params.data={demo_world}", "dataset.limit_queries=12", "training_queries.limit=48",
+        "student.n_context=2", "student.train.max_steps=2", "student.train.batch_size=8", "student.context_retriever=bm25",
+        "student.train.eval_every=0", "student.train.save_every=2", "student.train.text_maxlength=32",
+        "student.train.target_maxlength=24", "student.model=tiny-t5:d_model=32,layers=1,heads=2,d_ff=64,vocab_size=600",
+        "student.generate.max_new_tokens=10", "evaluation.k=50", rows,
+    ]
+    exp = Pipeline.from_yaml(REPO / "pipelines" / "demo.yaml", overrides, runs_dir=tmp_path, show_progress=False).run()
+    stages = json.loads((exp / "manifest.json").read_text())["stages"]
+    assert sum(n.startswith("train-") for n in stages) == 3 and len({stages[n]["dir"] for n in stages
+                                                                       if n.startswith("train-")}) == 1
+
+    def records(row):
+        return [json.loads(line) for line in next(exp.glob(f"generate-{row}-f0-*/cot.jsonl")).read_text().splitlines()]
+
+    def expanded(row):
+        return read_expansions(next(exp.glob(f"search-{row}-*/expanded.tsv")))
+
+    assert all("texts" not in r for r in records("s1"))
+    s3 = records("s3")
+    assert len(s3) == 12 and all(len(r["texts"]) == 3 and r["params"]["do_sample"] for r in s3)
+    for r in s3:  # concat: one expansion that holds every sample
+        assert all(" ".join(t.split()) in expanded("s3")[r["query_id"]] for t in r["texts"])
+    s2 = records("s2")
+    assert all(len(r["texts"]) == 2 for r in s2)
+    assert read_run(next(exp.glob("search-s2-*/run.trec"))) != read_run(next(exp.glob("search-s1-*/run.trec")))
+    full, cut = expanded("teacher-cot"), expanded("tc-cut")
+    for qid, text in cut.items():
+        assert len({w.casefold() for w in re.findall(r"\w+", text)}) <= 6 and len(text) < len(full[qid])
+
+
+def test_samples_on_a_cots_row_is_refused():
+    from radcot.experiment.schema import validate_config
+    from radcot.pipeline import PipelineError
+
+    cfg = {"experiment": "x", "dataset": {"path": "d"}, "rows": [{"name": "t", "cots": "teacher", "samples": 3}]}
+    with pytest.raises(PipelineError, match=r"rows\[0\].*samples: only student rows"):
+        validate_config(cfg)

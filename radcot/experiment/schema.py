@@ -144,8 +144,11 @@ class Row(_Section):
     cots: Optional[str] = Field(None, description="teacher (the teacher_eval/teacher CoTs) or a CoT file")
     student: Optional[RowStudent] = Field(None, description="a student row")
     formula: Optional[Literal["radcot", "query2doc", "dense", "none"]] = Field(None, description="expansion formula")
-    samples: Optional[PosInt] = Field(None, description="CoTs sampled per query, searched and fused")
-    max_query_terms: Optional[PosInt] = Field(None, description="cap on expanded query terms")
+    samples: Optional[PosInt] = Field(None, description="student rows: CoTs sampled per query (generate: sets how)")
+    sample_fusion: Optional[Literal["rrf", "concat"]] = Field(
+        None, description="samples > 1: rrf (search each, fuse the runs; default) or concat (one expansion of all)")
+    max_words: Optional[PosInt] = Field(None, description="truncate each CoT to this many words")
+    max_query_terms: Optional[PosInt] = Field(None, description="cap on the distinct terms of an expanded query")
     tune: Optional[TuneSection] = Field(None, description="expansion-setting grid")
 
 
@@ -354,6 +357,9 @@ def _rows_problems(config: Mapping) -> list[str]:
         seen.add(r.get("name"))
         if r.get("cots") is not None and r.get("student") is not None:
             problems.append(f"{where}: a row takes either cots: or student:, not both")
+        if (r.get("samples") or 1) > 1 and r.get("student") is None:
+            problems.append(f"{where}.samples: only student rows sample CoTs (a cots: row has one per query); "
+                            f"remove samples: or make it a student: row")
         if isinstance(r.get("student"), Mapping):
             problems += _student_problems(f"{where}.student", r["student"])
     ev = config.get("evaluation") or {}
