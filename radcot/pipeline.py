@@ -524,6 +524,9 @@ class Pipeline:
         train.setdefault("select_index", index)
         if not train.get("select_qrels"):
             mode = self.config["training_queries"].get("mode", "split")
+            if mode == "synthetic":
+                raise PipelineError(f"{self.source}: student.train.select_by: retrieval needs judged training queries; "
+                                    f"synthetic (doc2query) training queries have none: use select_by: rougeL or loss")
             qrels = self.dataset.train_qrels_path if mode == "split" else self.dataset.qrels_path
             if qrels is None:
                 raise PipelineError(f"{self.source}: student.train.select_by: retrieval needs judgements for the "

@@ -131,7 +131,7 @@ def test_demo_pipeline_small_end_to_end_and_stage_cache(demo_world, tmp_path):
     overrides = [
         f"params.data={demo_world}", "dataset.limit_queries=24", "training_queries.limit=96",
         "student.n_context=2", "student.train.max_steps=4", "student.train.batch_size=8",
-        "student.train.eval_every=0", "student.train.save_every=2", "student.train.eval_max_examples=4",
+        "student.context_retriever=bm25", "student.train.eval_every=0", "student.train.save_every=2", "student.train.eval_max_examples=4",
         "student.train.text_maxlength=32", "student.train.target_maxlength=24",
         "student.model=tiny-t5:d_model=32,layers=1,heads=2,d_ff=64,vocab_size=600",
         "student.generate.max_new_tokens=12", "evaluation.k=100",

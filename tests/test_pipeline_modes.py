@@ -21,6 +21,7 @@ TINY = [
     "student.train.text_maxlength=32", "student.train.target_maxlength=16",
     "student.model=tiny-t5:d_model=32,layers=1,heads=2,d_ff=64,vocab_size=500",
     "student.generate.max_new_tokens=8", "evaluation.k=50", "evaluation.teacher_row=null",
+    "student.context_retriever=bm25", "student.train.select_by=rougeL",
     "rows=[{name: bm25}, {name: radcot, student: {context: true}}]",
 ]
 

@@ -119,6 +119,7 @@ def test_student_trained_by_the_pipeline_same_logits_under_transformers_4_and_5(
     start = build_flan_t5_standin(texts, tmp_path / "flan-t5-small", size="small", vocab_size=600)
     overrides = [f"params.data={demo_world}", "dataset.limit_queries=3", "training_queries.limit=24",
                  f"student.model={start}", "student.n_context=2", "student.generate.max_new_tokens=8",
+                 "student.context_retriever=bm25",
                  "student.train={max_steps: 4, batch_size: 4, lr: 1.0e-3, eval_every: 0, save_every: 4, "
                  "eval_max_examples: 2, text_maxlength: 48, target_maxlength: 24}",
                  "rows=[{name: bm25}, {name: radcot, student: {context: true}}]", "evaluation.teacher_row=null",
