@@ -5,6 +5,7 @@ from radcot.cli._args import (
     ArgumentParser,
     check_resumable,
     in_range,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-repeat-ngram-size", type=non_negative_int, default=0,
                    help="forbid repeating any n-gram of this size (default 0: off; 3 stops tiny students looping)")
     p.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="transformers' repetition penalty (1.0: off)")
+    p.add_argument("--copy-bias", type=non_negative_float, default=0.0,
+                   help="added to the logits of tokens in the query or its passages (0: off); helps students "
+                        "without the copy mechanism name what their passages say")
     p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     p.add_argument("--limit", type=positive_int, help="only the first N queries")
@@ -69,7 +73,7 @@ def _run(args, p) -> int:
                         temperature=args.temperature, top_p=args.top_p,
                         num_return_sequences=args.num_return_sequences,
                         no_repeat_ngram_size=args.no_repeat_ngram_size,
-                        repetition_penalty=args.repetition_penalty, seed=args.seed, device=args.device,
+                        repetition_penalty=args.repetition_penalty, copy_bias=args.copy_bias, seed=args.seed, device=args.device,
                         overwrite=args.overwrite, limit=args.limit,
                         show_progress=False if args.no_progress else None)
     print(out)

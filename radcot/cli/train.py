@@ -4,7 +4,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from radcot.cli._args import ArgumentParser, non_negative_float, non_negative_int, positive_float, positive_int
+from radcot.cli._args import (ArgumentParser, in_range, non_negative_float, non_negative_int, positive_float,
+                              positive_int)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--select-formula", choices=["radcot", "query2doc", "none"],
                    help="expansion formula for --select-by retrieval (default radcot)")
     p.add_argument("--select-k", type=positive_int, help="BM25 depth for --select-by retrieval (default 100)")
+    p.add_argument("--copy-augment", type=in_range(0.0, 1.0),
+                   help="share of examples whose rare names shared by input and CoT are swapped, so they must be "
+                        "copied (default 0 = off; the demo uses 0.5)")
+    p.add_argument("--copy-augment-max-df", type=in_range(0.0, 1.0, lo_open=True),
+                   help="a word is rare when in at most this share of the training CoTs (default 0.05)")
     p.add_argument("--nproc-per-node", type=positive_int,
                    help="training processes; > 1 launches torchrun with that many (default 1)")
     p.add_argument("--stop-after", type=positive_int, help="end after this step as if interrupted (resume later with --resume)")
