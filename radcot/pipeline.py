@@ -655,17 +655,19 @@ class Pipeline:
 
     # ------------------------------------------------------------------ driver
     def select_rows(self, rows: Sequence[str] | None) -> list[str] | None:
-        """Check ``--rows`` names; add the baseline row when it is missing (logged)."""
+        """Check ``--rows`` names; add the baseline and teacher rows when they are missing (logged)."""
         if not rows:
             return None
         unknown = set(rows) - {r.name for r in self.rows}
         if unknown:
             raise PipelineError(f"unknown rows {sorted(unknown)}; this pipeline has {[r.name for r in self.rows]}")
-        base = self.config["evaluation"].get("baseline")
-        if base and base not in rows:
-            logger.info("rows: adding the baseline row %r (evaluation.baseline) to %s", base, list(rows))
-            rows = [base] + list(rows)
-        return list(rows)
+        rows = list(rows)
+        for key in ("teacher_row", "baseline"):  # the table's reference rows come along (baseline first)
+            ref = self.config["evaluation"].get(key)
+            if ref and ref not in rows:
+                logger.info("rows: adding the %s row %r (evaluation.%s) to %s", key.replace("_row", ""), ref, key, rows)
+                rows = [ref] + rows
+        return rows
 
     def check(self, rows: Sequence[str] | None = None) -> list[str]:
         """The preflight: every problem that would stop a stage later (empty: ready to run)."""

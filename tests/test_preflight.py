@@ -155,12 +155,17 @@ def test_check_cli_exit_codes(demo_world, tmp_path, silent_url):
     assert schema.returncode == 0 and "| `n_context` |" in schema.stdout
 
 
-def test_rows_without_the_baseline_get_it(caplog):
+def test_rows_without_the_baseline_and_teacher_rows_get_them(caplog):
+    """--rows R brings the table's reference rows along (the table of an experiment with an
+    evaluation.teacher_row failed after every stage had run when the teacher row was not selected)."""
     p = Pipeline.from_yaml(REPO / "pipelines" / "demo.yaml")
     with caplog.at_level(logging.INFO, logger="radcot.pipeline"):
-        assert p.select_rows(["radcot"]) == ["bm25", "radcot"]
-    assert "adding the baseline row 'bm25'" in caplog.text
-    assert p.select_rows(["bm25", "radcot"]) == ["bm25", "radcot"] and p.select_rows(None) is None
+        assert p.select_rows(["radcot"]) == ["bm25", "teacher-cot", "radcot"]
+    assert "adding the baseline row 'bm25'" in caplog.text and "adding the teacher row 'teacher-cot'" in caplog.text
+    assert p.select_rows(["bm25", "teacher-cot", "radcot"]) == ["bm25", "teacher-cot", "radcot"]
+    assert p.select_rows(None) is None
+    no_teacher = Pipeline.from_yaml(REPO / "pipelines" / "demo.yaml", ["evaluation.teacher_row=null"])
+    assert no_teacher.select_rows(["radcot"]) == ["bm25", "radcot"]
     with pytest.raises(PipelineError, match="unknown rows"):
         p.select_rows(["radcott"])
 
