@@ -453,7 +453,8 @@ class FiDStudent(torch.nn.Module):
         eos = torch.tensor([e for e in eos if e is not None], device=mask.device)
         pad = cfg.pad_token_id if cfg.pad_token_id is not None else self.tokenizer.pad_token_id
         B = mask.shape[0]
-        tok = torch.full((B, 1), cfg.decoder_start_token_id, dtype=torch.long, device=mask.device)
+        start = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else self.t5.config.decoder_start_token_id
+        tok = torch.full((B, 1), start, dtype=torch.long, device=mask.device)
         cache = transformers.EncoderDecoderCache(transformers.DynamicCache(), transformers.DynamicCache())
         extra = self._copy_kwargs(copy_ids)
         out, done = [tok], torch.zeros(B, dtype=torch.bool, device=mask.device)
