@@ -37,6 +37,25 @@ def test_fid_generate_with_encoder_outputs_equals_naive(student, cranfield_disti
     assert len({tuple(r) for r in naive}) > 1
 
 
+def test_fast_greedy_equals_transformers_generate(student, cranfield_distill):
+    """The KV-cache greedy loop returns transformers' generate() ids; a no-op setting (repetition_penalty=1.0)
+    or a checkpoint generation_config with its own settings takes generate() itself."""
+    from radcot.student.model import _plain_greedy
+
+    exs = _examples(cranfield_distill)
+    ii, am, pm = student.collator.encode_inputs(exs)
+    assert _plain_greedy({"max_new_tokens": 24}, student.t5.generation_config)
+    assert not _plain_greedy({"max_new_tokens": 24, "repetition_penalty": 1.0}, student.t5.generation_config)
+    fast = student.generate(ii, am, pm, max_new_tokens=24)
+    assert torch.equal(fast, student.generate(ii, am, pm, max_new_tokens=24, repetition_penalty=1.0))
+    cfg = student.t5.generation_config
+    cfg.no_repeat_ngram_size = 2
+    try:
+        assert not _plain_greedy({"max_new_tokens": 24}, cfg)
+    finally:
+        cfg.no_repeat_ngram_size = 0
+
+
 def test_empty_passage_slots_are_ignored(student, cranfield_distill):
     """A masked (empty) passage slot must not influence the output, whatever tokens it holds."""
     exs = _examples(cranfield_distill, n=2)

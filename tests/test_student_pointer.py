@@ -98,6 +98,7 @@ def test_pointer_generate_equals_naive_greedy_and_survives_save_load(tmp_path, w
     ii, am, pm = student.collator.encode_inputs(test[:4])
     assert_generate_equals_naive(student, ii, am, pm, max_new_tokens=8)
     fast = student.generate(ii, am, pm, max_new_tokens=8)
+    assert torch.equal(fast, student.generate(ii, am, pm, max_new_tokens=8, repetition_penalty=1.0))  # generate()
     assert student.generate(ii, am, pm, max_new_tokens=8, num_beams=3, num_return_sequences=2).shape[0] == 8
     student.save_pretrained(tmp_path / "saved")
     again = FiDStudent.from_pretrained(tmp_path / "saved").eval()

@@ -198,9 +198,23 @@ def _no_tie_warning():
 _GREEDY_DEFAULTS = {"num_beams": 1, "do_sample": False, "num_return_sequences": 1, "use_cache": True}
 
 
-def _plain_greedy(kwargs: Mapping[str, Any]) -> bool:
-    return all(k == "max_new_tokens" or (k in _GREEDY_DEFAULTS and v == _GREEDY_DEFAULTS[k])
-               for k, v in kwargs.items())
+#: generation_config entries that do not change greedy decoding (anything else, e.g. a checkpoint's own
+#: min_length or no_repeat_ngram_size, is left to transformers' generate(), which applies it)
+_NEUTRAL_CONFIG = {"use_cache", "output_attentions", "output_hidden_states", "pad_token_id", "eos_token_id",
+                   "bos_token_id", "decoder_start_token_id", "_from_model_config", "transformers_version",
+                   "num_beams", "do_sample", "num_return_sequences"}
+
+
+def _plain_greedy(kwargs: Mapping[str, Any], generation_config) -> bool:
+    """Whether ``generate(**kwargs)`` with this model's ``generation_config`` is plain greedy decoding of
+    ``max_new_tokens`` tokens (what :meth:`FiDStudent._greedy` reproduces)."""
+    if "max_new_tokens" not in kwargs:
+        return False
+    if any(k != "max_new_tokens" and (k not in _GREEDY_DEFAULTS or v != _GREEDY_DEFAULTS[k])
+           for k, v in kwargs.items()):
+        return False
+    diff = generation_config.to_diff_dict()
+    return set(diff) <= _NEUTRAL_CONFIG and all(diff.get(k, v) == v for k, v in _GREEDY_DEFAULTS.items())
 
 
 class CopyBias(transformers.LogitsProcessor):
@@ -425,8 +439,9 @@ class FiDStudent(torch.nn.Module):
             **generate_kwargs: anything ``generate()`` takes (``max_new_tokens``, ``num_beams``,
                 ``do_sample``, ``top_p``, ``num_return_sequences``, ...). ``use_cache`` defaults to True.
 
-        Plain greedy decoding (only ``max_new_tokens``, and ``num_beams=1``/``do_sample=False``/
-        ``num_return_sequences=1``/``use_cache=True`` if given) takes :meth:`_greedy`, a loop over the model
+        Plain greedy decoding (``max_new_tokens`` given, and only ``num_beams=1``/``do_sample=False``/
+        ``num_return_sequences=1``/``use_cache=True`` besides it; a ``generation_config`` that sets nothing
+        else) takes :meth:`_greedy`, a loop over the model
         with its KV cache that returns the same ids without ``generate()``'s per-step machinery (measured
         ~25% of a tiny student's decoding time on CPU, which is what serving waits for).
 
@@ -435,8 +450,8 @@ class FiDStudent(torch.nn.Module):
         """
         copy_bias = float(generate_kwargs.pop("copy_bias", 0.0) or 0.0)
         enc, mask, copy_ids = self.encode_compact(input_ids, attention_mask, passage_mask)
-        if not copy_bias and _plain_greedy(generate_kwargs):
-            return self._greedy(enc, mask, copy_ids, int(generate_kwargs.get("max_new_tokens") or 20))
+        if not copy_bias and _plain_greedy(generate_kwargs, self.t5.generation_config):
+            return self._greedy(enc, mask, copy_ids, int(generate_kwargs["max_new_tokens"]))
         generate_kwargs.setdefault("use_cache", True)
         if copy_bias:
             processors = transformers.LogitsProcessorList(generate_kwargs.pop("logits_processor", None) or [])
