@@ -50,9 +50,9 @@ def world():
     return train, test, texts + [e["target"] for e in train]
 
 
-def _student(tmp_path, texts, pointer):
-    build_tiny_t5(texts * 3, tmp_path / f"m{pointer}", pointer=pointer, **SIZE)
-    return FiDStudent.from_pretrained(tmp_path / f"m{pointer}", n_context=2, text_maxlength=32,
+def _student(tmp_path, texts, pointer, debias=0):
+    build_tiny_t5(texts * 3, tmp_path / f"m{pointer}{debias}", pointer=pointer, pointer_debias=debias, **SIZE)
+    return FiDStudent.from_pretrained(tmp_path / f"m{pointer}{debias}", n_context=2, text_maxlength=32,
                                       target_maxlength=24, template=TEMPLATE)
 
 
@@ -91,9 +91,10 @@ def test_pointer_learns_to_read_in_200_steps_where_the_stock_t5_does_not(tmp_pat
     assert named_s <= 0.5 and exact_s <= 0.3, (named_s, exact_s)
 
 
-def test_pointer_generate_equals_naive_greedy_and_survives_save_load(tmp_path, world):
+@pytest.mark.parametrize("debias", [0, 1, 2])
+def test_pointer_generate_equals_naive_greedy_and_survives_save_load(tmp_path, world, debias):
     train, test, texts = world
-    student = _student(tmp_path, texts, 1)
+    student = _student(tmp_path, texts, 1, debias)
     _train(student, train, steps=20)
     ii, am, pm = student.collator.encode_inputs(test[:4])
     assert_generate_equals_naive(student, ii, am, pm, max_new_tokens=8)
@@ -103,6 +104,7 @@ def test_pointer_generate_equals_naive_greedy_and_survives_save_load(tmp_path, w
     student.save_pretrained(tmp_path / "saved")
     again = FiDStudent.from_pretrained(tmp_path / "saved").eval()
     assert again.has_pointer and type(again.t5).__name__ == "PointerT5ForConditionalGeneration"
+    assert again.t5.debias == debias
     assert torch.equal(again.generate(ii, am, pm, max_new_tokens=8), fast)
     # its logits are log-probabilities of the mixed distribution: they sum to 1 after exp
     with torch.no_grad():
@@ -115,3 +117,60 @@ def test_tiny_spec_accepts_pointer():
 
     assert parse_tiny_spec("tiny-t5:d_model=64,pointer=1")["pointer"] == 1
     assert parse_tiny_spec("tiny-t5")["pointer"] == 0
+
+
+def test_tiny_spec_accepts_pointer_debias_and_refuses_it_without_pointer(tmp_path):
+    from radcot.student.offline import parse_tiny_spec
+
+    assert parse_tiny_spec("tiny-t5:pointer=1,pointer_debias=1")["pointer_debias"] == 1
+    with pytest.raises(ValueError, match="pointer_debias needs pointer=1"):
+        build_tiny_t5(["a b c"] * 20, tmp_path / "m", pointer=0, pointer_debias=1, **SIZE)
+
+
+def _copy_mass(model, ids):
+    """p_copy of each vocabulary id at the first decoder step, with every position scoring the same."""
+    with torch.no_grad():
+        model.pointer_q.weight.zero_()  # equal scores over the input positions
+        hidden = torch.zeros(1, 1, model.config.d_model)
+        enc = torch.randn(1, ids.shape[1], model.config.d_model)
+        attn, _ = model._pointer(hidden, enc, torch.ones_like(ids), ids)
+        return torch.zeros(model.config.vocab_size).scatter_add_(0, ids[0], attn[0, 0])
+
+
+def test_debiased_pointer_gives_each_input_token_one_share_however_often_it_occurs(tmp_path, world):
+    from radcot.student.pointer import DEBIAS_FLAG, t5_class
+
+    _, _, texts = world
+    build_tiny_t5(texts, tmp_path / "plain", pointer=1, **SIZE)
+    build_tiny_t5(texts, tmp_path / "debiased", pointer=1, pointer_debias=1, **SIZE)
+    plain = t5_class(str(tmp_path / "plain")).from_pretrained(tmp_path / "plain")
+    debiased = t5_class(str(tmp_path / "debiased")).from_pretrained(tmp_path / "debiased")
+    assert not plain.debias and debiased.debias == 1 and getattr(debiased.config, DEBIAS_FLAG) == 1
+    ids = torch.tensor([[7, 7, 7, 7, 7, 7, 7, 7, 9, 11]])  # a subject met 8 times, two names met once
+    p_plain, p_debiased = _copy_mass(plain, ids), _copy_mass(debiased, ids)
+    assert p_plain[7] == pytest.approx(0.8) and p_plain[9] == pytest.approx(0.1)
+    assert p_debiased[7] == pytest.approx(1 / 3) and p_debiased[9] == pytest.approx(1 / 3)
+    assert p_debiased[11] == pytest.approx(1 / 3)
+
+
+def test_token_counts_count_only_unmasked_positions_of_the_same_row():
+    from radcot.student.pointer import _token_counts
+
+    ids = torch.tensor([[5, 6, 5, 0, 0], [6, 6, 6, 5, 0]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    assert _token_counts(ids, mask).tolist() == [[2, 1, 2, 1, 1], [3, 3, 3, 1, 1]]
+
+
+def test_learned_debias_starts_at_power_one_and_can_learn_to_favour_the_frequent_token(tmp_path, world):
+    """pointer_debias=2: the discount's power is softplus(w . h + b), 1 at initialisation; a large bias undoes
+    the discount (the frequent token's share grows back towards its count's share)."""
+    from radcot.student.pointer import t5_class
+
+    _, _, texts = world
+    build_tiny_t5(texts, tmp_path / "learned", pointer=1, pointer_debias=2, **SIZE)
+    model = t5_class(str(tmp_path / "learned")).from_pretrained(tmp_path / "learned")
+    ids = torch.tensor([[7, 7, 7, 7, 7, 7, 7, 7, 9, 11]])
+    assert _copy_mass(model, ids)[7] == pytest.approx(1 / 3, abs=1e-4)
+    with torch.no_grad():
+        model.pointer_debias.bias.fill_(-30.0)  # power ~0: no discount
+    assert _copy_mass(model, ids)[7] == pytest.approx(0.8, abs=1e-4)

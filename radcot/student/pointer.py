@@ -27,6 +27,9 @@ torch = require("torch", "the FiD student")
 transformers = require("transformers", "the FiD student")
 
 POINTER_FLAG = "radcot_pointer"
+#: config flag: 1 = divide each input position's copy weight by how often its token occurs in the input;
+#: 2 = by that count to a power the model sets per decoding step (learned)
+DEBIAS_FLAG = "radcot_pointer_debias"
 
 
 def t5_class(model_dir: str | None):
@@ -49,9 +52,16 @@ class PointerT5ForConditionalGeneration(transformers.T5ForConditionalGeneration)
     being log-probabilities of the vocabulary distribution alone.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, debias: int | None = None):
         super().__init__(config)
         d = config.d_model
+        if debias is not None:
+            setattr(self.config, DEBIAS_FLAG, int(debias))
+        self.debias = int(getattr(self.config, DEBIAS_FLAG, 0) or 0)
+        if self.debias not in (0, 1, 2):
+            raise ValueError(f"{DEBIAS_FLAG} must be 0, 1 or 2, got {self.debias}")
+        if self.debias == 2:
+            self.pointer_debias = torch.nn.Linear(d, 1)
         self.pointer_q = torch.nn.Linear(d, d, bias=False)
         self.pointer_k = torch.nn.Linear(d, d, bias=False)
         self.pointer_gate = torch.nn.Linear(d, 1)
@@ -65,6 +75,9 @@ class PointerT5ForConditionalGeneration(transformers.T5ForConditionalGeneration)
             self.pointer_k.weight.normal_(0.0, d ** -0.5)
             self.pointer_gate.weight.zero_()
             self.pointer_gate.bias.zero_()  # start at an even mix of generating and copying
+            if self.debias == 2:  # start at power 1: softplus(log(e - 1)) = 1
+                self.pointer_debias.weight.zero_()
+                self.pointer_debias.bias.fill_(0.5413248546129181)
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 encoder_outputs=None, past_key_values=None, labels=None, use_cache=None, copy_ids=None, **kwargs):
@@ -99,18 +112,29 @@ class PointerT5ForConditionalGeneration(transformers.T5ForConditionalGeneration)
             loss=loss, logits=log_probs, past_key_values=dec.past_key_values,
             encoder_last_hidden_state=enc)
 
-    def _pointer(self, hidden, enc, mask):
-        """The copy attention ``(B, T, S)`` over the encoder states and the gate ``(B, T, 1)`` (share of generating)."""
+    def _pointer(self, hidden, enc, mask, copy_ids):
+        """The copy attention ``(B, T, S)`` over the encoder states and the gate ``(B, T, 1)`` (share of generating).
+
+        With ``debias`` each position's score is lowered by the log of its token's count in the input, so that a
+        token met ten times (the query's subject: once per passage and in every passage's copy of the query) does
+        not get ten times the copy mass of a token met once (the answer) at equal scores. With ``debias == 2`` the
+        log count is scaled by a power >= 0 read off the decoder state: the model can favour the frequent subject
+        where the CoT names it and the once-met answer where it names that.
+        """
         q = self.pointer_q(hidden).float()  # (B, T, H)
         k = self.pointer_k(enc).float()  # (B, S, H)
         scores = torch.einsum("bth,bsh->bts", q, k) * (q.shape[-1] ** -0.5)
+        if self.debias:
+            log_counts = torch.log(_token_counts(copy_ids.to(scores.device).long(), mask))[:, None, :]  # (B, 1, S)
+            power = torch.nn.functional.softplus(self.pointer_debias(hidden).float()) if self.debias == 2 else 1.0
+            scores = scores - power * log_counts
         if mask is not None:
             scores = scores.masked_fill(~mask.bool()[:, None, :], torch.finfo(scores.dtype).min)
         return torch.softmax(scores, dim=-1), torch.sigmoid(self.pointer_gate(hidden).float())
 
     def _mix_copy(self, hidden, enc, mask, copy_ids, log_probs):
         """``log(g * p_vocab + (1 - g) * p_copy)`` per step, over the whole vocabulary."""
-        attn, gate = self._pointer(hidden, enc, mask)
+        attn, gate = self._pointer(hidden, enc, mask, copy_ids)
         ids = copy_ids.to(log_probs.device).long()[:, None, :].expand(-1, attn.shape[1], -1)
         p_copy = torch.zeros_like(log_probs).scatter_add_(-1, ids, attn)  # (B, T, V)
         probs = gate * log_probs.exp() + (1.0 - gate) * p_copy
@@ -118,7 +142,7 @@ class PointerT5ForConditionalGeneration(transformers.T5ForConditionalGeneration)
 
     def _label_loss(self, hidden, enc, mask, copy_ids, log_probs, labels):
         """Mean ``-log p(label)`` of the mixed distribution, from the labels' probabilities alone."""
-        attn, gate = self._pointer(hidden, enc, mask)
+        attn, gate = self._pointer(hidden, enc, mask, copy_ids)
         keep = labels != -100
         safe = labels.clamp_min(0)
         p_vocab = log_probs.gather(-1, safe[..., None]).squeeze(-1).exp()  # (B, T)
@@ -126,3 +150,10 @@ class PointerT5ForConditionalGeneration(transformers.T5ForConditionalGeneration)
         p_copy = (attn * hit).sum(-1)  # (B, T)
         p = gate.squeeze(-1) * p_vocab + (1.0 - gate.squeeze(-1)) * p_copy
         return -(torch.log(p.clamp_min(1e-12)) * keep).sum() / keep.sum().clamp_min(1)
+
+
+def _token_counts(ids, mask):
+    """``(B, S)``: how many unmasked positions of its row hold each position's token (at least 1)."""
+    keep = torch.ones_like(ids, dtype=torch.float32) if mask is None else mask.to(ids.device).float()
+    counts = torch.zeros(ids.shape[0], int(ids.max()) + 1, device=ids.device).scatter_add_(1, ids, keep)
+    return counts.gather(1, ids).clamp_min(1.0)
