@@ -86,8 +86,8 @@ def test_beam_and_sampling(student, cranfield_distill):
 
 
 def test_copy_bias_prefers_tokens_of_the_input(student, cranfield_distill):
-    """copy_bias: 0 (fast path) and ~0 (generate() with the processor) are plain greedy; a large bias makes every generated token (but </s>) one of the example's own
-    input tokens, per example (rows of beams map to their example), and raises the share of copied tokens."""
+    """copy_bias: 0 (fast path) and ~0 (generate() with the processor) are plain greedy; a large bias makes
+    every generated token (but </s>) one of the example's own input tokens, per example (rows of beams map to their example), and raises the share of copied tokens."""
     exs = _examples(cranfield_distill, n=4)
     ii, am, pm = student.collator.encode_inputs(exs)
     plain = student.generate(ii, am, pm, max_new_tokens=16)

@@ -159,9 +159,10 @@ def test_token_counts_count_only_unmasked_positions_of_the_same_row():
     ids = torch.tensor([[5, 6, 5, 0, 0], [6, 6, 6, 5, 0]])
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
     assert _token_counts(ids, mask).tolist() == [[2, 1, 2, 1, 1], [3, 3, 3, 1, 1]]
+    assert _token_counts(ids, mask, vocab_size=10).tolist() == [[2, 1, 2, 1, 1], [3, 3, 3, 1, 1]]
 
 
-def test_learned_debias_starts_at_power_one_and_can_learn_to_favour_the_frequent_token(tmp_path, world):
+def test_learned_debias_starts_at_power_one_and_its_power_can_undo_the_discount(tmp_path, world):
     """pointer_debias=2: the discount's power is softplus(w . h + b), 1 at initialisation; a large bias undoes
     the discount (the frequent token's share grows back towards its count's share)."""
     from radcot.student.pointer import t5_class

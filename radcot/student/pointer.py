@@ -125,7 +125,8 @@ class PointerT5ForConditionalGeneration(transformers.T5ForConditionalGeneration)
         k = self.pointer_k(enc).float()  # (B, S, H)
         scores = torch.einsum("bth,bsh->bts", q, k) * (q.shape[-1] ** -0.5)
         if self.debias:
-            log_counts = torch.log(_token_counts(copy_ids.to(scores.device).long(), mask))[:, None, :]  # (B, 1, S)
+            counts = _token_counts(copy_ids.to(scores.device).long(), mask, self.config.vocab_size)
+            log_counts = torch.log(counts)[:, None, :]  # (B, 1, S)
             power = torch.nn.functional.softplus(self.pointer_debias(hidden).float()) if self.debias == 2 else 1.0
             scores = scores - power * log_counts
         if mask is not None:
@@ -152,8 +153,11 @@ class PointerT5ForConditionalGeneration(transformers.T5ForConditionalGeneration)
         return -(torch.log(p.clamp_min(1e-12)) * keep).sum() / keep.sum().clamp_min(1)
 
 
-def _token_counts(ids, mask):
-    """``(B, S)``: how many unmasked positions of its row hold each position's token (at least 1)."""
+def _token_counts(ids, mask, vocab_size: int | None = None):
+    """``(B, S)``: how many unmasked positions of its row hold each position's token (at least 1).
+
+    ``vocab_size`` (ids are below it) spares reading ``ids.max()`` back from the device."""
     keep = torch.ones_like(ids, dtype=torch.float32) if mask is None else mask.to(ids.device).float()
-    counts = torch.zeros(ids.shape[0], int(ids.max()) + 1, device=ids.device).scatter_add_(1, ids, keep)
+    size = vocab_size if vocab_size is not None else int(ids.max()) + 1
+    counts = torch.zeros(ids.shape[0], size, device=ids.device).scatter_add_(1, ids, keep)
     return counts.gather(1, ids).clamp_min(1.0)
