@@ -192,7 +192,9 @@ def experiment_cots(exp_dir: str | os.PathLike) -> dict[str, list[Path]]:
     for row in m.get("rows", []):
         spec = specs.get(row["name"], {})
         if row.get("kind") == "student":
-            names = sorted(s for s in stages if s.startswith(f"generate-{row['name']}-f"))
+            # exactly this row's stages: a prefix would also take those of a row named e.g. "radcot-frequency"
+            own = re.compile(rf"generate-{re.escape(row['name'])}-f\d+")
+            names = sorted(s for s in stages if own.fullmatch(s))
             files = [Path(stages[s]["dir"]) / "cot.jsonl" for s in names]
         elif row.get("kind") == "cots":
             src = spec.get("cots")

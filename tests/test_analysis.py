@@ -93,6 +93,13 @@ def test_experiment_answer_rates_and_cli(teacher_cots, tmp_path):
     rates = {r.name: r for r in experiment_answer_rates(exp)}
     assert rates["teacher-cot"].rate == 1.0 and rates["radcot"].hits == 20
     assert {r.name: r.hits for r in experiment_answer_rates(exp, world=DEMO)} == {"teacher-cot": 60, "radcot": 20}
+    # a row whose name extends another's ("radcot-frequency" after "radcot") keeps its own CoTs, and a row
+    # whose generate stage is not in this manifest gets none (it used to take the other row's by prefix)
+    manifest["rows"].append({"name": "radcot-frequency", "kind": "student"})
+    manifest["config"]["rows"].append({"name": "radcot-frequency", "student": {}})
+    manifest["stages"]["generate-radcot-frequency-f0"] = manifest["stages"].pop("generate-radcot-f0")
+    (exp / "manifest.json").write_text(json.dumps(manifest))
+    assert {r.name: r.hits for r in experiment_answer_rates(exp)} == {"teacher-cot": 60, "radcot-frequency": 20}
     with pytest.raises(AnalysisError, match="teacher row"):
         experiment_answer_rates(exp, teacher_row="bm25")
     script = subprocess.run([sys.executable, str(REPO / "eval" / "demo_answer_rate.py"), str(gen / "cot.jsonl")],

@@ -50,10 +50,10 @@ def world():
     return train, test, texts + [e["target"] for e in train]
 
 
-def _student(tmp_path, texts, pointer, debias=0):
-    build_tiny_t5(texts * 3, tmp_path / f"m{pointer}{debias}", pointer=pointer, pointer_debias=debias, **SIZE)
-    return FiDStudent.from_pretrained(tmp_path / f"m{pointer}{debias}", n_context=2, text_maxlength=32,
-                                      target_maxlength=24, template=TEMPLATE)
+def _student(tmp_path, texts, pointer, debias=0, features=0):
+    path = tmp_path / f"m{pointer}{debias}{features}"
+    build_tiny_t5(texts * 3, path, pointer=pointer, pointer_debias=debias, context_frequency=features, **SIZE)
+    return FiDStudent.from_pretrained(path, n_context=2, text_maxlength=32, target_maxlength=24, template=TEMPLATE)
 
 
 def _train(student, examples, steps=200, batch=16, lr=3e-3):
@@ -91,10 +91,10 @@ def test_pointer_learns_to_read_in_200_steps_where_the_stock_t5_does_not(tmp_pat
     assert named_s <= 0.5 and exact_s <= 0.3, (named_s, exact_s)
 
 
-@pytest.mark.parametrize("debias", [0, 1, 2])
-def test_pointer_generate_equals_naive_greedy_and_survives_save_load(tmp_path, world, debias):
+@pytest.mark.parametrize("debias,features", [(0, 0), (1, 0), (2, 0), (0, 1)])
+def test_pointer_generate_equals_naive_greedy_and_survives_save_load(tmp_path, world, debias, features):
     train, test, texts = world
-    student = _student(tmp_path, texts, 1, debias)
+    student = _student(tmp_path, texts, 1, debias, features)
     _train(student, train, steps=20)
     ii, am, pm = student.collator.encode_inputs(test[:4])
     assert_generate_equals_naive(student, ii, am, pm, max_new_tokens=8)
@@ -105,6 +105,10 @@ def test_pointer_generate_equals_naive_greedy_and_survives_save_load(tmp_path, w
     again = FiDStudent.from_pretrained(tmp_path / "saved").eval()
     assert again.has_pointer and type(again.t5).__name__ == "PointerT5ForConditionalGeneration"
     assert again.t5.debias == debias
+    assert (again.t5.context_frequency is not None) == bool(features)
+    if features:  # trained (it starts at zero) and loaded, not re-initialised
+        assert torch.equal(again.t5.context_frequency.weight, student.t5.context_frequency.weight)
+        assert student.t5.context_frequency.weight.abs().sum() > 0
     assert torch.equal(again.generate(ii, am, pm, max_new_tokens=8), fast)
     # its logits are log-probabilities of the mixed distribution: they sum to 1 after exp
     with torch.no_grad():
@@ -125,6 +129,42 @@ def test_tiny_spec_accepts_pointer_debias_and_refuses_it_without_pointer(tmp_pat
     assert parse_tiny_spec("tiny-t5:pointer=1,pointer_debias=1")["pointer_debias"] == 1
     with pytest.raises(ValueError, match="pointer_debias needs pointer=1"):
         build_tiny_t5(["a b c"] * 20, tmp_path / "m", pointer=0, pointer_debias=1, **SIZE)
+
+
+def test_tiny_spec_accepts_context_frequency_and_refuses_it_without_pointer(tmp_path):
+    from radcot.student.offline import parse_tiny_spec
+
+    assert parse_tiny_spec("tiny-t5:pointer=1,context_frequency=1")["context_frequency"] == 1
+    with pytest.raises(ValueError, match="context_frequency needs pointer=1"):
+        build_tiny_t5(["a b c"] * 20, tmp_path / "m", pointer=0, context_frequency=1, **SIZE)
+
+
+def test_context_frequency_counts_the_inputs_of_an_example_that_hold_each_token():
+    from radcot.student.pointer import context_frequency
+
+    ids = torch.tensor([[[5, 6, 7, 8, 0], [5, 6, 9, 7, 1], [5, 6, 10, 1, 0]],
+                        [[5, 11, 1, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]]])
+    am = (ids != 0).long()
+    # 1: in every input of its example (the query's words); 1 + n: in n inputs; 0: padding
+    assert context_frequency(ids, am).tolist() == [
+        [[1, 1, 3, 2, 0], [1, 1, 2, 3, 3], [1, 1, 2, 3, 0]],
+        [[1, 1, 1, 0, 0], [0] * 5, [0] * 5]]  # one input: all its tokens are in every input
+    # an absent passage slot neither counts nor gets a feature
+    assert context_frequency(ids[:1], am[:1], torch.tensor([[1, 1, 0]])).tolist() == [
+        [[1, 1, 1, 2, 0], [1, 1, 2, 1, 2], [0] * 5]]
+    # counts above `buckets` share the last bucket; the vocabulary size only sizes the table
+    four = torch.tensor([[[5, 7], [5, 7], [5, 7], [5, 8]]])
+    assert context_frequency(four, torch.ones_like(four), buckets=2, vocab_size=50).tolist() == [
+        [[1, 3], [1, 3], [1, 3], [1, 2]]]
+
+
+def test_context_frequency_starts_as_the_plain_encoder_and_changes_it_once_trained(tmp_path, world):
+    train, test, texts = world
+    student = _student(tmp_path, texts, 1, 0, 1)
+    ii, am, pm = student.collator.encode_inputs(test[:3])
+    assert torch.equal(student.t5.embed_inputs(ii, am, pm), student.t5.get_input_embeddings()(ii))
+    _train(student, train, steps=5)
+    assert not torch.equal(student.t5.embed_inputs(ii, am, pm), student.t5.get_input_embeddings()(ii))
 
 
 def _copy_mass(model, ids):

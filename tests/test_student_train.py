@@ -249,3 +249,16 @@ def test_tensorboard_scalars_match_metrics_jsonl(trained_student):
     assert loss == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in read_metrics(trained_student, "train")]
     rouge = [(e.step, e.value) for e in acc.Scalars("eval/rougeL")]
     assert rouge == [(r["step"], pytest.approx(r["rougeL"], rel=1e-6)) for r in read_metrics(trained_student, "eval")]
+
+
+def test_a_tiny_spec_tokenizer_learns_the_template_words(cranfield_distill, tmp_path):
+    """The template's own words ("question:", "context:") get pieces of their own, not ~5 each in every input."""
+    from transformers import AutoTokenizer
+
+    from radcot.student.train import train
+
+    config = _small_config(cranfield_distill, "tiny-t5:d_model=32,layers=1,heads=2,d_ff=64,vocab_size=2000",
+                           tmp_path / "run", max_steps=1, template="question: {query} context: {passage}")
+    tok = AutoTokenizer.from_pretrained(train(config, show_progress=False) / "init-model")
+    assert tok.tokenize("question: wing context: flow")[:2] == ["▁question", ":"]
+    assert tok.tokenize("question: wing context: flow")[3:5] == ["▁context", ":"]

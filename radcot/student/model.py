@@ -384,7 +384,9 @@ class FiDStudent(torch.nn.Module):
             pm = passage_mask.to(mask.dtype).clone()
             pm[pm.sum(1) == 0, 0] = 1  # an example with no passage at all still reads its question (slot 0)
             mask = mask * pm.unsqueeze(-1)  # (B, N, L)
-        hidden = self._encode_grouped(input_ids.reshape(B * N, L), attention_mask.reshape(B * N, L))
+        embed = getattr(self.t5, "embed_inputs", None)  # the pointer T5 (its context-frequency feature)
+        embeds = None if embed is None else embed(input_ids, attention_mask, passage_mask).reshape(B * N, L, -1)
+        hidden = self._encode_grouped(input_ids.reshape(B * N, L), attention_mask.reshape(B * N, L), embeds)
         hidden, ids, mask = hidden.reshape(B, N * L, -1), input_ids.reshape(B, N * L), mask.reshape(B, N * L)
         # per example: real positions first (stable), then cut to the longest example
         keep = torch.argsort((mask == 0).int(), dim=1, stable=True)[:, : max(int(mask.sum(1).max()), 1)]  # (B, S)
@@ -395,16 +397,17 @@ class FiDStudent(torch.nn.Module):
     #: inputs per encoder call when grouping by length
     ENCODE_GROUP = 16
 
-    def _encode_grouped(self, ids, att):
-        """The encoder states ``(M, L, H)`` of ``M`` inputs, run in length-sorted groups cut to their longest."""
+    def _encode_grouped(self, ids, att, embeds=None):
+        """The encoder states ``(M, L, H)`` of ``M`` inputs, run in length-sorted groups cut to their longest
+        (from ``embeds`` ``(M, L, H)`` instead of ``ids`` when given)."""
         lengths = att.sum(1)
         order = torch.argsort(lengths, descending=True, stable=True)
         hidden = None
         for i in range(0, ids.shape[0], self.ENCODE_GROUP):
             rows = order[i:i + self.ENCODE_GROUP]
             width = max(int(lengths[rows].max()), 1)
-            out = self.t5.get_encoder()(input_ids=ids[rows, :width], attention_mask=att[rows, :width],
-                                        return_dict=True).last_hidden_state
+            inputs = {"input_ids": ids[rows, :width]} if embeds is None else {"inputs_embeds": embeds[rows, :width]}
+            out = self.t5.get_encoder()(attention_mask=att[rows, :width], return_dict=True, **inputs).last_hidden_state
             if hidden is None:
                 hidden = out.new_zeros(ids.shape[0], ids.shape[1], out.shape[-1])
             hidden[rows, :width] = out

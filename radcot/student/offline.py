@@ -27,9 +27,10 @@ logger = logging.getLogger("radcot.student")
 
 #: keyword -> build_tiny_t5 argument accepted in a ``tiny-t5:k=v,...`` model spec
 TINY_T5_KEYS = {"vocab_size": int, "d_model": int, "layers": int, "heads": int, "d_ff": int, "seed": int,
-                "dropout": float, "pointer": int, "pointer_debias": int}
+                "dropout": float, "pointer": int, "pointer_debias": int,
+                "context_frequency": int}
 TINY_T5_DEFAULTS = {"vocab_size": 4000, "d_model": 128, "layers": 2, "heads": 4, "d_ff": 512, "seed": 0,
-                    "dropout": 0.1, "pointer": 0, "pointer_debias": 0}
+                    "dropout": 0.1, "pointer": 0, "pointer_debias": 0, "context_frequency": 0}
 
 
 def is_tiny_spec(model: str) -> bool:
@@ -102,7 +103,7 @@ def train_t5_tokenizer(texts: Iterable[str], vocab_size: int = 4000):
 
 def build_tiny_t5(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 4000, d_model: int = 128,
                   layers: int = 2, heads: int = 4, d_ff: int = 512, seed: int = 0, dropout: float = 0.1,
-                  pointer: int = 0, pointer_debias: int = 0) -> Path:
+                  pointer: int = 0, pointer_debias: int = 0, context_frequency: int = 0) -> Path:
     """Train a tokenizer on ``texts`` and save a randomly initialised T5 of that size to ``out_dir``.
 
     Args:
@@ -116,6 +117,8 @@ def build_tiny_t5(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: 
         pointer: 1 = add the copy mechanism (:class:`radcot.student.pointer.PointerT5ForConditionalGeneration`).
         pointer_debias: 1 = its copy weights count each input token once, however often it occurs; 2 = the model
             learns how much to discount frequent input tokens at each step (both need pointer).
+        context_frequency: 1 = the encoder also reads, per input token, in how many of the example's FiD inputs
+            its token occurs (:func:`radcot.student.pointer.context_frequency`; needs pointer).
 
     Returns:
         ``out_dir`` as a Path.
@@ -129,6 +132,8 @@ def build_tiny_t5(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: 
         raise ValueError(f"d_model={d_model} must be divisible by heads={heads}")
     if pointer_debias and not pointer:
         raise ValueError("pointer_debias needs pointer=1 (it changes the copy mechanism's weights)")
+    if context_frequency and not pointer:
+        raise ValueError("context_frequency needs pointer=1 (the feature lives in the pointer T5's encoder input)")
     texts = list(texts)
     if not texts:
         raise ValueError("build_tiny_t5 needs texts to train its tokenizer, got none")
@@ -144,7 +149,8 @@ def build_tiny_t5(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: 
         if pointer:
             from radcot.student.pointer import PointerT5ForConditionalGeneration
 
-            model = PointerT5ForConditionalGeneration(config, debias=int(pointer_debias))
+            model = PointerT5ForConditionalGeneration(config, debias=int(pointer_debias),
+                                                      features=bool(context_frequency))
         else:
             model = transformers.T5ForConditionalGeneration(config)
         # tie_word_embeddings=False means "no d_model**-0.5 output scaling" (T5 v1.1 / flan-t5 style); transformers 5
@@ -163,6 +169,7 @@ def build_tiny_t5(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: 
         write_json(Path(tmp) / "tiny_t5.json", {"vocab_size": len(tokenizer), "d_model": d_model, "layers": layers,
                                                 "heads": heads, "d_ff": d_ff, "seed": seed, "dropout": dropout,
                                                 "pointer": int(pointer), "pointer_debias": int(pointer_debias),
+                                                "context_frequency": int(context_frequency),
                                                 "n_texts": len(texts)})
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("built tiny T5 (%d params, vocab %d) at %s", n_params, len(tokenizer), out_dir)

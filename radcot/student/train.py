@@ -301,6 +301,11 @@ class _Dist:
             self.torch.distributed.destroy_process_group()
 
 
+def _render(template: str, query: str) -> str:
+    """``template`` with ``query`` in and the passage slot empty: a query as the student's input shows it."""
+    return " ".join(template.replace("{passage}", "").replace("{query}", query).split())
+
+
 def _rng_state(torch) -> dict:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     try:
@@ -619,7 +624,9 @@ class _Run:
             return config.model
         source = self.run_dir / "init-model"
         if self.dist.main and not (source / "config.json").is_file():
-            texts = list(self.train_ds["query"]) + list(self.train_ds["target"])
+            # the queries as the model reads them: the template's own words ("question:", "context:") then get
+            # pieces of their own instead of ~5 pieces each in every input (measured: 39 -> 31 tokens per demo input)
+            texts = [_render(config.template, q) for q in self.train_ds["query"]] + list(self.train_ds["target"])
             for ps in self.train_ds["passages"]:
                 texts.extend(f"{p['title']} {p['text']}" for p in ps)
             logger.info("train: building %s from %d training texts", config.model, len(texts))
