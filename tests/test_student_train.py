@@ -251,14 +251,19 @@ def test_tensorboard_scalars_match_metrics_jsonl(trained_student):
     assert rouge == [(r["step"], pytest.approx(r["rougeL"], rel=1e-6)) for r in read_metrics(trained_student, "eval")]
 
 
-def test_a_tiny_spec_tokenizer_learns_the_template_words(cranfield_distill, tmp_path):
-    """The template's own words ("question:", "context:") get pieces of their own, not ~5 each in every input."""
+@pytest.mark.parametrize("template,words", [
+    ("question: {query} context: {passage}", "question: wing context: flow"),
+    (None, 'Answer the following question "wing" based on the given passage. Passage: flow Give the rationale')])
+def test_a_tiny_spec_tokenizer_learns_the_template_words(cranfield_distill, tmp_path, template, words):
+    """The template's own words ("question:", "context:"; the paper's default when none is given) get pieces of
+    their own, not ~5 each in every input."""
     from transformers import AutoTokenizer
 
     from radcot.student.train import train
 
     config = _small_config(cranfield_distill, "tiny-t5:d_model=32,layers=1,heads=2,d_ff=64,vocab_size=2000",
-                           tmp_path / "run", max_steps=1, template="question: {query} context: {passage}")
+                           tmp_path / "run", max_steps=1, template=template)
     tok = AutoTokenizer.from_pretrained(train(config, show_progress=False) / "init-model")
-    assert tok.tokenize("question: wing context: flow")[:2] == ["▁question", ":"]
-    assert tok.tokenize("question: wing context: flow")[3:5] == ["▁context", ":"]
+    template_words = [w for w in words.split() if w not in ('"wing"', "wing", "flow")]
+    pieces = [p for p in tok.tokenize(words) if p.strip("▁").isalpha() and p.strip("▁") not in ("wing", "flow")]
+    assert pieces == ["▁" + w.strip(':."') for w in template_words], pieces

@@ -384,8 +384,9 @@ class FiDStudent(torch.nn.Module):
             pm = passage_mask.to(mask.dtype).clone()
             pm[pm.sum(1) == 0, 0] = 1  # an example with no passage at all still reads its question (slot 0)
             mask = mask * pm.unsqueeze(-1)  # (B, N, L)
-        embed = getattr(self.t5, "embed_inputs", None)  # the pointer T5 (its context-frequency feature)
-        embeds = None if embed is None else embed(input_ids, attention_mask, passage_mask).reshape(B * N, L, -1)
+        embeds = None  # a pointer T5 with the context-frequency cue embeds its inputs itself
+        if getattr(self.t5, "context_frequency", None) is not None:
+            embeds = self.t5.embed_inputs(input_ids, attention_mask, passage_mask).reshape(B * N, L, -1)
         hidden = self._encode_grouped(input_ids.reshape(B * N, L), attention_mask.reshape(B * N, L), embeds)
         hidden, ids, mask = hidden.reshape(B, N * L, -1), input_ids.reshape(B, N * L), mask.reshape(B, N * L)
         # per example: real positions first (stable), then cut to the longest example
