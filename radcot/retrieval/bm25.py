@@ -227,9 +227,11 @@ class BM25Retriever:
         remove_stale_build_dirs(index_dir)
         # the JsonCollection copy goes next to the index (same disk); it is deleted however the build ends
         # (an exception, Ctrl-C or SIGTERM); a SIGKILLed build's copy is removed by the next build
-        tmp = Path(tempfile.mkdtemp(prefix=build_temp_prefix(index_dir, "jsoncoll"), dir=index_dir.parent))
+        # (made inside the try: a signal just after mkdtemp must not leave it behind, as a flaky test once showed)
+        tmp = None
         try:
             with sigterm_as_interrupt():
+                tmp = Path(tempfile.mkdtemp(prefix=build_temp_prefix(index_dir, "jsoncoll"), dir=index_dir.parent))
                 n = _write_json_collection(collection, tmp / "collection", threads, show_progress)
                 indexed = cls._index_collection(collection, tmp / "collection", index_dir, n, threads, heap,
                                                 fingerprint, t0)
@@ -237,7 +239,8 @@ class BM25Retriever:
             remove_own_build_dirs(index_dir)  # the half-written index too, even while an abandoned writer runs on
             raise
         finally:
-            rmtree_retry(tmp)
+            if tmp is not None:
+                rmtree_retry(tmp)
         logger.info("indexed %d documents in %.1f s", indexed, time.time() - t0)
         return cls(index_dir, heap=heap, **params)
 
