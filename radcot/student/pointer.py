@@ -41,8 +41,8 @@ DEBIAS_FLAG = "radcot_pointer_debias"
 #: config flag: the encoder reads, next to each input token, how many of its example's FiD inputs hold that token
 #: (:func:`context_frequency`); the value is the number of learned feature embeddings
 FEATURES_FLAG = "radcot_context_frequency"
-#: embeddings of :func:`context_frequency`: 0 padding, 1 in every input of the example, 2..K+1 in 1..K inputs
-#: (more than K-1 but not all: K)
+#: K of :func:`context_frequency`: feature 0 = padding, 1 = in every input of the example, 1 + n = in n of them
+#: (n capped at K); K + 2 embeddings
 FREQUENCY_BUCKETS = 8
 
 
@@ -198,9 +198,8 @@ def context_frequency(input_ids, attention_mask, passage_mask=None, buckets: int
     """``(B, N, L)``: for each token of a FiD input, in how many of its example's present inputs its token occurs.
 
     A reader's cue in the spirit of DrQA's exact-match feature, read off the ids alone: every FiD input repeats
-    the query, so a token of the query (or one its passages all share) is in *every* input (1), the query's
-    subject in most, and a passage's answer usually in one (2 = one input, ... ``buckets + 1`` = ``buckets`` or
-    more, short of all). Padding and absent passage slots are 0. ``vocab_size`` (ids are below it) spares reading
+    the query, so a token of the query (its subject included, or one its passages all share) is in *every*
+    input (1), and a passage's answer usually in one (1 + n = in n inputs, n capped at ``buckets``, short of all). Padding and absent passage slots are 0. ``vocab_size`` (ids are below it) spares reading
     ``input_ids.max()`` back from the device.
     """
     B, N, L = input_ids.shape
