@@ -133,6 +133,17 @@ class RetrieverRecord:
         params = {k: v for k, v in (getattr(retriever, "config", None) or {}).items() if k in ("k1", "b")}
         return cls(kind, (_index_record(index_dir),), params)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON mapping (as in ``radcot_student.json`` and the distillation data's ``radcot_data.json``)."""
+        return {"kind": self.kind, "params": dict(self.params),
+                "indexes": [{"kind": i.kind, "path": i.path, "identity": dict(i.identity)} for i in self.indexes]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RetrieverRecord":
+        """Inverse of :meth:`to_dict` (KeyError/TypeError on a malformed mapping)."""
+        indexes = tuple(IndexRecord(str(i["kind"]), str(i["path"]), dict(i.get("identity") or {})) for i in d["indexes"])
+        return cls(str(d["kind"]), indexes, dict(d.get("params") or {}))
+
 
 def _index_record(index_dir: str | os.PathLike) -> IndexRecord:
     path = Path(index_dir)
@@ -229,7 +240,7 @@ class StudentProfile:
             inf = dict(d["inference"])
             inference = Inference(int(inf["n_context"]), Decoding(**inf.get("decoding", {})),
                                   str(inf.get("formula", "radcot")))
-            retriever = _retriever_from_dict(d.get("retriever"))
+            retriever = None if d.get("retriever") is None else RetrieverRecord.from_dict(d["retriever"])
         except (KeyError, TypeError) as e:
             raise ProfileError(f"{source}: malformed student profile ({type(e).__name__}: {e})") from None
         except ProfileError as e:
@@ -244,7 +255,7 @@ class StudentProfile:
     def to_dict(self) -> dict[str, Any]:
         """The JSON mapping (``checkpoint`` left out when it is the profile's own directory)."""
         d: dict[str, Any] = {"format": PROFILE_FORMAT, "inference": dataclasses.asdict(self.inference),
-                             "retriever": None if self.retriever is None else _retriever_to_dict(self.retriever)}
+                             "retriever": None if self.retriever is None else self.retriever.to_dict()}
         if self.checkpoint.resolve() != self.directory.resolve():
             d["checkpoint"] = str(self.checkpoint.resolve())
         return d
@@ -401,15 +412,3 @@ def _open_index(dirs: Mapping[str, str], params: Mapping[str, Any] | None = None
         raise ProfileError(f"one index expected for a bm25 or dense student, got {sorted(dirs)}")
     ((kind, path),) = dirs.items()
     return load_retriever(path, **({k: v for k, v in (params or {}).items() if k in ("k1", "b")} if kind == "bm25" else {}))
-
-
-def _retriever_to_dict(r: RetrieverRecord) -> dict[str, Any]:
-    return {"kind": r.kind, "params": dict(r.params),
-            "indexes": [{"kind": i.kind, "path": i.path, "identity": dict(i.identity)} for i in r.indexes]}
-
-
-def _retriever_from_dict(d: Mapping[str, Any] | None) -> RetrieverRecord | None:
-    if d is None:
-        return None
-    indexes = tuple(IndexRecord(str(i["kind"]), str(i["path"]), dict(i.get("identity") or {})) for i in d["indexes"])
-    return RetrieverRecord(str(d["kind"]), indexes, dict(d.get("params") or {}))
