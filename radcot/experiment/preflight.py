@@ -88,12 +88,12 @@ def _load_dataset(inp: PreflightInput) -> tuple[Any, list[str]]:
         with network_timeout(PROBE_TIMEOUT_S * 2):
             ds = inp.dataset()
     except RadcotError as e:
-        return None, [f"dataset ({where}): {e}"]
+        return None, [f"{where}: {e}"]
     problems = []
     if ds.queries_path is None or not Path(ds.queries_path).is_file():
-        problems.append(f"dataset ({where}): {ds.name} has no queries file (queries.jsonl / queries.tsv / topics)")
+        problems.append(f"{where}: {ds.name} has no queries file (queries.jsonl / queries.tsv / topics)")
     if ds.qrels_path is None or not Path(ds.qrels_path).is_file():
-        problems.append(f"dataset ({where}): {ds.name} has no qrels file (qrels/test.tsv)")
+        problems.append(f"{where}: {ds.name} has no qrels file (qrels/test.tsv)")
     return ds, problems
 
 
