@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"radcot run: error: {e}", file=sys.stderr)
         return 1 if args.check else 2
     rows = pipeline.select_rows(args.rows)
-    if args.check:
+    if args.check and not args.rehearse:
         return _check(pipeline, args.rows)
     try:
         exp_dir = _run(pipeline, args, rows)
