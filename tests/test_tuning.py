@@ -48,7 +48,7 @@ def test_pipeline_tunes_teacher_row_on_training_queries(tmp_path):
     from radcot.teacher.runner import read_teacher_output
 
     train_q, _, teacher_out = p._folds()[0]
-    cots = {q: r["text"] for q, r in read_teacher_output(teacher_out).items()}
+    cots = {q: r["text"] for q, r in read_teacher_output(teacher_out.dir / "cot.jsonl").items()}
     again = score_setting(train_q, cots, str(DEMO / "qrels" / "train.tsv"), p.retriever(), "radcot", 4, "nDCG@10", 50)
     point = next(g for g in choice["grid"] if g["formula"] == "radcot" and g["max_words"] == 4)
     assert again == pytest.approx(point["nDCG@10"], abs=1e-9)
