@@ -101,17 +101,25 @@ def _substitute(obj: Any, params: Mapping[str, Any], source: str, path: str, ori
     return obj
 
 
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
 def _fingerprint(path: str | os.PathLike | None) -> str | None:
-    """The checksum of a file or directory (size + mtime for inputs over 512 MB)."""
+    """The checksum of a file or directory (size + mtime for inputs over 512 MB); remembered per path, size and
+    mtime for the life of the process (stage keys ask for the corpus's many times)."""
     if path is None:
         return None
     p = Path(path)
     if not p.exists():
         return f"missing:{p}"
-    size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+    stats = [f.stat() for f in p.rglob("*") if f.is_file()] if p.is_dir() else [p.stat()]
+    size = sum(st.st_size for st in stats)
     if size > _HASH_LIMIT:
         return f"size={size},mtime={int(p.stat().st_mtime)}"
-    return sha256_file(p)
+    memo = (str(p.resolve()), size, max((st.st_mtime_ns for st in stats), default=0), len(stats))
+    if memo not in _FINGERPRINTS:
+        _FINGERPRINTS[memo] = sha256_file(p)
+    return _FINGERPRINTS[memo]
 
 
 def _file_args(args: Mapping[str, Any]) -> dict[str, Any]:
