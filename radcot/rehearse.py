@@ -235,7 +235,8 @@ def rehearsal_config(config: dict, mini: Miniature, teacher_url: str, teacher_mo
                      cuda: bool = False) -> tuple[dict, list[str]]:
     """The config with its heavy resources swapped for the miniature's stand-ins; returns (config, swap lines).
 
-    ``config`` is a resolved pipeline config (``Pipeline(...).config``: params substituted). The teacher's
+    ``config`` is a resolved pipeline config (``Pipeline(...).config``: params substituted, every default filled
+    in); the result is validated again when the rehearsal's :class:`~radcot.pipeline.Pipeline` is built. The teacher's
     URL is not written into the config (the server's port changes every time, the stage hash must not):
     the caller exports it as ``$OPENAI_BASE_URL``, which the ``openai`` backend reads.
     """
@@ -246,8 +247,8 @@ def rehearsal_config(config: dict, mini: Miniature, teacher_url: str, teacher_mo
     _swap_retriever(cfg, swaps)
     _swap_teacher(cfg, teacher_url, teacher_model, swaps)
     _swap_cots(cfg, mini.cot_file(name), swaps)
-    tq = cfg.get("training_queries") or {}
-    if tq.get("mode", "split") == "split" and tq.get("queries"):
+    tq = cfg["training_queries"]
+    if tq["mode"] == "split" and tq["queries"]:
         swaps.append(say("training_queries.queries", mini.msmarco_dir / "queries.train.tsv"))
         tq["queries"] = str(mini.msmarco_dir / "queries.train.tsv")
     _swap_students(cfg, mini, cuda, swaps)
@@ -268,7 +269,7 @@ def _swap_dataset(cfg: dict, mini: Miniature, swaps: list[str]) -> str:
 
 def _swap_retriever(cfg: dict, swaps: list[str]) -> None:
     r = cfg.setdefault("retriever", {})
-    for key, value in (("threads", min(int(r.get("threads") or 2), 2)), ("heap", "1g")):
+    for key, value in (("threads", min(int(r["threads"]), 2)), ("heap", "1g")):
         if r.get(key) != value:
             swaps.append(say(f"retriever.{key} {r.get(key)}", value))
             r[key] = value
@@ -428,7 +429,7 @@ def run_rehearsal(path: str | os.PathLike, overrides: Sequence[str] = (), runs_d
     t0 = time.perf_counter()
     original = Pipeline.from_yaml(path, overrides, runs_dir=runs_dir, show_progress=show_progress)
     mini = make_miniature(original.runs_dir)
-    prompt = str(original.config["teacher"].get("prompt") or "radcot")
+    prompt = original.cfg.teacher.prompt
     with teacher_server(mini.world, prompt=prompt) as (url, model), _env("OPENAI_BASE_URL", url), _quiet("httpx"):
         config, _ = rehearsal_config(original.config, mini, url, model, cuda=_cuda())
         pipeline = Pipeline(config, source=path, runs_dir=original.runs_dir, show_progress=show_progress)

@@ -126,7 +126,7 @@ def test_include_deep_merges_and_the_including_file_wins(tmp_path):
     assert cfg["evaluation"] == {"metrics": ["RR@10"], "k": 100}  # lists replaced wholesale
     assert [r["name"] for r in cfg["rows"]] == ["bm25", "rm3"] and "include" not in cfg
     p = Pipeline.from_yaml(tmp_path / "exp.yaml", ["rows.rm3.b=0.2"])
-    assert p.rows[1].spec["b"] == 0.2
+    assert p.rows[1].b == 0.2
     # a chain, a missing file and a cycle
     (tmp_path / "top.yaml").write_text("include: [exp.yaml]\nexperiment: top\n")
     assert load_config(tmp_path / "top.yaml")["experiment"] == "top"
@@ -139,17 +139,18 @@ def test_include_deep_merges_and_the_including_file_wins(tmp_path):
         load_config(tmp_path / "a.yaml")
 
 
-def test_reference_documents_every_key_and_the_readme_has_it():
+def test_reference_documents_every_key_and_docs_have_it():
     from radcot.experiment import schema
 
     ref = reference_markdown()
     for model in (schema.PipelineConfig, schema.DatasetSection, schema.RetrieverSection, schema.TeacherSection,
-                  schema.StudentSection, schema.RowStudent, schema.Row, schema.EvaluationSection):
+                  schema.StudentSection, schema.GenerateSection, schema.RowStudent, schema.Row,
+                  schema.EvaluationSection, schema.TuneSection):
         for key in model.model_fields:
             assert f"| `{key}` |" in ref, (model.__name__, key)
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert "## Pipeline config reference" in readme
-    assert ref.strip() in readme, "README's config reference is stale: regenerate it: python -m radcot.experiment.schema README.md"
+    docs = (REPO / "docs" / "pipelines.md").read_text(encoding="utf-8")
+    assert schema.REFERENCE_MARKER in docs
+    assert ref.strip() in docs, "docs/pipelines.md's config reference is stale: python -m radcot.experiment.schema"
 
 
 def test_dl_configs_share_one_base_and_differ_only_in_the_evaluation_set():

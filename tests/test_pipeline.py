@@ -20,14 +20,13 @@ def test_shipped_pipelines_parse(name):
 def test_paper_pipelines_have_the_paper_rows():
     for name in ("trec-dl-2019", "trec-dl-2020", "msmarco-dev"):
         p = Pipeline.from_yaml(REPO / "pipelines" / f"{name}.yaml")
-        kinds = [(r.kind, (r.spec.get("student") or {}).get("model"), (r.spec.get("student") or {}).get("context"))
-                 for r in p.rows]
-        assert kinds[0] == ("bm25", None, None) and p.rows[1].spec.get("rm3")
+        kinds = [(r.kind, r.student and r.student.model, r.student and r.student.context) for r in p.rows]
+        assert kinds[0] == ("bm25", None, None) and p.rows[1].rm3
         assert ("cots", None, None) in kinds
         assert ("student", None, False) in kinds  # distillation without retrieval (flan-t5-base, the default)
         for size in ("small", "base", "large"):
             assert ("student", f"google/flan-t5-{size}", True) in kinds
-        assert p.config["student"]["n_context"] == 10
+        assert p.cfg.student.n_context == 10 and p.cfg.student.generate.n_context == 50
 
 
 def test_overrides_and_params(tmp_path):
@@ -134,7 +133,7 @@ def test_demo_pipeline_small_end_to_end_and_stage_cache(demo_world, tmp_path):
         "student.context_retriever=bm25", "student.train.eval_every=0", "student.train.save_every=2", "student.train.eval_max_examples=4",
         "student.train.text_maxlength=32", "student.train.target_maxlength=24",
         "student.model=tiny-t5:d_model=32,layers=1,heads=2,d_ff=64,vocab_size=600",
-        "student.generate.max_new_tokens=12", "evaluation.k=100",
+        "student.generate.max_new_tokens=12", "student.generate.n_context=3", "evaluation.k=100",
         "rows=[{name: bm25}, {name: teacher-cot, cots: teacher}, {name: radcot, student: {context: true}}]",
     ]
     p = Pipeline.from_yaml(REPO / "pipelines" / "demo.yaml", overrides, runs_dir=tmp_path, show_progress=False)
@@ -147,6 +146,23 @@ def test_demo_pipeline_small_end_to_end_and_stage_cache(demo_world, tmp_path):
     assert table.row("teacher-cot").metrics["nDCG@10"] > table.row("bm25").metrics["nDCG@10"]
     gen = next(exp.glob("generate-radcot-f0-*/cot.jsonl"))
     assert len(gen.read_text().splitlines()) == 24
+
+    # trained with 2 passages per query, generated with 3 (student.generate.n_context)
+    from radcot.cot import config_path
+    from radcot.student.profile import StudentProfile
+
+    generated = json.loads(config_path(gen).read_text())
+    assert generated["params"]["k"] == 3 and generated["fid_config"]["n_context"] == 2
+    # the row's servable student: the checkpoint with the generate stage's settings and retriever
+    stages = manifest["stages"]
+    assert [r["students"] for r in manifest["rows"]] == [None, None, [str(exp / "students" / "radcot")]]
+    student = StudentProfile.load(exp / "students" / "radcot")
+    assert student.checkpoint == Path(stages["train-radcot-f0"]["dir"]) / "run" / "best"
+    assert (student.inference.n_context, student.inference.formula) == (3, "radcot")
+    assert student.inference.decoding.max_new_tokens == 12 and student.inference.decoding.no_repeat_ngram_size == 3
+    assert student.retriever.kind == "bm25" and student.retriever.params == {"k1": 0.9, "b": 0.4}
+    assert student.retriever.indexes[0].path == str((Path(stages["index"]["dir"]) / "index").resolve())
+    assert str(student.open_retriever().index_dir) == student.retriever.indexes[0].path
 
     p2 = Pipeline.from_yaml(REPO / "pipelines" / "demo.yaml", overrides + ["student.train.lr=0.01"],
                             runs_dir=tmp_path, show_progress=False)

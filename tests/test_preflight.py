@@ -211,7 +211,7 @@ def test_teacher_concurrency_reaches_the_openai_connection_pool(tmp_path):
                            "args": {"base_url": f"http://127.0.0.1:{server.server_port}/v1", "model": "m"}}}
         p = Pipeline(cfg, runs_dir=tmp_path / "runs", show_progress=False)
         out = p._teacher("teacher", [Query(str(i), f"question {i}") for i in range(36)], "train")
-        assert len(out.read_text().splitlines()) == 36
+        assert len((out.dir / "cot.jsonl").read_text().splitlines()) == 36
         assert _CountingHandler.peak == 12
     finally:
         server.shutdown()

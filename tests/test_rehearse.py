@@ -263,6 +263,23 @@ def test_rehearsal_end_to_end(runs_dir, name):
         values = [float(c.split()[0]) for c in cells.split(" | ")[:len(metrics)]]  # then the gap-closed columns
         assert len(values) == len(metrics) and all(math.isfinite(v) for v in values), (label, cells)
     assert "BM25 (pyserini)" in references and "pyserini-2cr" in references
+    # each student row's servable profile: trained with 10 passages and the official input, generating with 50
+    import json
+
+    from radcot.student.profile import StudentProfile
+
+    rows = json.loads((runs_dir / f"{name}-rehearsal" / "manifest.json").read_text())["rows"]
+    students = {r["name"]: r["students"] for r in rows if r["kind"] == "student"}
+    assert set(students) == {"distill-no-retrieval", "radcot-small", "radcot-base", "radcot-large"}
+    for row, (path,) in students.items():
+        profile = StudentProfile.load(path)
+        fid = json.loads((profile.checkpoint / "fid_config.json").read_text())
+        if row == "distill-no-retrieval":
+            assert profile.retriever is None and fid["no_context"] and profile.inference.n_context == 1
+            continue
+        assert (fid["n_context"], profile.inference.n_context) == (10, 50), row
+        assert fid["template"].startswith('Answer the following question "{query}" based on the given passage.')
+        assert profile.retriever.kind == "bm25" and profile.retriever.indexes[0].identity["num_docs"] > 0
 
 
 @pytest.mark.slow

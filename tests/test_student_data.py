@@ -167,7 +167,7 @@ def test_pipeline_context_retrievers_dense_and_fused(cranfield, tmp_path):
     (dense_dir,) = (tmp_path / "runs" / "_shared").glob("index-dense-*")
     other = Pipeline({"experiment": "ctx2", "dataset": {"path": str(data)}, "rows": [{"name": "bm25"}],
                       "retriever": {"threads": 1}}, runs_dir=tmp_path / "runs")
-    assert other._dense_index() == str(dense_dir / "index") and other._stages["index-dense"]["reused"]
+    assert other._dense_index() == str(dense_dir / "index") and other._state.stages["index-dense"]["reused"]
     assert isinstance(fused, FusedRetriever) and dense.kind == "dense" and bm25.kind == "bm25"
     queries = [Query(q["_id"], q["text"]) for q in map(json.loads, (data / "queries.jsonl").read_text().splitlines())][:5]
     depth = fused.depth
@@ -182,7 +182,6 @@ def test_pipeline_context_retrievers_dense_and_fused(cranfield, tmp_path):
         assert [h.doc_id for h in got[q.query_id]] == expect
     passages = retrieve_passages(fused, queries, k=3)
     assert all(len(v) == 3 and v[0]["text"] for v in passages.values())
-    row = p.rows[0]
-    row.spec["student"] = {"context_retriever": "sparse"}
-    with pytest.raises(PipelineError, match="row bm25: student.context_retriever"):
-        p._student_cots(row)
+    with pytest.raises(PipelineError, match=r"rows\[1\]\(s\)\.student\.context_retriever"):
+        Pipeline({"experiment": "ctx", "dataset": {"path": str(data)},
+                  "rows": [{"name": "bm25"}, {"name": "s", "student": {"context_retriever": "sparse"}}]})

@@ -48,14 +48,14 @@ def test_pipeline_tunes_teacher_row_on_training_queries(tmp_path):
     from radcot.teacher.runner import read_teacher_output
 
     train_q, _, teacher_out = p._folds()[0]
-    cots = {q: r["text"] for q, r in read_teacher_output(teacher_out).items()}
+    cots = {q: r["text"] for q, r in read_teacher_output(teacher_out.dir / "cot.jsonl").items()}
     again = score_setting(train_q, cots, str(DEMO / "qrels" / "train.tsv"), p.retriever(), "radcot", 4, "nDCG@10", 50)
     point = next(g for g in choice["grid"] if g["formula"] == "radcot" and g["max_words"] == 4)
     assert again == pytest.approx(point["nDCG@10"], abs=1e-9)
     # the whole CoT carries the answer; 4 words rarely do: the tuner must see that
     assert best["max_words"] is None
-    search_cfg = manifest["stages"]["search-teacher-cot"]["config"]
-    assert search_cfg["tuned"] == [[choice["formula"], choice["max_words"]]]
+    search = manifest["stages"]["search-teacher-cot"]  # keyed by the tune stage's content (its choice.json)
+    assert search["upstream"]["tuned"] == [manifest["stages"]["tune-teacher-cot"]["digest"]]
     expanded = (Path(manifest["stages"]["search-teacher-cot"]["dir"]) / "expanded.tsv").read_text()
     assert "Answer:" in expanded  # whole CoTs (max_words None) went into the queries
     with pytest.raises(TuningError, match="none of 1 has both"):

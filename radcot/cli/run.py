@@ -46,6 +46,16 @@ def _check(pipeline, rows) -> int:
     return 0
 
 
+def _run(pipeline, args, rows):
+    """Run (or rehearse) the pipeline; returns the experiment directory."""
+    if args.rehearse:
+        from radcot.rehearse import run_rehearsal
+
+        return run_rehearsal(args.pipeline, args.overrides, runs_dir=args.runs_dir, rows=rows,
+                             show_progress=False if args.no_progress else None)
+    return pipeline.run(rows=args.rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -67,15 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"radcot run: error: {e}", file=sys.stderr)
         return 1 if args.check else 2
     rows = pipeline.select_rows(args.rows)
-    if args.rehearse:
-        from radcot.rehearse import run_rehearsal
-
-        exp_dir = run_rehearsal(args.pipeline, args.overrides, runs_dir=args.runs_dir, rows=rows,
-                                show_progress=False if args.no_progress else None)
-    elif args.check:
+    if args.check and not args.rehearse:
         return _check(pipeline, args.rows)
-    else:
-        exp_dir = pipeline.run(rows=args.rows)
+    try:
+        exp_dir = _run(pipeline, args, rows)
+    except PipelineError as e:  # the preflight's problems, one per line (not folded into one line)
+        print(f"radcot run: error: {e}", file=sys.stderr)
+        return 1
     table = results_table(exp_dir, rows=rows)
     print(format_table(table, args.format))
     if not args.no_report:

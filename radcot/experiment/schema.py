@@ -9,8 +9,14 @@ never copied: ``teacher.args`` against the backend class's ``__init__``, ``teach
 :class:`~radcot.student.train.TrainConfig`'s fields, ``student.generate`` against
 :func:`~radcot.student.generate.generate_cots`' keyword arguments.
 
-The models document the config: :func:`reference_markdown` renders the README's config reference
-(``radcot run --schema``).
+:func:`validate_config` returns the validated :class:`PipelineConfig`: the pipeline reads its settings from these
+typed objects only, so each default is stated once, in its field here. A field that changes no stage's output
+(the JVM heap, labels, the table's metrics) says so in its description (``no stage reruns``); every
+other field is part of the key of the stage it configures (``tests/test_pipeline_keys.py`` walks the schema).
+Experiment and row names become directory names and are checked as such.
+
+The models document the config: :func:`reference_markdown` renders the config reference of
+``docs/pipelines.md`` (``radcot run --schema``).
 
 Example:
     >>> validate_config({"experiment": "x", "retreiver": {}, "dataset": {"path": "d"},
@@ -23,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import re
 import typing
 from typing import Any, Callable, Literal, Mapping, Optional, Union
 
@@ -33,8 +40,26 @@ from radcot.experiment.config import PipelineError
 #: params the pipeline itself reads (any other params entry is a free ${name} variable)
 RESERVED_PARAMS = {"models_dir": "a directory tree of downloaded models: hub names map to <models_dir>/<org>/<name>"}
 
+#: experiment and row names become directory names (RUNS_DIR/EXPERIMENT, search-ROW-..., students/ROW)
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+#: the sentence a field's description carries when the field does not change any stage's output
+INERT = "no stage reruns"
+
 NonNegFloat = typing.Annotated[float, Field(ge=0)]
 PosInt = typing.Annotated[int, Field(ge=1)]
+
+
+def _inert(description: str) -> Any:
+    """A field that changes no stage's output (so it is not in any stage key), documented as such."""
+    return {"description": f"{description} ({INERT})", "json_schema_extra": {"keyed": False}}
+
+
+def check_name(value: str, what: str) -> str:
+    """``value`` when it is safe as one directory name; else ValueError saying what is allowed."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise ValueError(f"{what} becomes a directory name: use 1-100 letters, digits, '.', '_' or '-', starting "
+                         f"with a letter or digit (no '/', '..', spaces or other characters unsafe in a path)")
+    return value
 
 
 class _Section(BaseModel):
@@ -52,12 +77,14 @@ class DatasetSection(_Section):
 
 
 class RetrieverSection(_Section):
-    """``retriever``: BM25 over the dataset's index."""
+    """``retriever``: BM25 over the dataset's index (also the student's context retriever's BM25)."""
 
     k1: NonNegFloat = Field(0.9, description="BM25 k1")
     b: float = Field(0.4, ge=0, le=1, description="BM25 b")
-    threads: PosInt = Field(2, description="search and indexing threads")
-    heap: Optional[str] = Field(None, description="JVM heap (-Xmx), e.g. 8g")
+    threads: PosInt = Field(2, description="indexing and search threads (part of the index stage's key)")
+    heap: Optional[str] = Field(None, pattern=r"^\d+[kKmMgGtT]?$",
+                                **_inert("JVM heap (-Xmx) of this process's JVM, e.g. 8g; default $RADCOT_JAVA_HEAP "
+                                         "or 2g"))
 
 
 class TeacherSection(_Section):
@@ -65,11 +92,11 @@ class TeacherSection(_Section):
 
     backend: str = Field("replay", description="openai, hf, replay or kb")
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the backend class "
-                                 "(checked against its __init__)")
-    prompt: str = Field("radcot", description="prompt template name or text")
+                                 "(checked against its __init__; files named here are keyed by content)")
+    prompt: str = Field("radcot", description="prompt template name or text (keyed by its text)")
     params: dict[str, Any] = Field(default_factory=dict, description="GenerationParams: max_tokens, temperature, "
                                    "top_p, stop, seed")
-    concurrency: PosInt = Field(4, description="requests in flight (reaches the backend's connection pool)")
+    concurrency: PosInt = Field(4, **_inert("requests in flight (reaches the backend's connection pool)"))
     limit: Optional[PosInt] = Field(None, description="teach only the first N queries")
 
 
@@ -88,13 +115,28 @@ class TrainingQueriesSection(_Section):
 
 _STUDENT_DOC = {
     "model": "tiny-t5[:opts] (offline), a hub name (google/flan-t5-base) or a directory",
-    "n_context": "passages per query (FiD)",
-    "train": "TrainConfig fields (lr, max_steps, batch_size, precision, ...)",
-    "generate": "generate_cots keyword arguments (max_new_tokens, batch_size, num_beams, ...)",
+    "n_context": "passages per query in the distillation data and in training (the paper: 10)",
+    "train": "TrainConfig fields (lr, max_steps, batch_size, precision, template, weight_decay, ...)",
+    "generate": "generation: n_context plus generate_cots keyword arguments (max_new_tokens, num_beams, ...)",
     "context_retriever": "bm25, dense or fused: where the student's passages come from",
-    "dense_encoder": "sentence-transformers encoder for dense/fused context",
-    "fusion_depth": "fused: depth of each list before reciprocal rank fusion",
+    "dense_encoder": "dense/fused context: the sentence-transformers encoder of the dense index (default: the "
+                     "offline all-MiniLM-L6-v2)",
+    "fusion_depth": "fused context: hits taken from each retriever before reciprocal rank fusion",
 }
+
+
+class GenerateSection(BaseModel):
+    """``student.generate``: how the student writes the evaluation queries' CoTs. Besides ``n_context``, any
+    keyword argument of :func:`~radcot.student.generate.generate_cots` (checked against its signature)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    n_context: Optional[PosInt] = Field(None, description="passages per query at generation (default: "
+                                        "student.n_context; the paper: 50)")
+
+    def options(self) -> dict[str, Any]:
+        """The ``generate_cots`` keyword arguments (everything but ``n_context``)."""
+        return dict(self.model_extra or {})
 
 
 class StudentSection(_Section):
@@ -103,10 +145,21 @@ class StudentSection(_Section):
     model: str = Field("tiny-t5", description=_STUDENT_DOC["model"])
     n_context: PosInt = Field(10, description=_STUDENT_DOC["n_context"])
     train: dict[str, Any] = Field(default_factory=dict, description=_STUDENT_DOC["train"])
-    generate: dict[str, Any] = Field(default_factory=dict, description=_STUDENT_DOC["generate"])
+    generate: GenerateSection = Field(default_factory=GenerateSection, description=_STUDENT_DOC["generate"])
     context_retriever: Literal["bm25", "dense", "fused"] = Field("bm25", description=_STUDENT_DOC["context_retriever"])
     dense_encoder: Optional[str] = Field(None, description=_STUDENT_DOC["dense_encoder"])
-    fusion_depth: Optional[PosInt] = Field(None, description=_STUDENT_DOC["fusion_depth"])
+    fusion_depth: PosInt = Field(100, description=_STUDENT_DOC["fusion_depth"])
+
+
+class StudentSpec(StudentSection):
+    """One student row's settings: ``student`` with the row's overrides merged in, plus ``context``."""
+
+    context: bool = True
+
+    @property
+    def generate_n_context(self) -> int:
+        """Passages per query at generation: ``generate.n_context``, else ``n_context``."""
+        return self.generate.n_context or self.n_context
 
 
 class RowStudent(_Section):
@@ -116,14 +169,14 @@ class RowStudent(_Section):
     model: Optional[str] = Field(None, description=_STUDENT_DOC["model"])
     n_context: Optional[PosInt] = Field(None, description=_STUDENT_DOC["n_context"])
     train: Optional[dict[str, Any]] = Field(None, description=_STUDENT_DOC["train"])
-    generate: Optional[dict[str, Any]] = Field(None, description=_STUDENT_DOC["generate"])
+    generate: Optional[GenerateSection] = Field(None, description=_STUDENT_DOC["generate"])
     context_retriever: Optional[Literal["bm25", "dense", "fused"]] = Field(None, description=_STUDENT_DOC["context_retriever"])
     dense_encoder: Optional[str] = Field(None, description=_STUDENT_DOC["dense_encoder"])
     fusion_depth: Optional[PosInt] = Field(None, description=_STUDENT_DOC["fusion_depth"])
 
 
 class TuneSection(_Section):
-    """``rows[i].tune``: an expansion-setting grid chosen on training queries."""
+    """``rows[i].tune``: an expansion-setting grid chosen on training queries (defaults: radcot.tuning)."""
 
     formula: Optional[list[str]] = Field(None, description="formulas to try")
     max_words: Optional[list[Optional[int]]] = Field(None, description="CoT word limits to try")
@@ -134,31 +187,49 @@ class TuneSection(_Section):
 class Row(_Section):
     """``rows[i]``: one table row. Plain BM25 unless it has ``cots:`` or ``student:``."""
 
-    name: str = Field(..., description="row id (table, --rows, --set rows.NAME...)")
-    label: Optional[str] = Field(None, description="label in the table")
+    name: str = Field(..., **_inert("row id (table, --rows, --set rows.NAME...); names the row's stage directories "
+                                    "and students/NAME: letters, digits, '.', '_', '-'"))
+    label: Optional[str] = Field(None, **_inert("label in the table"))
     rm3: bool = Field(False, description="BM25 + RM3 pseudo-relevance feedback")
     rocchio: bool = Field(False, description="BM25 + Rocchio feedback")
     rm3_params: Optional[dict[str, Any]] = Field(None, description="RM3 fb_terms, fb_docs, original_query_weight")
-    k1: Optional[NonNegFloat] = Field(None, description="BM25 k1 for this row")
-    b: Optional[float] = Field(None, ge=0, le=1, description="BM25 b for this row")
+    k1: Optional[NonNegFloat] = Field(None, description="BM25 k1 for this row's search (default: retriever.k1)")
+    b: Optional[float] = Field(None, ge=0, le=1, description="BM25 b for this row's search (default: retriever.b)")
     cots: Optional[str] = Field(None, description="teacher (the teacher_eval/teacher CoTs) or a CoT file")
     student: Optional[RowStudent] = Field(None, description="a student row")
-    formula: Optional[Literal["radcot", "query2doc", "dense", "none"]] = Field(None, description="expansion formula")
-    samples: Optional[PosInt] = Field(None, description="student rows: CoTs sampled per query (generate: sets how)")
-    sample_fusion: Optional[Literal["rrf", "concat"]] = Field(
-        None, description="samples > 1: rrf (search each, fuse the runs; default) or concat (one expansion of all)")
+    formula: Literal["radcot", "query2doc", "dense", "none"] = Field(
+        "radcot", description="expansion formula of cots:/student: rows")
+    samples: PosInt = Field(1, description="student rows: CoTs sampled per query (generate: sets how)")
+    sample_fusion: Literal["rrf", "concat"] = Field(
+        "rrf", description="samples > 1: rrf (search each, fuse the runs) or concat (one expansion of all)")
     max_words: Optional[PosInt] = Field(None, description="truncate each CoT to this many words")
     max_query_terms: Optional[PosInt] = Field(None, description="cap on the distinct terms of an expanded query")
     tune: Optional[TuneSection] = Field(None, description="expansion-setting grid")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_name(value, "a row name")
+
+    @property
+    def kind(self) -> str:
+        """``student``, ``cots`` or ``bm25`` (no CoTs)."""
+        return "student" if self.student is not None else "cots" if self.cots is not None else "bm25"
+
+    @property
+    def title(self) -> str:
+        """The label, else the name."""
+        return self.label or self.name
 
 
 class EvaluationSection(_Section):
     """``evaluation``: the table."""
 
-    metrics: list[str] = Field(["nDCG@10", "RR@10", "R@1000", "AP"], description="ir-measures names")
+    metrics: list[str] = Field(["nDCG@10", "RR@10", "R@1000", "AP"], **_inert("ir-measures names (the table only)"))
     k: PosInt = Field(1000, description="run depth")
-    baseline: Optional[str] = Field("bm25", description="row the others are tested against")
-    teacher_row: Optional[str] = Field(None, description="row whose gap to the baseline the students close")
+    baseline: Optional[str] = Field("bm25", **_inert("row the others are tested against (the table only)"))
+    teacher_row: Optional[str] = Field(None, **_inert("row whose gap to the baseline the students close (the table "
+                                                      "only)"))
 
     @field_validator("metrics")
     @classmethod
@@ -181,12 +252,14 @@ class PipelineConfig(_Section):
     """A whole pipeline file, validated after ``include:``, ``--set`` and ``${param}`` substitution."""
 
     include: Optional[Union[str, list[str]]] = Field(
-        None, description="pipeline files merged first (paths relative to this file; mappings merge key by key, this "
-                          "file wins, lists are replaced); resolved when the file is read")
-    experiment: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="run name: the runs go to RUNS_DIR/EXPERIMENT")
-    seed: int = Field(13, description="seed of splits, training and sampling")
-    params: dict[str, Any] = Field(default_factory=dict, description="variables for ${name}; models_dir maps hub "
-                                   "model names to MODELS_DIR/ORG/NAME")
+        None, **_inert("pipeline files merged first (paths relative to this file; mappings merge key by key, this "
+                       "file wins, lists are replaced); resolved when the file is read"))
+    experiment: str = Field(..., **_inert("run name: the runs go to RUNS_DIR/EXPERIMENT (letters, digits, '.', '_', "
+                                          "'-'); experiments share RUNS_DIR/_shared"))
+    seed: int = Field(13, description="seed of splits, distillation data, training and sampling")
+    params: dict[str, Any] = Field(default_factory=dict, **_inert(
+        "variables for ${name} (what they fill in is keyed where it lands); models_dir maps hub model names to "
+        "MODELS_DIR/ORG/NAME"))
     dataset: DatasetSection = Field(default_factory=DatasetSection, description="what to evaluate on")
     retriever: RetrieverSection = Field(default_factory=RetrieverSection, description="BM25 settings")
     teacher: TeacherSection = Field(default_factory=TeacherSection, description="the LLM for training queries")
@@ -205,6 +278,37 @@ class PipelineConfig(_Section):
                              "radcot.experiment.config.load_config); a config mapping passed as such cannot include "
                              "files: merge them first")
         return value
+
+    @field_validator("experiment")
+    @classmethod
+    def _safe_experiment(cls, value: str) -> str:
+        return check_name(value, "the experiment name")
+
+    def row(self, name: str) -> Row:
+        """The row called ``name`` (KeyError when there is none)."""
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def teacher_for(self, section: str) -> TeacherSection:
+        """``teacher``, or for ``teacher_eval`` that section when set (else ``teacher``)."""
+        return self.teacher_eval if section == "teacher_eval" and self.teacher_eval is not None else self.teacher
+
+    def student_for(self, row: Row) -> StudentSpec:
+        """A student row's settings: ``student`` with the row's ``student:`` merged in (mappings key by key)."""
+        from radcot.experiment.config import merge
+
+        over = row.student.model_dump(exclude_none=True) if row.student is not None else {}
+        return StudentSpec.model_validate(merge(self.student.model_dump(), over))
+
+    def student_models(self) -> dict[str, str]:
+        """``{row name: model}`` of every student row."""
+        return {r.name: self.student_for(r).model for r in self.rows if r.kind == "student"}
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as plain JSON, every default filled in (what the manifest records)."""
+        return self.model_dump(mode="json")
 
 
 # ---------------------------------------------------------------------------------------------- messages
@@ -271,6 +375,13 @@ def _pydantic_problems(err: ValidationError, config: Mapping) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- free-form
+def _value(section: Any, model: type[BaseModel], key: str) -> Any:
+    """``section[key]`` of a raw (not yet validated) config section, else the schema's default for it."""
+    if isinstance(section, Mapping) and key in section:
+        return section[key]
+    return model.model_fields[key].get_default(call_default_factory=True)
+
+
 def _kwargs_problems(path: str, given: Mapping[str, Any], func: Callable, exclude: set[str], what: str) -> list[str]:
     """Check ``given`` keyword arguments against ``func``'s signature (names, and types where annotated)."""
     from pydantic import TypeAdapter
@@ -317,7 +428,7 @@ def _teacher_problems(path: str, t: Mapping[str, Any]) -> list[str]:
     from radcot.teacher.base import GenerationParams
 
     problems = []
-    backend = t.get("backend", "replay")
+    backend = _value(t, TeacherSection, "backend")
     if backend not in BACKENDS:
         return [unknown_key(f"{path}.backend", backend, list(BACKENDS)).replace("unknown key", f"unknown backend {backend!r}")]
     cls = backend_class(backend)
@@ -327,7 +438,19 @@ def _teacher_problems(path: str, t: Mapping[str, Any]) -> list[str]:
     params = t.get("params") or {}
     if isinstance(params, Mapping):
         problems += _dataclass_problems(f"{path}.params", params, GenerationParams, {})
+    if isinstance(t.get("prompt"), str):
+        from radcot.records import RadcotError
+        from radcot.teacher.prompts import get_prompt
+
+        try:
+            get_prompt(t["prompt"])
+        except RadcotError as e:
+            problems.append(f"{path}.prompt: {e}")
     return problems
+
+
+#: generate_cots arguments the pipeline sets itself (not in student.generate)
+GENERATE_FIXED = {"student", "out_path", "queries", "retriever", "k", "show_progress", "data", "split", "overwrite"}
 
 
 def _student_problems(path: str, s: Mapping[str, Any]) -> list[str]:
@@ -340,10 +463,9 @@ def _student_problems(path: str, s: Mapping[str, Any]) -> list[str]:
         if s["train"].get("select_by") == "retrieval":  # the pipeline fills in its index and training qrels
             fixed.update({k: "PIPELINE" for k in ("select_index", "select_qrels") if not s["train"].get(k)})
         problems += _dataclass_problems(f"{path}.train", s["train"], TrainConfig, fixed)
-    if isinstance(s.get("generate"), Mapping):
-        problems += _kwargs_problems(f"{path}.generate", s["generate"], generate_cots,
-                                     {"student", "out_path", "queries", "retriever", "k", "show_progress", "data",
-                                      "split"}, "generate_cots")
+    if isinstance(s.get("generate"), Mapping):  # n_context is the pipeline's own (the schema checks it)
+        options = {k: v for k, v in s["generate"].items() if k != "n_context"}
+        problems += _kwargs_problems(f"{path}.generate", options, generate_cots, GENERATE_FIXED, "generate_cots")
     return problems
 
 
@@ -362,11 +484,32 @@ def _rows_problems(config: Mapping) -> list[str]:
                             f"remove samples: or make it a student: row")
         if isinstance(r.get("student"), Mapping):
             problems += _student_problems(f"{where}.student", r["student"])
-    ev = config.get("evaluation") or {}
+        if r.get("tune") is not None:
+            problems += _tune_problems(where, r, config)
     for key in ("baseline", "teacher_row"):
-        if isinstance(ev, Mapping) and ev.get(key) and ev[key] not in seen:
-            problems.append(f"evaluation.{key}: {ev[key]!r} is not a row name (rows: {sorted(map(str, seen))})")
+        value = _value(config.get("evaluation"), EvaluationSection, key)
+        if value and value not in seen:
+            problems.append(f"evaluation.{key}: {value!r} is not a row name (rows: {sorted(map(str, seen))})")
     return problems
+
+
+def _tune_problems(where: str, row: Mapping[str, Any], config: Mapping) -> list[str]:
+    """``tune:`` needs a ``cots: teacher`` row and training queries with qrels whose CoTs come from the teacher the
+    choice is applied to: kfold (each fold tunes on the row's own CoTs of the other folds' queries), or split
+    without ``teacher_eval`` (the training queries' CoTs and the row's come from ``teacher``)."""
+    mode = _value(config.get("training_queries"), TrainingQueriesSection, "mode")
+    if row.get("cots") != "teacher":
+        return [f"{where}.tune: tuning is implemented for cots: teacher rows (their training-query CoTs exist); "
+                f"remove tune: or set formula:/max_words: by hand"]
+    if mode == "synthetic":
+        return [f"{where}.tune: synthetic training queries have no qrels to tune on; use training_queries.mode: "
+                f"split (with qrels/train.tsv) or kfold, or set formula:/max_words: by hand"]
+    if mode == "split" and config.get("teacher_eval") is not None:
+        return [f"{where}.tune: in split mode the tuning CoTs (training queries) come from teacher, but this row's "
+                f"CoTs come from teacher_eval: a choice tuned on one teacher's CoTs would be applied to another's. "
+                f"Use training_queries.mode: kfold (tunes on the row's own CoTs), remove teacher_eval, or remove "
+                f"tune: and set formula:/max_words: by hand"]
+    return []
 
 
 def _free_form_problems(config: Mapping) -> list[str]:
@@ -399,13 +542,14 @@ def config_problems(config: Mapping[str, Any]) -> list[str]:
     return sorted(problems + _free_form_problems(config), key=_section_order)
 
 
-def validate_config(config: Mapping[str, Any], source: str = "<config>") -> None:
-    """Raise :class:`PipelineError` listing every problem of ``config`` (one per line) if there are any."""
+def validate_config(config: Mapping[str, Any], source: str = "<config>") -> PipelineConfig:
+    """The validated config; raises :class:`PipelineError` listing every problem (one per line) if there are any."""
     problems = config_problems(config)
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise PipelineError(f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''} in the config "
                             f"(fix them, or the --set that caused them):\n{lines}")
+    return PipelineConfig.model_validate(config)
 
 
 # ---------------------------------------------------------------------------------------------- reference
@@ -434,7 +578,7 @@ def reference_markdown() -> str:
         inner = _unwrap(field.annotation)
         if isinstance(inner, type) and issubclass(inner, BaseModel) and inner not in dict(sections).values():
             sections.append((name if name != "rows" else "rows[i]", inner))
-    sections += [("rows[i].student", RowStudent), ("rows[i].tune", TuneSection)]
+    sections += [("student.generate", GenerateSection), ("rows[i].student", RowStudent), ("rows[i].tune", TuneSection)]
     out = []
     for title, model in sections:
         out += [f"#### `{title}`", "", (model.__doc__ or "").strip(), "", "| key | type | default | meaning |",
@@ -450,20 +594,22 @@ def reference_markdown() -> str:
     return "\n".join(out)
 
 
-README_MARKER = "This reference is generated from the schema (`radcot run --schema`):\n\n"
+REFERENCE_MARKER = "This reference is generated from the schema (`radcot run --schema`):\n\n"
 
 
-def update_readme(path: str = "README.md") -> None:
-    """Rewrite the generated part of the README's "Pipeline config reference" (up to the next ``## `` heading)."""
+def update_reference(path: str = "docs/pipelines.md") -> None:
+    """Rewrite the generated config reference in ``path``: from :data:`REFERENCE_MARKER` up to the next ``## ``
+    heading (or the end of the file)."""
     from pathlib import Path
 
     text = Path(path).read_text(encoding="utf-8")
-    start = text.index(README_MARKER) + len(README_MARKER)
-    end = text.index("\n## ", start) + 1
+    start = text.index(REFERENCE_MARKER) + len(REFERENCE_MARKER)
+    end = text.find("\n## ", start)
+    end = len(text) if end < 0 else end + 1
     Path(path).write_text(text[:start] + reference_markdown().strip() + "\n\n" + text[end:], encoding="utf-8")
 
 
-if __name__ == "__main__":  # python -m radcot.experiment.schema [README.md]: regenerate the README's reference
+if __name__ == "__main__":  # python -m radcot.experiment.schema [docs/pipelines.md]: regenerate the reference
     import sys
 
-    update_readme(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    update_reference(sys.argv[1] if len(sys.argv) > 1 else "docs/pipelines.md")

@@ -1,23 +1,33 @@
-"""Stage directories that vouch for their outputs, shared across experiments where their inputs match.
+"""Stage directories that vouch for their outputs, keyed by what they are built from, shared across experiments.
 
-A stage ``name`` with config ``cfg`` lives in ``<root>/<name>-<hash>/`` where the hash covers ``cfg`` and
-radcot's version (upgrading radcot reruns stages). It is finished when its ``DONE.json`` exists; that
-record lists every output file (size, mtime, sha256). On reuse the outputs are verified — size and mtime
-first, the checksum only when those differ — and a stage whose outputs are missing or changed is run again
-(logged ``outputs changed: ...``), never reported as cached. The build holds
-:func:`radcot.locks.output_lock` on the stage directory, so two processes never build one stage at once:
-a second process waits for a shared stage (then reuses it) and fails at once for an experiment's own stage.
+A stage ``name`` lives in ``<root>/<name>-<key>/``. Its key (:func:`stage_key`) covers the stage's kind and that
+kind's format version (a constant bumped when the stage's output format or meaning changes; radcot's own version
+is not part of it, so an upgrade reruns nothing that did not change), its own config, and the CONTENT of the
+stages it reads: each upstream stage enters as the digest of its outputs (:func:`outputs_digest`: the sha256 of
+every file its ``DONE.json`` lists), never as its path. So a rebuilt upstream stage whose outputs differ
+invalidates every stage after it, and the same upstream content at another path is reused.
+
+A stage is finished when its ``DONE.json`` exists; that record lists every output file (size, mtime, sha256). On
+reuse the outputs are verified -- size and mtime first, the checksum only when those differ -- and a stage whose
+outputs are missing or changed is run again (logged ``outputs changed: ...``), never reported as cached. The
+build holds :func:`radcot.locks.output_lock` on the stage directory, so two processes never build one stage at
+once: a second process waits for a shared stage (then reuses it) and fails at once for an experiment's own stage.
+Stage names are single directory names: a name that would put a stage outside its root is refused.
 
 Example:
-    >>> from radcot.experiment.store import verify_outputs
-    >>> verify_outputs("runs/demo/search-bm25-0123abcd")  # doctest: +SKIP
-    []
+    >>> from radcot.experiment.store import stage_key
+    >>> key = stage_key("search", 1, {"k": 1000}, {"index": "3f2a9c0d"})
+    >>> key == stage_key("search", 1, {"k": 1000}, {"index": "3f2a9c0d"})
+    True
+    >>> key == stage_key("search", 1, {"k": 1000}, {"index": "77e01b5a"})  # other upstream content
+    False
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -50,9 +60,23 @@ def radcot_version() -> str:
     return radcot.__version__ if installed in (None, radcot.__version__) else f"{radcot.__version__}+{installed}"
 
 
-def stage_hash(cfg: Mapping[str, Any]) -> str:
-    """The cache key of a stage: its config and radcot's version."""
-    return config_hash({"config": cfg, "radcot": radcot_version()})
+class StageError(RadcotError, ValueError):
+    """A stage name that is not one safe directory name (it would leave the stage root)."""
+
+
+_STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def stage_key(kind: str, version: int, cfg: Mapping[str, Any], upstream: Mapping[str, Any]) -> str:
+    """The cache key of a stage.
+
+    Args:
+        kind: the stage kind (``train``, ``search``, ...).
+        version: the kind's format version (bumped when its outputs' format or meaning changes).
+        cfg: the stage's own settings (JSON-serialisable, defaults resolved).
+        upstream: what identifies each input: an upstream stage's :func:`outputs_digest`, or a file's checksum.
+    """
+    return config_hash({"stage": kind, "format": int(version), "config": cfg, "upstream": upstream})
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -96,6 +120,15 @@ def _read_done(stage_dir: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def outputs_digest(stage_dir: str | os.PathLike) -> str | None:
+    """What a finished stage's outputs are: a digest of each listed file's relative path and sha256 (not where the
+    stage is, nor when its files were written); None when the stage is not finished."""
+    record = _read_done(Path(stage_dir)) if (Path(stage_dir) / DONE).is_file() else None
+    if record is None or not isinstance(record.get("outputs"), dict):
+        return None
+    return config_hash({rel: rec["sha256"] for rel, rec in sorted(record["outputs"].items())}, n=16)
 
 
 def verify_outputs(stage_dir: str | os.PathLike, only: str | None = None) -> list[str]:
@@ -142,7 +175,7 @@ def verify_run_file(run: str | os.PathLike) -> None:
 
 # ---------------------------------------------------------------------------------------------- stages
 class StageStore:
-    """Runs stages into ``<root>/<name>-<hash>/`` with verified reuse and one builder per stage.
+    """Runs stages into ``<root>/<name>-<key>/`` with verified reuse and one builder per stage.
 
     Args:
         root: the directory of the stage directories (an experiment's, or ``<runs_dir>/_shared``).
@@ -153,8 +186,16 @@ class StageStore:
         self.root = Path(root)
         self.wait = wait
 
-    def path(self, name: str, cfg: Mapping[str, Any]) -> Path:
-        return self.root / f"{name}-{stage_hash(cfg)}"
+    def path(self, name: str, key: str) -> Path:
+        """``<root>/<name>-<key>``; a name that is not one safe directory name raises :class:`StageError`."""
+        if not _STAGE_NAME.fullmatch(name) or not _STAGE_NAME.fullmatch(key):
+            raise StageError(f"stage name {name!r} (key {key!r}) is not a single safe directory name: it would be "
+                             f"written outside {self.root}; rename the row or experiment (letters, digits, '.', "
+                             f"'_', '-')")
+        d = self.root / f"{name}-{key}"
+        if d.resolve().parent != self.root.resolve():
+            raise StageError(f"stage directory {d} is not inside {self.root}; rename the row or experiment")
+        return d
 
     def cached(self, d: Path, label: str) -> dict | None:
         """The ``DONE.json`` record when ``d`` is finished and its outputs are intact; else None (logged)."""
@@ -169,12 +210,21 @@ class StageStore:
         done.unlink()
         return None
 
-    def run(self, name: str, cfg: Mapping[str, Any], build: Callable[[Path], Any], resumable: bool = False,
-            label: str | None = None) -> tuple[Path, dict, bool]:
-        """Reuse or build a stage; returns ``(directory, DONE record, reused)``."""
+    def run(self, name: str, key: str, build: Callable[[Path], Any], resumable: bool = False,
+            label: str | None = None, about: Mapping[str, Any] | None = None) -> tuple[Path, dict, bool]:
+        """Reuse or build a stage; returns ``(directory, DONE record, reused)``.
+
+        Args:
+            name: the stage directory's name before its key.
+            key: the stage's :func:`stage_key`.
+            build: writes the outputs into the directory it is given.
+            resumable: an unfinished directory is built on (the build resumes itself) instead of emptied first.
+            label: the stage's name in log lines (default ``name``).
+            about: what ``stage.json`` records of the stage (its config and upstream).
+        """
         from radcot.locks import OutputLockedError, output_lock
 
-        d, label = self.path(name, cfg), label or name
+        d, label = self.path(name, key), label or name
         record = self.cached(d, label)
         if record is not None:
             return d, record, True
@@ -185,7 +235,7 @@ class StageStore:
                     record = self.cached(d, label)  # another process may have finished it meanwhile
                     if record is not None:
                         return d, record, True
-                    return d, self._build(d, name, cfg, build, resumable, label), False
+                    return d, self._build(d, name, about or {}, build, resumable, label), False
             except OutputLockedError as e:
                 if not self.wait:
                     raise
@@ -195,13 +245,13 @@ class StageStore:
                     waited_since = now
                 time.sleep(0.5)
 
-    def _build(self, d: Path, name: str, cfg: Mapping[str, Any], build: Callable[[Path], Any], resumable: bool,
+    def _build(self, d: Path, name: str, about: Mapping[str, Any], build: Callable[[Path], Any], resumable: bool,
                label: str) -> dict:
         if d.exists() and not resumable:
             shutil.rmtree(d)
         resumed = d.exists()
         d.mkdir(parents=True, exist_ok=True)
-        write_json(d / "stage.json", {"stage": name, "config": cfg, "radcot": radcot_version()})
+        write_json(d / "stage.json", {"stage": name, **about, "radcot": radcot_version()})
         logger.info("stage %-28s %s %s", label, "resume " if resumed else "run    ", d)
         t0 = time.perf_counter()
         build(d)
