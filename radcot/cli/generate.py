@@ -37,9 +37,9 @@ def _parser() -> ArgumentParser:
     p.add_argument("--dense-index", help="a fused (BM25 + dense) student's dense index, with --index as its BM25 one")
     p.add_argument("--force-index", action="store_true",
                    help="use --index even if it is not the kind or collection the student was trained on")
-    p.add_argument("--n-context", type=positive_int, help="passages per query (default: the student's inference "
-                                                          "n_context, else its training one)")
-    p.add_argument("--k", type=positive_int, dest="k_alias", help="older name of --n-context")
+    p.add_argument("--n-context", type=positive_int, metavar="N",
+                   help="passages per query (default: the student's inference n_context, else its training one)")
+    p.add_argument("--k", type=positive_int, dest="k_alias", metavar="N", help="older name of --n-context")
     p.add_argument("--template", help="input template name or text" + _STUDENT)
     p.add_argument("--out", required=True, metavar="COT.jsonl", help="output JSONL")
     p.add_argument("--max-new-tokens", type=positive_int,

@@ -166,7 +166,7 @@ def check_generate_options(options: Mapping[str, Any]) -> list[str]:
 
     Example:
         >>> check_generate_options({"num_beams": 0, "max_new_token": 50})
-        ["num_beams must be >= 1, got 0", "max_new_token: unknown generate option; did you mean 'max_new_tokens'?"]
+        ['num_beams must be >= 1, got 0', "max_new_token: unknown generate option; did you mean 'max_new_tokens'?"]
     """
     if not isinstance(options, Mapping):
         return [f"generate options must be a mapping of option: value, got {type(options).__name__}"]
@@ -316,13 +316,7 @@ def generate_cots(
     student, profile, name, dev = _load_student(student, options.device)
     run = _plan(student, profile, options)
     with output_lock(out, "student output", inherit=True):  # radcot generate already holds it: no gap
-        if data is not None:
-            examples, passages = examples_from_data(data, split), {"data": _data_name(data), "split": split}
-        else:
-            retr = _passage_retriever(profile, retriever, options.force_index, run.no_context)
-            examples = examples_from_queries(queries, retr, run.n_context, run.no_context, max(run.decoding.batch_size, 64))
-            passages = {"retriever": _retriever_record(retr)}
-        examples = examples[:options.limit] if options.limit is not None else examples
+        examples, passages = _examples(run, profile, options, data, split, queries, retriever)
         if not examples:
             raise RadcotError("no queries to generate CoTs for: the queries (or the data split) are empty")
         if queries is not None:
@@ -334,6 +328,18 @@ def generate_cots(
                     len(examples) - len(todo), run.n_context, out)
         _generate_all(student, todo, run, config, dev, out, show_progress)
     return out
+
+
+def _examples(run: "_Run", profile: StudentProfile, options: GenerateOptions, data: Any, split: str,
+              queries: list[Query] | None, retriever: Any) -> tuple[list[dict], dict]:
+    """The run's examples (the first ``limit``) and what ``OUT.config.json`` records about their passages."""
+    if data is not None:
+        examples = examples_from_data(data, split)[:options.limit]
+        return examples, {"data": _data_name(data), "split": split}
+    retr = _passage_retriever(profile, retriever, options.force_index, run.no_context)
+    examples = examples_from_queries(queries[:options.limit], retr, run.n_context, run.no_context,
+                                     max(run.decoding.batch_size, 64))
+    return examples, {"retriever": _retriever_record(retr)}
 
 
 def _n_context_arg(n_context: Any, k: Any) -> Any:
