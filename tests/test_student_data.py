@@ -18,6 +18,12 @@ def test_build_data_joins_bm25_passages_and_reports_exclusions(cranfield_distill
     assert meta["k"] == K and meta["n_usable"] == 223 and meta["n_excluded"] == 2
     assert meta["n_train"] + meta["n_dev"] == 223 and meta["n_dev"] == 22
     assert meta["retriever"]["class"] == "BM25Retriever"
+    # what a student trained on it records as its retriever (radcot_student.json), reopened by consumers
+    from radcot.student.profile import RetrieverRecord
+
+    rec = meta["student_retriever"]
+    assert rec == RetrieverRecord.of(cranfield_retriever).to_dict() and rec["kind"] == "bm25"
+    assert RetrieverRecord.from_dict(rec).indexes[0].identity["collection_fingerprint"]
     with open(cranfield_distill / EXCLUDED_FILE, encoding="utf-8") as f:
         excluded = {r["query_id"]: r["reason"] for r in csv.DictReader(f, delimiter="\t")}
     assert excluded == {"1": "teacher_error", "2": "empty_output"}

@@ -253,7 +253,7 @@ def test_tensorboard_scalars_match_metrics_jsonl(trained_student):
 
 @pytest.mark.parametrize("template,words", [
     ("question: {query} context: {passage}", "question: wing context: flow"),
-    (None, 'Answer the following question "wing" based on the given passage. Passage: flow Give the rationale')])
+    (None, 'Answer the following question "wing" based on the given passage. flow Give the rationale')])
 def test_a_tiny_spec_tokenizer_learns_the_template_words(cranfield_distill, tmp_path, template, words):
     """The template's own words ("question:", "context:"; the paper's default when none is given) get pieces of
     their own, not ~5 each in every input."""

@@ -22,8 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-context", action="store_true",
                    help="ablation: distillation without retrieval (the student sees only the query)")
     p.add_argument("--dev-fraction", type=in_range(0.0, 1.0, hi_open=True), default=0.1,
-                   help="share of queries held out as the dev split (default 0.1)")
-    p.add_argument("--dev-queries", help="queries file whose ids form the dev split (instead of --dev-fraction)")
+                   help="share of queries held out as the dev split (default 0.1; 0: no dev split, training "
+                        "then keeps its final checkpoint)")
+    p.add_argument("--dev-queries", help="queries file whose ids form the dev split (instead of --dev-fraction); "
+                                         "they must be among --queries")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the dev split (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)

@@ -30,9 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-context", type=positive_int, help="passages per query (default: the data's k)")
     p.add_argument("--text-maxlength", type=positive_int, help="tokens per (query, passage) input (default 300)")
     p.add_argument("--target-maxlength", type=positive_int, help="tokens of the target CoT (default 256)")
-    p.add_argument("--template", help="per-passage input template with {query} and {passage} (default: the "
-                                      "paper's 'Answer the following question \"{query}\" based on the given "
-                                      "passage. Passage: {passage} Give the rationale before answering :')")
+    p.add_argument("--template", help="per-passage input: a name (official, passage-prefix: radcot <= 0.2's) or a "
+                                      "template with {query} and {passage} (default: official, the paper's "
+                                      "'Answer the following question \"{query}\" based on the given passage. "
+                                      "{passage} Give the rationale before answering :'; see docs/student.md)")
     p.add_argument("--eval-every", type=non_negative_int, help="evaluate on dev every N steps (default 100; 0 = at the end)")
     p.add_argument("--eval-max-new-tokens", type=positive_int, help="tokens generated per dev example (default 150)")
     p.add_argument("--eval-max-examples", type=positive_int, help="dev examples per evaluation (default 200)")

@@ -19,6 +19,8 @@ _EXPORTS = {
     "DistillationDataError": "radcot.student.data",
     "PASSAGE_TEMPLATE": "radcot.student.data",
     "NO_CONTEXT_TEMPLATE": "radcot.student.data",
+    "TEMPLATES": "radcot.student.data",
+    "resolve_template": "radcot.student.data",
     "FiDStudent": "radcot.student.model",
     "FiDConfig": "radcot.student.model",
     "TrainConfig": "radcot.student.train",
@@ -29,6 +31,8 @@ _EXPORTS = {
     "list_checkpoints": "radcot.student.train",
     "generate_cots": "radcot.student.generate",
     "GenerationConfigMismatch": "radcot.student.generate",
+    "GenerateOptions": "radcot.student.generate",
+    "check_generate_options": "radcot.student.generate",
     "build_tiny_t5": "radcot.student.offline",
 }
 

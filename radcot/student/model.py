@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 from radcot._deps import hub_reachable, require  # noqa: F401 - hub_reachable is re-exported (tests, callers)
 from radcot.records import DataFormatError, OfflineResourceError, RadcotError
-from radcot.student.data import NO_CONTEXT_TEMPLATE, PASSAGE_TEMPLATE, FiDCollator
+from radcot.student.data import NO_CONTEXT_TEMPLATE, PASSAGE_TEMPLATE, FiDCollator, resolve_template
 from radcot.utils import atomic_dir, write_json
 
 logger = logging.getLogger("radcot.student")
@@ -61,6 +61,7 @@ class FiDConfig:
     no_context: bool = False
 
     def __post_init__(self):
+        self.template = resolve_template(self.template)  # a name ("official", "passage-prefix") -> its text
         if self.no_context and "{passage}" in self.template:
             self.template = NO_CONTEXT_TEMPLATE
         if self.no_context:
@@ -488,9 +489,11 @@ class FiDStudent(torch.nn.Module):
             tok = nxt[:, None]
         return torch.cat(out, dim=1)
 
-    def generate_text(self, examples: Sequence[Mapping[str, Any]], **generate_kwargs) -> list[str]:
-        """Collate ``examples`` (``{"query", "passages"}``), generate and decode (one string per sequence)."""
-        batch = self.collator.encode_inputs(examples)
+    def generate_text(self, examples: Sequence[Mapping[str, Any]], n_context: int | None = None,
+                      **generate_kwargs) -> list[str]:
+        """Collate ``examples`` (``{"query", "passages"}``; ``n_context`` passages each, default the training
+        ``N``), generate and decode (one string per sequence)."""
+        batch = self.collator.encode_inputs(examples, n_context)
         dev = self.device
         ids = self.generate(*(t.to(dev) for t in batch), **generate_kwargs)
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)

@@ -532,7 +532,7 @@ class _Run:
 
     # ---------------------------------------------------------------- data
     def load_data(self) -> None:
-        from radcot.student.data import NO_CONTEXT_TEMPLATE, PASSAGE_TEMPLATE, load_distillation_data
+        from radcot.student.data import NO_CONTEXT_TEMPLATE, PASSAGE_TEMPLATE, load_distillation_data, resolve_template
 
         config = self.config
         dd, meta = load_distillation_data(config.data)
@@ -540,7 +540,7 @@ class _Run:
         self.dev_ds = dd["dev"] if "dev" in dd else None
         self.no_context = bool(meta.get("no_context", False))
         self.n_context = 1 if self.no_context else (config.n_context or int(meta.get("k") or 10))
-        template = config.template or (NO_CONTEXT_TEMPLATE if self.no_context else PASSAGE_TEMPLATE)
+        template = resolve_template(config.template or (NO_CONTEXT_TEMPLATE if self.no_context else PASSAGE_TEMPLATE))
         if self.no_context and "{passage}" in template:
             # one config for both rows of an experiment: a passage template means nothing to the ablation
             logger.info("train: no-context data; the passage template %r is replaced by %r", template,
