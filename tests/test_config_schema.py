@@ -173,3 +173,12 @@ def test_dl_configs_share_one_base_and_differ_only_in_the_evaluation_set():
 def test_include_in_a_config_mapping_is_refused_with_where_it_is_resolved():
     with pytest.raises(PipelineError, match=r"include: resolved when a pipeline file is read"):
         Pipeline({"include": "base.yaml", "experiment": "x", "dataset": {"path": "d"}, "rows": [{"name": "bm25"}]})
+
+
+@pytest.mark.fast
+def test_generate_values_are_checked_before_any_stage_runs():
+    """``student.generate.num_beams: 0`` used to pass ``--check`` and fail after training (issue #26)."""
+    text = "\n".join(config_problems(_cfg(student={"generate": {"num_beams": 0}},
+                                          rows=[{"name": "bm25"}, {"name": "s", "student": {"generate": {"max_new_tokens": -5}}}])))
+    assert "student.generate: num_beams must be >= 1, got 0" in text
+    assert "rows[1](s).student.generate: max_new_tokens must be >= 1, got -5" in text

@@ -450,7 +450,8 @@ def _teacher_problems(path: str, t: Mapping[str, Any]) -> list[str]:
 
 
 #: generate_cots arguments the pipeline sets itself (not in student.generate)
-GENERATE_FIXED = {"student", "out_path", "queries", "retriever", "k", "show_progress", "data", "split", "overwrite"}
+GENERATE_FIXED = {"student", "out_path", "queries", "retriever", "k", "n_context", "show_progress", "data", "split",
+                  "overwrite", "limit"}
 
 
 def _student_problems(path: str, s: Mapping[str, Any]) -> list[str]:
@@ -464,8 +465,13 @@ def _student_problems(path: str, s: Mapping[str, Any]) -> list[str]:
             fixed.update({k: "PIPELINE" for k in ("select_index", "select_qrels") if not s["train"].get(k)})
         problems += _dataclass_problems(f"{path}.train", s["train"], TrainConfig, fixed)
     if isinstance(s.get("generate"), Mapping):  # n_context is the pipeline's own (the schema checks it)
+        from radcot.student.generate import check_generate_options
+
         options = {k: v for k, v in s["generate"].items() if k != "n_context"}
-        problems += _kwargs_problems(f"{path}.generate", options, generate_cots, GENERATE_FIXED, "generate_cots")
+        named = _kwargs_problems(f"{path}.generate", options, generate_cots, GENERATE_FIXED, "generate_cots")
+        problems += named
+        if not named:  # values and combinations (num_beams: 0, sampling with beams...), as generate_cots checks them
+            problems += [f"{path}.generate: {p}" for p in check_generate_options(options)]
     return problems
 
 
