@@ -603,17 +603,18 @@ class Pipeline:
         """The row's :class:`~radcot.student.train.TrainConfig` with its input template resolved (the default
         template of a context or no-context student) and the data/out paths and the inputs of ``select_by:
         retrieval`` the pipeline fills in left as placeholders."""
-        from radcot.student.data import NO_CONTEXT_TEMPLATE, PASSAGE_TEMPLATE
+        from radcot.student.data import NO_CONTEXT_TEMPLATE, PASSAGE_TEMPLATE, resolve_template
         from radcot.student.train import TrainConfig
 
         kw = dict(spec.train)
         if kw.get("select_by") == "retrieval":
             kw.update({k: "PIPELINE" for k in ("select_index", "select_qrels") if not kw.get(k)})
         base = TrainConfig(data="DATA", model=spec.model, out="OUT", seed=self.cfg.seed, **kw)
+        given = resolve_template(base.template) if base.template else None  # a name (official, ...) -> its text
         if not spec.context:  # one config for both kinds of rows: a passage template means nothing without passages
-            template = base.template if base.template and "{passage}" not in base.template else NO_CONTEXT_TEMPLATE
+            template = given if given and "{passage}" not in given else NO_CONTEXT_TEMPLATE
         else:
-            template = base.template or PASSAGE_TEMPLATE
+            template = given or PASSAGE_TEMPLATE
         return dataclasses.replace(base, template=template)
 
     def _train_stage(self, row: Row, spec: StudentSpec, f: int, data: Output) -> Output:

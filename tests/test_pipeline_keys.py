@@ -304,3 +304,15 @@ def test_the_manifest_config_is_the_resolved_config_as_plain_json(world):
     assert resolved["student"]["fusion_depth"] == schema.StudentSection.model_fields["fusion_depth"].default
     assert resolved["evaluation"]["k"] == 1000 and resolved["rows"][0]["formula"] == "radcot"
     assert Pipeline(resolved, runs_dir=world["RUNS"]).stage_keys() == p.stage_keys()  # the record validates again
+
+
+def test_a_template_name_keys_and_trains_as_its_text(world):
+    """``student.train.template: official`` is the official text (same keys); on a no-context row a passage
+    template given by name becomes the no-context template, as the same text does."""
+    from radcot.student.data import OFFICIAL_TEMPLATE
+
+    text = OFFICIAL_TEMPLATE.replace('"', '\\"')
+    no_ctx = ["rows.radcot.student.context=false"]
+    assert _keys(world, ["student.train.template=official"]) == _keys(world, [f'student.train.template="{text}"'])
+    assert (_keys(world, no_ctx + ["student.train.template=official"])
+            == _keys(world, no_ctx + [f'student.train.template="{text}"']) == _keys(world, no_ctx))
