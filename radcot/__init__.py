@@ -64,6 +64,7 @@ _EXPORTS = {
     # evaluation
     "evaluate": "radcot.evaluation",
     "paired_ttest": "radcot.evaluation",
+    "canonical_measure": "radcot.evaluation",
     # pipelines
     "Pipeline": "radcot.pipeline",
     "run_pipeline": "radcot.pipeline",
@@ -84,5 +85,5 @@ def __dir__():
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from radcot.data.readers import read_corpus, read_qrels, read_queries, read_run, write_run  # noqa: F401
     from radcot.data.registry import Dataset, load_dataset  # noqa: F401
-    from radcot.evaluation import evaluate, paired_ttest  # noqa: F401
+    from radcot.evaluation import canonical_measure, evaluate, paired_ttest  # noqa: F401
     from radcot.records import DataFormatError, Doc, Qrel, Query, RadcotError, ScoredDoc  # noqa: F401

@@ -72,16 +72,29 @@ def check_grid(spec: Mapping[str, Any] | None, where: str = "tune") -> dict[str,
     bad = [n for n in grid["max_words"] if n is not None and (not isinstance(n, int) or n < 1)]
     if bad:
         raise TuningError(f"{where}.max_words: {bad} must be positive integers or null (whole CoT)")
-    if not isinstance(grid["k"], int) or grid["k"] < 1:
+    if not isinstance(grid["k"], int) or isinstance(grid["k"], bool) or grid["k"] < 1:
         raise TuningError(f"{where}.k: run depth must be a positive integer, got {grid['k']!r}")
+    grid["metric"] = _metric(grid["metric"], where)
     return grid
+
+
+def _metric(name: Any, where: str) -> str:
+    """The canonical ir-measures name of the grid's metric (``MRR@10`` -> ``RR@10``)."""
+    from radcot.evaluation import canonical_measure
+
+    if not isinstance(name, str):
+        raise TuningError(f"{where}.metric: expected one ir-measures name such as nDCG@10, got {name!r}")
+    try:
+        return canonical_measure(name)
+    except RadcotError as e:
+        raise TuningError(f"{where}.metric: {e}") from None
 
 
 def score_setting(queries: Sequence[Query], cots: Mapping[str, str], qrels, retriever, formula: str,
                   max_words: int | None, metric: str, k: int) -> float:
-    """The ``metric`` of BM25 (``retriever``) over ``queries`` expanded with truncated ``cots`` (scored on
-    ``queries`` only)."""
-    from radcot.evaluation import evaluate
+    """The ``metric`` (any ir-measures spelling: ``MRR@10`` is ``RR@10``) of BM25 (``retriever``) over
+    ``queries`` expanded with truncated ``cots`` (scored on ``queries`` only)."""
+    from radcot.evaluation import canonical_measure, evaluate
     from radcot.expansion import expand_queries
 
     ids = {q.query_id for q in queries}
@@ -89,7 +102,7 @@ def score_setting(queries: Sequence[Query], cots: Mapping[str, str], qrels, retr
     cut = {qid: truncate_words(text, max_words) for qid, text in cots.items()}
     expanded = expand_queries(queries, cut, formula)
     run = retriever.run([Query(q.query_id, expanded.get(q.query_id, q.text)) for q in queries], k=k)
-    return float(evaluate(qrels, run, [metric])[metric])
+    return float(evaluate(qrels, run, [metric])[canonical_measure(metric)])
 
 
 def tune_expansion(queries: Sequence[Query], cots: Mapping[str, str], qrels, retriever,
@@ -101,7 +114,8 @@ def tune_expansion(queries: Sequence[Query], cots: Mapping[str, str], qrels, ret
         cots: ``{qid: CoT}`` for them (teacher CoTs, or a student's for held-out training queries).
         qrels: their judgements (path or ``{qid: {docid: rel}}``).
         retriever: what the row searches with (``run(queries, k)``).
-        grid: ``formula``, ``max_words``, ``metric``, ``k`` (see :data:`DEFAULT_GRID`).
+        grid: ``formula``, ``max_words``, ``metric``, ``k`` (see :data:`DEFAULT_GRID`). The result and its grid
+            points key the metric by its canonical ir-measures name (``metric: MRR@10`` gives ``RR@10``).
 
     Raises:
         TuningError: a bad grid, or no query with both a CoT and judgements.

@@ -171,3 +171,99 @@ def test_cli_unknown_metric_fails_before_reading(tmp_path, capsys):
         main(["evaluate", "--qrels", str(tmp_path / "none"), "--run", "x", "--metrics", "nDCG@ten"])
     assert e.value.code == 2
     assert "unknown metric 'nDCG@ten'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------- canonical metric names (issue 22)
+
+@pytest.mark.fast
+def test_canonical_measure_aliases_and_trec_names():
+    import ir_measures
+
+    from radcot.evaluation import canonical_measure, canonical_measures
+
+    assert canonical_measure("MRR@10") == "RR@10" and canonical_measure("NDCG@10") == "nDCG@10"
+    assert canonical_measure("Recall@1000") == "R@1000" and canonical_measure("MAP") == "AP"
+    assert canonical_measure("Recall(rel=2)@1000") == "R(rel=2)@1000"
+    assert canonical_measure("ndcg_cut_10") == "nDCG@10" and canonical_measure("recip_rank") == "RR"
+    assert canonical_measure(ir_measures.nDCG @ 10) == "nDCG@10"
+    assert canonical_measures(["MRR@10", "RR@10", "nDCG@10"]) == ["RR@10", "nDCG@10"]
+
+
+@pytest.mark.fast
+def test_unknown_metric_suggests_a_spelling():
+    from radcot.evaluation import MetricError, canonical_measure, canonical_measures
+
+    with pytest.raises(MetricError, match=r"unknown metric 'ndcg@10'.*Did you mean 'nDCG@10'\?"):
+        canonical_measure("ndcg@10")
+    with pytest.raises(MetricError, match="unknown metric 'nDCG@ten'") as e:
+        canonical_measure("nDCG@ten")
+    assert "Did you mean" not in str(e.value)
+    with pytest.raises(TypeError, match="a metric must be an ir-measures name"):
+        canonical_measure(10)
+    with pytest.raises(MetricError, match="no metric given"):
+        canonical_measures([])
+
+
+@pytest.mark.fast
+def test_evaluate_keys_results_canonically():
+    run = {"q1": _ranked("x", "d1"), "q2": _ranked("d9"), "q3": _ranked("d1")}
+    agg, pq = evaluate(QRELS, run, ["MRR@10", "NDCG@10", "RR@10"], per_query=True)
+    assert list(agg) == ["RR@10", "nDCG@10"] and agg["RR@10"] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert set(pq) == {"RR@10", "nDCG@10"}
+    assert compare_runs(QRELS, run, run, ["MRR@10"])["RR@10"].p_value == 1.0
+
+
+# --------------------------------------------------------------------- API types at the boundary
+
+@pytest.mark.fast
+def test_evaluate_argument_types_are_named():
+    run = {"q1": _ranked("d1")}
+    with pytest.raises(TypeError, match=r"metrics: expected a list of ir-measures names .* got str 'AP'"):
+        evaluate(QRELS, run, "AP")  # the old code read it letter by letter ('unknown metric A')
+    with pytest.raises(TypeError, match="qrels: expected a path, .* got NoneType"):
+        evaluate(None, run, ["AP"])
+    with pytest.raises(TypeError, match=r"qrels\['q1'\]: expected \{docid: relevance\}, got int"):
+        evaluate({"q1": 1}, run, ["AP"])
+    with pytest.raises(RadcotError, match=r"qrels\['q1'\]\['d1'\]: expected an integer, got 1.5"):
+        evaluate({"q1": {"d1": 1.5}}, run, ["AP"])
+    with pytest.raises(TypeError, match="run: expected a path, .* got int"):
+        evaluate(QRELS, 7, ["AP"])
+    with pytest.raises(RadcotError, match=r"run\['q1'\]\['d1'\]: expected a number, got 'high'"):
+        evaluate(QRELS, {"q1": {"d1": "high"}}, ["AP"])
+    with pytest.raises(RadcotError, match=r"run\['q1'\]\['d1'\]: expected a finite number, got nan"):
+        evaluate(QRELS, {"q1": {"d1": float("nan")}}, ["AP"])
+    with pytest.raises(TypeError, match=r"run\[0\]: expected a ScoredDoc or a tuple"):
+        evaluate(QRELS, ["q1 d1 1.0"], ["AP"])
+    with pytest.raises(TypeError, match="per_query: expected True or False, got str 'yes'"):
+        evaluate(QRELS, run, ["AP"], per_query="yes")
+    with pytest.raises(TypeError, match="judged_only: expected True or False"):
+        evaluate(QRELS, run, ["AP"], judged_only=None)
+
+
+@pytest.mark.fast
+def test_evaluate_accepts_records_tuples_and_dataframes():
+    pd = pytest.importorskip("pandas")
+    from radcot.records import Qrel, ScoredDoc
+
+    run = {"q1": _ranked("x", "d1"), "q2": _ranked("d9")}
+    expect = evaluate(QRELS, run, ["AP"])
+    qrels_rows = [(q, d, r) for q, docs in QRELS.items() for d, r in docs.items()]
+    run_rows = [(q, d, s) for q, docs in run.items() for d, s in docs.items()]
+    assert evaluate([Qrel(*r) for r in qrels_rows], [ScoredDoc(*r) for r in run_rows], ["AP"]) == expect
+    assert evaluate(qrels_rows, run_rows, ["AP"]) == expect
+    qrels_df = pd.DataFrame(qrels_rows, columns=["query_id", "doc_id", "relevance"])
+    run_df = pd.DataFrame(run_rows, columns=["query_id", "doc_id", "score"])
+    assert evaluate(qrels_df, run_df, ["AP"]) == expect
+
+
+@pytest.mark.fast
+def test_paired_ttest_argument_types_are_named():
+    a = {"1": 0.1, "2": 0.5, "3": 0.3}
+    with pytest.raises(TypeError, match=r"per_query_a: expected \{qid: value\}.*got list"):
+        paired_ttest([0.1, 0.5, 0.3], a)
+    with pytest.raises(TypeError, match=r"per_query_b\['2'\]: expected a number, got NoneType None"):
+        paired_ttest(a, {"1": 0.1, "2": None, "3": 0.2})
+    with pytest.raises(RadcotError, match=r"per_query_a\['1'\]: expected a finite number, got nan"):
+        paired_ttest({**a, "1": float("nan")}, a)
+    with pytest.raises(TypeError, match="metric: expected the metric's name"):
+        paired_ttest(a, a, metric=None)

@@ -23,6 +23,36 @@ def test_grid_validation_names_the_key():
     assert truncate_words(" a  b c ", None) == "a b c" and truncate_words("a b c", 1) == "a"
 
 
+@pytest.mark.fast
+def test_grid_metric_is_canonical():
+    """``metric: MRR@10`` (valid for the pipeline schema) is RR@10, the key evaluate() returns."""
+    assert check_grid({"metric": "MRR@10"})["metric"] == "RR@10"
+    assert check_grid({"metric": "NDCG@10"})["metric"] == "nDCG@10"
+    with pytest.raises(TuningError, match=r"rows\[2\].tune.metric: unknown metric 'ndcg@10'.*Did you mean 'nDCG@10'"):
+        check_grid({"metric": "ndcg@10"}, "rows[2].tune")
+    with pytest.raises(TuningError, match=r"tune.metric: expected one ir-measures name"):
+        check_grid({"metric": ["nDCG@10"]})
+    with pytest.raises(TuningError, match=r"tune.k: run depth must be a positive integer, got True"):
+        check_grid({"k": True})
+
+
+@pytest.mark.java
+def test_tuning_by_a_metric_alias_on_real_bm25(cranfield, cranfield_bm25_index):
+    """score_setting and tune_expansion with MRR@10 give RR@10's numbers (the old code raised KeyError)."""
+    from radcot.data.readers import read_queries
+    from radcot.retrieval.bm25 import BM25Retriever
+
+    queries = list(read_queries(cranfield))[:20]
+    cots = {q.query_id: "boundary layer flow over a flat plate in supersonic conditions" for q in queries}
+    bm25 = BM25Retriever(cranfield_bm25_index)
+    qrels = str(cranfield / "qrels" / "test.tsv")
+    canonical = score_setting(queries, cots, qrels, bm25, "radcot", 4, "RR@10", 50)
+    assert score_setting(queries, cots, qrels, bm25, "radcot", 4, "MRR@10", 50) == canonical
+    result = tune_expansion(queries, cots, qrels, bm25, {"formula": ["radcot"], "max_words": [4], "metric": "MRR@10",
+                                                         "k": 50})
+    assert result.metric == "RR@10" and result.score == canonical and result.grid[0]["RR@10"] == canonical
+
+
 @pytest.mark.java
 @pytest.mark.slow
 def test_pipeline_tunes_teacher_row_on_training_queries(tmp_path):

@@ -1,5 +1,9 @@
 """Reading pipeline configs: ``include:`` files, ``--set`` overrides (list items by index or row name).
 
+Every file and ``--set`` value is read with :mod:`radcot.safe_yaml`: a key written twice in one mapping is
+refused with the lines of both (YAML would keep the last silently), and so are files over
+:data:`radcot.safe_yaml.MAX_BYTES` and aliases that expand past :data:`radcot.safe_yaml.MAX_NODES` values.
+
 Example:
     >>> cfg = {"rows": [{"name": "bm25"}, {"name": "radcot", "student": {"model": "a"}}]}
     >>> apply_overrides(cfg, ["rows.radcot.student.model=b"])["rows"][1]["student"]["model"]
@@ -13,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from radcot.records import RadcotError
+from radcot.safe_yaml import YAMLConfigError, YAMLSyntaxError, load_yaml, parse_yaml
 
 
 class PipelineError(RadcotError, ValueError):
@@ -31,16 +36,19 @@ def merge(base: Mapping, over: Mapping) -> dict:
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
-    """One YAML mapping from ``path``; a missing file or bad YAML raises :class:`PipelineError`."""
-    import yaml
+    """One YAML mapping from ``path``, read with :func:`radcot.safe_yaml.load_yaml` (duplicate keys, oversized
+    files and alias bombs refused with ``file:line``).
 
+    Raises:
+        PipelineError: a missing file, bad YAML, a refused file, or not a mapping at the top level.
+    """
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"pipeline file {path} does not exist (see pipelines/*.yaml)")
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise PipelineError(f"{path}: not valid YAML: {e}") from None
+        config = load_yaml(path)
+    except YAMLConfigError as e:
+        raise PipelineError(str(e)) from None
     if not isinstance(config, dict):
         raise PipelineError(f"{path}: expected a mapping at the top level, found {type(config).__name__}")
     return config
@@ -74,13 +82,15 @@ def load_config(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict:
     return merge(base, config)
 
 
-def _parse_value(text: str) -> Any:
-    import yaml
-
+def _parse_value(text: str, source: str) -> Any:
+    """An override's value as YAML (text that is not YAML stays a string; duplicate keys and alias bombs are
+    refused)."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return parse_yaml(text, source)
+    except YAMLSyntaxError:
         return text
+    except YAMLConfigError as e:
+        raise PipelineError(str(e)) from None
 
 
 def _list_index(node: list, part: str, key: str, source: str) -> int:
@@ -122,7 +132,7 @@ def apply_overrides(config: Mapping, overrides: Sequence[str], source: str = "--
                 raise PipelineError(f"{source} {key}: {'.'.join(parts[:depth + 1])} is not a mapping")
         last = parts[-1]
         if isinstance(node, list):
-            node[_list_index(node, last, key, source)] = _parse_value(value)
+            node[_list_index(node, last, key, source)] = _parse_value(value, f"{source} {key}")
         else:
-            node[last] = _parse_value(value)
+            node[last] = _parse_value(value, f"{source} {key}")
     return config
