@@ -182,3 +182,15 @@ def test_generate_values_are_checked_before_any_stage_runs():
                                           rows=[{"name": "bm25"}, {"name": "s", "student": {"generate": {"max_new_tokens": -5}}}])))
     assert "student.generate: num_beams must be >= 1, got 0" in text
     assert "rows[1](s).student.generate: max_new_tokens must be >= 1, got -5" in text
+
+
+@pytest.mark.fast
+def test_metrics_are_validated_to_their_canonical_names():
+    """Results are keyed by ir-measures' canonical names: aliases in the config must be stored as those (#22)."""
+    from radcot.experiment.schema import validate_config
+
+    cfg = validate_config(_cfg(evaluation={"metrics": ["NDCG@10", "MRR@10", "Recall@1000", "map"]},
+                               rows=[{"name": "bm25"}, {"name": "t", "cots": "teacher", "tune": {"metric": "MRR@10"}}],
+                               training_queries={"mode": "kfold"}), "cfg.yaml")
+    assert list(cfg.evaluation.metrics) == ["nDCG@10", "RR@10", "R@1000", "AP"]
+    assert cfg.rows[1].tune.metric == "RR@10"

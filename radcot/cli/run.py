@@ -87,5 +87,5 @@ def main(argv: list[str] | None = None) -> int:
     table = results_table(exp_dir, rows=rows)
     print(format_table(table, args.format))
     if not args.no_report:
-        print(f"report: {write_report(exp_dir, table)}")
+        print(f"report: {write_report(exp_dir, table)}", file=sys.stderr)
     return 0

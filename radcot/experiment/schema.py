@@ -175,6 +175,22 @@ class RowStudent(_Section):
     fusion_depth: Optional[PosInt] = Field(None, description=_STUDENT_DOC["fusion_depth"])
 
 
+def _canonical_metrics(names: list[str]) -> list[str]:
+    """The canonical ir-measures names (``MRR@10`` -> ``RR@10``: results are keyed by them everywhere)."""
+    from radcot.evaluation import MetricError, canonical_measure
+
+    out, bad = [], []
+    for name in names:
+        try:
+            out.append(canonical_measure(name))
+        except (MetricError, TypeError) as e:
+            bad.append(f"{name!r} ({e})")
+    if bad:
+        raise ValueError(f"unknown metric {', '.join(bad)}; use ir-measures names such as nDCG@10, RR@10, "
+                         f"AP(rel=2), R@1000")
+    return out
+
+
 class TuneSection(_Section):
     """``rows[i].tune``: an expansion-setting grid chosen on training queries (defaults: radcot.tuning)."""
 
@@ -182,6 +198,11 @@ class TuneSection(_Section):
     max_words: Optional[list[Optional[int]]] = Field(None, description="CoT word limits to try")
     metric: Optional[str] = Field(None, description="the ir-measures metric to select by")
     k: Optional[PosInt] = Field(None, description="search depth while tuning (default 100)")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str | None) -> str | None:
+        return None if value is None else _canonical_metrics([value])[0]
 
 
 class Row(_Section):
@@ -234,18 +255,7 @@ class EvaluationSection(_Section):
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, value: list[str]) -> list[str]:
-        import ir_measures
-
-        bad = []
-        for name in value:
-            try:
-                ir_measures.parse_measure(name)
-            except Exception as e:  # noqa: BLE001 - ir_measures raises NameError/ValueError/...
-                bad.append(f"{name!r} ({e})")
-        if bad:
-            raise ValueError(f"unknown metric {', '.join(bad)}; use ir-measures names such as nDCG@10, RR@10, "
-                             f"AP(rel=2), R@1000")
-        return value
+        return _canonical_metrics(value)
 
 
 class PipelineConfig(_Section):
