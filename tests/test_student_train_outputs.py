@@ -304,3 +304,7 @@ def test_config_files_and_train_arguments_are_typed(tmp_path):
         train(cfg, resume="yes")
     with pytest.raises(ConfigTypeError, match="scorer must be a callable"):
         train(cfg, scorer=5)
+    from radcot.student.launch import launch_training
+
+    with pytest.raises(ConfigTypeError, match="launch_training\\(\\) takes a TrainConfig, got dict"):
+        launch_training({"data": "d", "model": "m", "out": "o", "nproc_per_node": 2})

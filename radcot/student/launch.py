@@ -16,7 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from radcot.student.train import Scorer, TrainConfig, TrainingError, launched_distributed, train
+from radcot.student.train import (ConfigTypeError, Scorer, TrainConfig, TrainingError, launched_distributed,
+                                  train)
 
 logger = logging.getLogger("radcot.student")
 
@@ -66,6 +67,9 @@ def launch_training(config: TrainConfig, *, resume: bool = False, overwrite: boo
     Raises:
         TrainingError: the launched training failed (the message ends with the tail of its output).
     """
+    if not isinstance(config, TrainConfig):
+        raise ConfigTypeError(f"launch_training() takes a TrainConfig, got {type(config).__name__}: build one with "
+                              f"TrainConfig(data=..., model=..., out=...) or TrainConfig.from_dict(mapping)")
     if config.nproc_per_node <= 1 or inside_distributed_launch():
         return train(config, resume=resume, overwrite=overwrite, show_progress=show_progress, scorer=scorer)
     with tempfile.TemporaryDirectory(prefix="radcot-launch-") as tmp:

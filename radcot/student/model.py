@@ -501,6 +501,7 @@ class FiDStudent(torch.nn.Module):
         else:
             raise FileNotFoundError(f"student model {src} does not exist (expected a directory such as RUN_DIR/best "
                                     f"or a Hugging Face name such as google/flan-t5-base)")
+        cfg = FiDConfig.from_dict({**saved, **fid_overrides})  # bad settings fail before the weights load
         kwargs: dict[str, Any] = {"local_files_only": local, "output_loading_info": True,
                                   "ignore_mismatched_sizes": True, "key_mapping": OFFICIAL_FID_KEY_MAPPING}
         if torch_dtype is not None:
@@ -525,7 +526,6 @@ class FiDStudent(torch.nn.Module):
         check_loading_info(path if path.is_dir() else src, info)
         _forget_key_mapping(t5)
         _check_vocab(src, tokenizer, t5)
-        cfg = FiDConfig.from_dict({**saved, **fid_overrides})
         student = cls(t5, tokenizer, cfg)
         student.name_or_path = src
         return student
