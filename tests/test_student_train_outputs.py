@@ -292,6 +292,9 @@ def test_config_files_and_train_arguments_are_typed(tmp_path):
     error naming the field; train() checks its own arguments."""
     from radcot.student.train import ConfigTypeError, TrainConfig, train
 
+    paths = TrainConfig(data=tmp_path / "d", model="m", out=tmp_path / "o", select_by="retrieval",
+                        select_index=tmp_path / "i", select_qrels=tmp_path / "q")
+    assert all(isinstance(v, str) for k, v in paths.to_dict().items() if k in ("data", "out", "select_index"))
     (tmp_path / "c.yaml").write_text("data: d\nmodel: m\nout: o\nlr: 1e-4\nweight_decay_exclude: []\n")
     cfg = TrainConfig.from_file(tmp_path / "c.yaml")
     assert cfg.lr == 1e-4 and cfg.weight_decay_exclude == []

@@ -158,8 +158,9 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_field_types(self)
-        for name in ("data", "model", "out"):
-            setattr(self, name, os.fspath(getattr(self, name)))
+        for f in dataclasses.fields(self):  # paths given as Path objects are stored (and saved) as strings
+            if isinstance(getattr(self, f.name), os.PathLike):
+                setattr(self, f.name, os.fspath(getattr(self, f.name)))
         self.weight_decay_exclude = list(self.weight_decay_exclude)
         positive = ("max_steps", "batch_size", "grad_accum", "text_maxlength", "target_maxlength",
                     "eval_batch_size", "eval_max_new_tokens", "save_every", "keep_checkpoints", "log_every",
