@@ -959,7 +959,13 @@ def _launch_training(config, show_progress: bool | None) -> None:
     from radcot.student.launch import launch_training
     from radcot.student.train import CONFIG_FILE
 
-    launch_training(config, resume=(Path(config.out) / CONFIG_FILE).is_file(), show_progress=show_progress)
+    scorer = None
+    if config.select_by == "retrieval":  # the trainer gets its checkpoint scorer injected (radcot.selection)
+        from radcot.selection import retrieval_scorer
+
+        scorer = retrieval_scorer(config)
+    launch_training(config, resume=(Path(config.out) / CONFIG_FILE).is_file(), show_progress=show_progress,
+                    scorer=scorer)
 
 
 def run_pipeline(path: str | os.PathLike, overrides: Sequence[str] = (), runs_dir: str | os.PathLike | None = None,

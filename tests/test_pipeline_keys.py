@@ -257,6 +257,8 @@ def test_the_paper_configs_train_with_10_and_generate_with_50_passages_and_the_o
             assert (spec.n_context, spec.generate_n_context) == (10, 50), row.name
             assert spec.train["template"] == ('Answer the following question "{query}" based on the given passage. '
                                               '{passage} Give the rationale before answering :')
+            assert spec.train["weight_decay_exclude"] == [], row.name  # the official AdamW decays every parameter
+            assert p._train_config(spec).weight_decay_exclude == [], row.name  # what the train stage gets
 
 
 # ------------------------------------------------------------------------------------------ validation

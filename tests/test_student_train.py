@@ -1,4 +1,4 @@
-"""Training: falling loss on real data, exact resume, config checks, 2-rank DDP (gloo) using every example."""
+"""Training: falling loss on real data, exact resume, config checks (DDP: tests/test_student_ddp.py)."""
 from __future__ import annotations
 
 import json
@@ -136,43 +136,6 @@ def test_train_config_validates_and_round_trips(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_two_ranks_on_cpu_uses_every_example(cranfield_distill, tiny_t5, tmp_path):
-    """torchrun --nproc_per_node=2 (gloo): one epoch covers every train example; ranks see disjoint halves
-    (DistributedSampler without drop_last pads by wrapping: at most world-1 repeats)."""
-    from radcot.student.data import load_distillation_data
-    from radcot.student.train import read_metrics
-
-    dd, _ = load_distillation_data(cranfield_distill)
-    train_ids = list(dd["train"]["query_id"])
-    per_rank = -(-len(train_ids) // 2)
-    bs = 16
-    steps = -(-per_rank // bs)  # exactly one epoch
-    out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "radcot",
-           "-q", "train", "--data", str(cranfield_distill), "--model", str(tiny_t5), "--out", str(out),
-           "--steps", str(steps), "--batch-size", str(bs), "--text-maxlength", "48", "--target-maxlength", "32",
-           "--eval-every", "0", "--eval-max-examples", "4", "--eval-max-new-tokens", "8", "--save-every", "100",
-           "--log-every", "1", "--lr", "1e-3", "--log-examples", "--no-progress"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    seen = {}
-    for r in (0, 1):
-        lines = (out / f"examples.rank{r}.tsv").read_text().splitlines()
-        seen[r] = [ln.split("\t")[1] for ln in lines]
-        assert len(seen[r]) == per_rank
-    assert set(seen[0]) | set(seen[1]) == set(train_ids)
-    assert len(seen[0]) + len(seen[1]) - len(train_ids) <= 1
-    assert len(set(seen[0]) & set(seen[1])) <= 1
-    rows = read_metrics(out, "train")
-    assert [r["step"] for r in rows] == list(range(1, steps + 1))
-    assert rows[-1]["examples"] == 2 * per_rank
-    state = json.loads((out / "checkpoints" / f"step-{steps}" / "trainer_state.json").read_text())
-    assert state["world_size"] == 2
-    assert (out / "best" / "model.safetensors").is_file()
-
-
-@pytest.mark.slow
 def test_cli_training_killed_with_sigkill_resumes_exactly(cranfield_distill, tiny_t5, tmp_path):
     """`radcot train` killed with SIGKILL after its step-6 checkpoint, then `--resume`d: the losses of every
     step and the final weights equal those of an uninterrupted `radcot train` (both one thread)."""
@@ -215,25 +178,6 @@ def test_cli_training_killed_with_sigkill_resumes_exactly(cranfield_distill, tin
     wa = load_file(str(tmp_path / "full" / "checkpoints" / "step-30" / "model.safetensors"))
     wb = load_file(str(killed / "checkpoints" / "step-30" / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-@pytest.mark.slow
-def test_launch_training_runs_torchrun_with_two_cpu_ranks(cranfield_distill, tiny_t5, tmp_path, capfd, monkeypatch):
-    """nproc_per_node=2 outside a launch: torchrun with 2 gloo ranks trains; a failing launch raises with its tail."""
-    from radcot.student.launch import launch_training
-    from radcot.student.train import TrainingError, read_metrics
-
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    cfg = _small_config(cranfield_distill, tiny_t5, tmp_path / "l", max_steps=2, grad_accum=1, nproc_per_node=2)
-    run = launch_training(cfg, show_progress=False)
-    state = json.loads((run / "checkpoints" / "step-2" / "trainer_state.json").read_text())
-    assert state["world_size"] == 2 and state["examples_seen"] == 2 * 2 * 4
-    assert [r["step"] for r in read_metrics(run, "train")] == [1, 2]
-    assert (run / "best" / "model.safetensors").is_file()
-    bad = _small_config(tmp_path / "no-such-data", tiny_t5, tmp_path / "bad", max_steps=2, nproc_per_node=2)
-    with pytest.raises(TrainingError, match=r"(?s)2 processes\) failed.*no-such-data"):
-        launch_training(bad, show_progress=False)
 
 
 def test_tensorboard_scalars_match_metrics_jsonl(trained_student):

@@ -18,12 +18,17 @@ def main(argv: list[str] | None = None) -> int:
                                    "tiny-t5[:d_model=128,layers=2,heads=4,d_ff=512,vocab_size=4000]")
     p.add_argument("--out", help="run directory (RUN_DIR/best is the selected model)")
     p.add_argument("--config", help="JSON/YAML file of TrainConfig fields; flags override it")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--resume", action="store_true", help="continue from the last intact checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the training run in --out (only a radcot training run; other files stay)")
     p.add_argument("--steps", "--max-steps", dest="max_steps", type=positive_int, help="optimizer steps (default 1000)")
     p.add_argument("--batch-size", type=positive_int, help="examples per micro-batch per process (default 4)")
     p.add_argument("--grad-accum", type=positive_int, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--lr", type=positive_float, help="AdamW learning rate (default 1e-4)")
     p.add_argument("--weight-decay", type=non_negative_float, help="AdamW weight decay (default 0.1)")
+    p.add_argument("--weight-decay-exclude", nargs="*", metavar="SUBSTRING",
+                   help="parameter-name substrings exempt from weight decay (default: layer_norm .bias); the flag "
+                        "alone decays every parameter, as the official RADCoT/FiD code")
     p.add_argument("--clip", type=non_negative_float, help="gradient-norm clipping (default 1.0; 0 = off)")
     p.add_argument("--scheduler", choices=["constant", "linear"], help="LR schedule after warm-up (default constant)")
     p.add_argument("--warmup-steps", type=non_negative_int, help="linear warm-up steps (default 0)")
@@ -65,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stop-after", type=positive_int, help="end after this step as if interrupted (resume later with --resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if args.resume and args.overwrite:
+        p.error("--resume continues the run in --out, --overwrite replaces it: pass one of them")
 
     from radcot.student.launch import launch_training
     from radcot.student.train import TrainConfig, train
@@ -82,19 +89,32 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             p.error(str(e))
     show = False if args.no_progress else None
-    with _run_dir_lock(config.out, args.resume):
+    scorer = _scorer(config)
+    with _run_dir_lock(config.out, args.resume, args.overwrite):
         if args.stop_after is not None:
-            run_dir = train(config, resume=args.resume, show_progress=show, stop_after=args.stop_after)
+            run_dir = train(config, resume=args.resume, overwrite=args.overwrite, show_progress=show,
+                            stop_after=args.stop_after, scorer=scorer)
         else:
-            run_dir = launch_training(config, resume=args.resume, show_progress=show)
+            run_dir = launch_training(config, resume=args.resume, overwrite=args.overwrite, show_progress=show,
+                                      scorer=scorer)
     if int(os.environ.get("RANK", "0")) == 0:
         print(run_dir / "best" if (run_dir / "best").is_dir() else run_dir)
     return 0
 
 
-def _run_dir_lock(out, resume: bool):
-    """Check ``--out`` (a run to ``--resume`` must exist; a directory radcot did not write is refused) and
-    lock it; under torchrun only rank 0 takes the lock, and processes it starts inherit it."""
+def _scorer(config):
+    """The checkpoint scorer of ``select_by: retrieval`` (built by every process from the config: each torchrun
+    rank runs this command; only rank 0, which evaluates, opens the index), else None."""
+    if config.select_by != "retrieval":
+        return None
+    from radcot.selection import retrieval_scorer
+
+    return retrieval_scorer(config)
+
+
+def _run_dir_lock(out, resume: bool, overwrite: bool = False):
+    """Check ``--out`` (a run to ``--resume`` must exist; a directory radcot did not write is refused, even with
+    ``--overwrite``) and lock it; under torchrun only rank 0 takes the lock, and processes it starts inherit it."""
     import contextlib
     from pathlib import Path
 
@@ -111,5 +131,6 @@ def _run_dir_lock(out, resume: bool):
                           f"new run there, or point --out at the run to continue")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / CONFIG_FILE).is_file():
         raise OutputExistsError(f"training run directory {run_dir} holds files radcot did not write; radcot never "
-                                f"replaces them: choose another --out")
+                                f"replaces them{' (not even with --overwrite)' if overwrite else ''}: choose another "
+                                f"--out")
     return output_lock(run_dir, "training run", inherit=True)

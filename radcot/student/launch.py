@@ -16,7 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from radcot.student.train import TrainConfig, TrainingError, train
+from radcot.student.train import (ConfigTypeError, Scorer, TrainConfig, TrainingError, launched_distributed,
+                                  train)
 
 logger = logging.getLogger("radcot.student")
 
@@ -26,32 +27,39 @@ TAIL_LINES = 40
 
 def inside_distributed_launch() -> bool:
     """Whether this process was started by torchrun (or another launcher that sets ``WORLD_SIZE``)."""
-    return "WORLD_SIZE" in os.environ
+    return launched_distributed(os.environ)
 
 
-def torchrun_command(config_file: str | os.PathLike, nproc: int, *, resume: bool = False,
+def torchrun_command(config_file: str | os.PathLike, nproc: int, *, resume: bool = False, overwrite: bool = False,
                      show_progress: bool | None = None) -> list[str]:
     """``python -m torch.distributed.run --standalone --nproc_per_node=N -m radcot train --config FILE ...``."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "radcot", "train", "--config", str(config_file)]
     if resume:
         cmd.append("--resume")
+    if overwrite:
+        cmd.append("--overwrite")
     if show_progress is False:
         cmd.append("--no-progress")
     return cmd
 
 
-def launch_training(config: TrainConfig, *, resume: bool = False, show_progress: bool | None = None) -> Path:
+def launch_training(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+                    show_progress: bool | None = None, scorer: Scorer | None = None) -> Path:
     """Train in this process, or under ``torchrun`` with ``config.nproc_per_node`` processes.
 
-    With ``nproc_per_node > 1`` outside a distributed launch, runs ``torchrun`` (gloo on CPU, nccl on CUDA:
+    With ``nproc_per_node > 1`` outside a distributed launch, runs ``torchrun`` (gloo on CPU, NCCL on CUDA:
     chosen by each rank) as a subprocess, streams its output to stderr and waits; otherwise calls
     :func:`radcot.student.train.train` directly.
 
     Args:
         config: the :class:`~radcot.student.train.TrainConfig`.
         resume: continue from the last checkpoint in ``config.out``.
+        overwrite: replace the training run in ``config.out``.
         show_progress: progress bar (default: from the log level).
+        scorer: the checkpoint scorer for ``select_by="retrieval"`` when training in this process
+            (:func:`radcot.selection.retrieval_scorer`); under torchrun each rank's ``radcot train`` builds its own
+            from the config.
 
     Returns:
         the run directory, ``Path(config.out)``.
@@ -59,12 +67,16 @@ def launch_training(config: TrainConfig, *, resume: bool = False, show_progress:
     Raises:
         TrainingError: the launched training failed (the message ends with the tail of its output).
     """
+    if not isinstance(config, TrainConfig):
+        raise ConfigTypeError(f"launch_training() takes a TrainConfig, got {type(config).__name__}: build one with "
+                              f"TrainConfig(data=..., model=..., out=...) or TrainConfig.from_dict(mapping)")
     if config.nproc_per_node <= 1 or inside_distributed_launch():
-        return train(config, resume=resume, show_progress=show_progress)
+        return train(config, resume=resume, overwrite=overwrite, show_progress=show_progress, scorer=scorer)
     with tempfile.TemporaryDirectory(prefix="radcot-launch-") as tmp:
         cfg_file = Path(tmp) / "train_config.json"
         cfg_file.write_text(json.dumps(config.to_dict()), encoding="utf-8")
-        cmd = torchrun_command(cfg_file, config.nproc_per_node, resume=resume, show_progress=show_progress)
+        cmd = torchrun_command(cfg_file, config.nproc_per_node, resume=resume, overwrite=overwrite,
+                               show_progress=show_progress)
         logger.info("train: launching %d processes: %s", config.nproc_per_node, " ".join(cmd))
         rc, errors, tail = _run_streaming(cmd)
     if rc != 0:

@@ -61,6 +61,12 @@ class FiDConfig:
     no_context: bool = False
 
     def __post_init__(self):
+        for name, kind in (("n_context", int), ("text_maxlength", int), ("target_maxlength", int), ("template", str),
+                           ("no_context", bool)):
+            value = getattr(self, name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise TypeError(f"FiDConfig.{name} must be {'an integer' if kind is int else kind.__name__}, got "
+                                f"{value!r} ({type(value).__name__})")
         self.template = resolve_template(self.template)  # a name ("official", "passage-prefix") -> its text
         if self.no_context and "{passage}" in self.template:
             self.template = NO_CONTEXT_TEMPLATE
@@ -178,10 +184,13 @@ def _write_head_config(path: Path, tie: bool) -> None:
 
 class _DropTieWarning(logging.Filter):
     """Drops transformers 5's "... set tie_word_embeddings=False to silence this warning" (advice that cannot be
-    followed: transformers 5 forces the flag to True for T5) when loading a student with its own ``lm_head``."""
+    followed: transformers 5 forces the flag to True for T5) when loading a student with its own ``lm_head``, and
+    its load report (:func:`check_loading_info` turns every entry of it into an error of its own)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "tie_word_embeddings=False" not in record.getMessage()
+        message = record.getMessage()
+        # transformers' load report is superseded by radcot's own error (check_loading_info raises on its entries)
+        return "tie_word_embeddings=False" not in message and "LOAD REPORT" not in message
 
 
 @contextlib.contextmanager
@@ -193,6 +202,188 @@ def _no_tie_warning():
         yield
     finally:
         hf_logger.removeFilter(f)
+
+
+# ------------------------------------------------------------------------------------------ loading checks
+
+try:
+    from safetensors import SafetensorError as _SafetensorError
+except ImportError:  # pragma: no cover - safetensors comes with transformers
+    class _SafetensorError(Exception):
+        pass
+
+#: The official RADCoT/FiD code (``FiDT5`` in its ``src/model.py``) wraps the T5 encoder in an ``EncoderWrapper``
+#: (attribute ``encoder``) and each encoder block in a ``CheckpointWrapper`` (attribute ``module``), so its
+#: ``save_pretrained`` writes ``encoder.encoder.block.N.module.layer...`` and ``encoder.encoder.final_layer_norm...``
+#: where a T5 has ``encoder.block.N.layer...``; loading maps them back (regexes for transformers' ``key_mapping``;
+#: no key of a stock T5 matches them).
+OFFICIAL_FID_KEY_MAPPING = {r"^encoder\.encoder\.block\.(\d+)\.module\.": r"encoder.block.\1.",
+                            r"^encoder\.encoder\.": "encoder."}
+
+#: model types a FiD student can be (T5 and its multilingual variant share the architecture)
+T5_MODEL_TYPES = ("t5", "mt5")
+#: weight files transformers reads, in its order of preference
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+#: files holding a T5 tokenizer (fast tokenizers' JSON, or the SentencePiece model)
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
+#: keys named in an error before "and N more"
+SHOWN_KEYS = 3
+
+
+def _source_name(name_or_dir: Any) -> str:
+    if not isinstance(name_or_dir, (str, os.PathLike)):
+        raise TypeError(f"FiDStudent.from_pretrained(name_or_dir) takes a directory or a Hugging Face model name, got "
+                        f"{name_or_dir!r} ({type(name_or_dir).__name__})")
+    return os.fspath(name_or_dir)
+
+
+def _check_overrides(overrides: Mapping[str, Any]) -> None:
+    names = {f.name for f in dataclasses.fields(FiDConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"FiDStudent.from_pretrained() got unknown FiDConfig fields {unknown}; valid: {sorted(names)}")
+
+
+def _read_json(path: Path, what: str, fix: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataFormatError(path, None, what, f"invalid or truncated JSON ({e})", fix) from None
+
+
+def check_model_dir(path: Path, needs_tokenizer: bool = True) -> dict[str, Any]:
+    """Check a student/T5 directory before transformers reads it; returns its ``fid_config.json`` (or ``{}``).
+
+    Raises:
+        DataFormatError: no or unreadable ``config.json``, not a T5 (e.g. a BERT directory), no or damaged
+            weights, no tokenizer, unreadable ``fid_config.json``; names the file and the fix.
+    """
+    files = sorted(p.name for p in path.iterdir())
+    fix = ("use an intact copy: for a training run, another checkpoint (RUN_DIR/checkpoints/step-N) or RUN_DIR/best; "
+           "or retrain (radcot train --overwrite)")
+    if not (path / "config.json").is_file():
+        raise DataFormatError(path, None, "a model directory with config.json (HF format)", f"{files[:8]}",
+                              "pass a directory written by save_pretrained / radcot train (RUN_DIR/best)")
+    config = _read_json(path / "config.json", "a JSON model config", fix)
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in T5_MODEL_TYPES:
+        arch = ", ".join(config.get("architectures") or []) if isinstance(config, dict) else ""
+        raise DataFormatError(path / "config.json", None, "a T5 model (model_type t5: google/flan-t5-*, or a student "
+                              "saved by radcot train)", f"model_type {model_type!r}" + (f" ({arch})" if arch else ""),
+                              "a FiD student is a T5 encoder-decoder: pass a T5 directory or name")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise DataFormatError(path, None, f"weights ({' or '.join(WEIGHT_FILES[::2])})", f"none among {files[:8]}", fix)
+    problem = weights_problem(path)
+    if problem is not None:
+        raise DataFormatError(path, None, "intact weight files", problem, fix)
+    if needs_tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise DataFormatError(path, None, f"a tokenizer ({' or '.join(TOKENIZER_FILES)})", f"none among {files[:8]}",
+                              "copy the tokenizer of the model it was trained from into it (the official RADCoT/FiD "
+                              "code saves none): AutoTokenizer.from_pretrained('google/flan-t5-base').save_pretrained"
+                              "(DIR), or pass tokenizer='google/flan-t5-base' to FiDStudent.from_pretrained")
+    if not (path / FID_CONFIG_FILE).is_file():
+        return {}
+    saved = _read_json(path / FID_CONFIG_FILE, "the student's JSON FiD settings", fix)
+    if not isinstance(saved, dict):
+        raise DataFormatError(path / FID_CONFIG_FILE, None, "a JSON mapping of FiD settings", type(saved).__name__, fix)
+    return saved
+
+
+def weights_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with a model directory's weight files (truncated, damaged header, missing shard), or None.
+
+    Reads only headers: a safetensors file must be covered exactly by its header's tensors, a ``.bin`` zip must have
+    its central directory (a truncated one has lost it).
+    """
+    import zipfile
+
+    path = Path(path)
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (path / index).is_file():
+            shards = set((_read_json(path / index, "a JSON weight index", "").get("weight_map") or {}).values())
+            missing = sorted(s for s in shards if not (path / s).is_file())
+            if missing:
+                return f"{index} names shards that are not there: {', '.join(missing[:SHOWN_KEYS])}"
+    from safetensors import safe_open
+
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as handle:
+                handle.keys()
+        except (_SafetensorError, OSError) as e:
+            return f"{f.name} is truncated or damaged ({str(e).splitlines()[0][:160]})"
+    for f in sorted(path.glob("*.bin")):
+        with open(f, "rb") as handle:
+            zipped = handle.read(4) == b"PK\x03\x04"
+        if zipped and not zipfile.is_zipfile(f):
+            return f"{f.name} is truncated or damaged (its zip directory is missing)"
+    return None
+
+
+def _tokenizer(given: Any, src: str, local: bool):
+    """The tokenizer to use: ``given`` (an object, or a name/directory to load) or the checkpoint's own."""
+    if given is None or isinstance(given, (str, os.PathLike)):
+        name = src if given is None else os.fspath(given)
+        return transformers.AutoTokenizer.from_pretrained(name, local_files_only=local or Path(name).is_dir())
+    if not callable(getattr(given, "batch_decode", None)):
+        raise TypeError(f"tokenizer must be a tokenizer, or the name or directory of one, got {type(given).__name__}")
+    return given
+
+
+def check_loading_info(where: str | os.PathLike, info: Mapping[str, Any]) -> None:
+    """Refuse a model whose weights did not all load (transformers would initialise the rest randomly).
+
+    Args:
+        where: the model directory or name (the error names its weight files).
+        info: transformers' ``output_loading_info`` (``missing_keys``, ``unexpected_keys``, ``mismatched_keys``,
+            ``error_msgs``), after its own rules for tied weights.
+
+    Raises:
+        DataFormatError: names the file, a few keys of each kind with their counts, and the fix.
+    """
+    missing, unexpected = sorted(info.get("missing_keys") or ()), sorted(info.get("unexpected_keys") or ())
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    errors = list(info.get("error_msgs") or ())
+    if not (missing or unexpected or mismatched or errors):
+        return
+    found = []
+    if missing:
+        found.append(f"{len(missing)} weights missing (they would start random): {_few(missing)}")
+    if unexpected:
+        found.append(f"{len(unexpected)} weights the model does not have: {_few(unexpected)}")
+    if mismatched:
+        shown = [f"{k} {list(a)} in the file, {list(b)} in config.json" for k, a, b in mismatched]
+        found.append(f"{len(mismatched)} weights of another shape: {_few(shown)}")
+    if errors:
+        found.append(f"errors: {_few([str(e).splitlines()[0] for e in errors])}")
+    path = Path(where)
+    files = [path / n for n in WEIGHT_FILES if (path / n).is_file()] if path.is_dir() else []
+    raise DataFormatError(files[0] if files else where, None, "every weight of the T5 that config.json describes",
+                          "; ".join(found), "use the config.json and weights saved together (an intact checkpoint: "
+                          "RUN_DIR/best or RUN_DIR/checkpoints/step-N, or the original download); nothing was loaded")
+
+
+def _forget_key_mapping(t5) -> None:
+    """Drop the official-layout key mapping from the loaded model: transformers keeps a ``key_mapping`` that matched
+    so that ``save_pretrained`` writes the checkpoint's own layout back (a lossy reverse of these regexes); radcot
+    saves every student in the stock T5 layout (tested: a re-saved official checkpoint has stock keys)."""
+    conversions = getattr(t5, "_weight_conversions", None)
+    if conversions:
+        t5._weight_conversions = [c for c in conversions
+                                  if not set(getattr(c, "source_patterns", ())) & set(OFFICIAL_FID_KEY_MAPPING)]
+
+
+def _few(items: Sequence[str]) -> str:
+    more = len(items) - SHOWN_KEYS
+    return ", ".join(items[:SHOWN_KEYS]) + (f" and {more} more" if more > 0 else "")
+
+
+def _check_vocab(src: str, tokenizer, t5) -> None:
+    """The tokenizer's ids must all have an embedding (a tokenizer of another model would index past the table)."""
+    n, vocab = len(tokenizer), t5.get_input_embeddings().weight.shape[0]
+    if n > vocab:
+        raise DataFormatError(src, None, f"a tokenizer of at most {vocab} tokens (the model's embeddings)",
+                              f"a tokenizer of {n} tokens", "use the tokenizer the model was trained with")
 
 
 #: generate() settings that are plain greedy decoding (anything else goes through transformers' generate())
@@ -274,28 +465,34 @@ class FiDStudent(torch.nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike, *, local_files_only: bool | None = None,
-                        torch_dtype=None, **fid_overrides) -> "FiDStudent":
+                        torch_dtype=None, tokenizer: Any = None, **fid_overrides) -> "FiDStudent":
         """Load a saved student directory, any local T5 directory, or a hub name (``google/flan-t5-base``).
+
+        Every weight of the model ``config.json`` describes must come from the checkpoint: a missing, unexpected or
+        differently shaped tensor is an error naming the file and the keys, never a randomly initialised layer
+        (transformers' own rules for tied heads apply: a flan-t5 checkpoint without the tied copies loads). A
+        checkpoint of the official RADCoT/FiD code (``FiDT5``: encoder keys ``encoder.encoder.block.N.module.*``,
+        :data:`OFFICIAL_FID_KEY_MAPPING`) loads as the same model.
 
         Args:
             name_or_dir: a directory (``fid_config.json`` is read when present) or a Hugging Face model name.
             local_files_only: passed to transformers (default: only for directories).
             torch_dtype: optional dtype for the weights (default float32).
+            tokenizer: a tokenizer, or the name/directory of one, to use instead of the checkpoint's own (the
+                official RADCoT/FiD code saves none: pass ``"google/flan-t5-base"`` or a copy of it).
             **fid_overrides: :class:`FiDConfig` fields overriding the saved ones (``n_context=5``).
 
         Raises:
+            DataFormatError: a damaged or mismatched model directory (names the file, what is wrong and the fix).
             OfflineResourceError: a hub name that cannot be downloaded (no internet, unknown name).
+            TypeError: an argument of the wrong type, or an unknown FiDConfig field.
         """
-        src = str(name_or_dir)
+        src = _source_name(name_or_dir)
+        _check_overrides(fid_overrides)
         path = Path(src)
         saved: dict[str, Any] = {}
         if path.is_dir():
-            if not (path / "config.json").is_file():
-                raise DataFormatError(path, None, "a model directory with config.json (HF format)",
-                                      f"{sorted(p.name for p in path.iterdir())[:8]}",
-                                      "pass a directory written by save_pretrained / radcot train (RUN_DIR/best)")
-            if (path / FID_CONFIG_FILE).is_file():
-                saved = json.loads((path / FID_CONFIG_FILE).read_text(encoding="utf-8"))
+            saved = check_model_dir(path, needs_tokenizer=tokenizer is None)
             local = True if local_files_only is None else local_files_only
         elif _is_hub_name(src):
             local = bool(local_files_only)
@@ -305,16 +502,18 @@ class FiDStudent(torch.nn.Module):
         else:
             raise FileNotFoundError(f"student model {src} does not exist (expected a directory such as RUN_DIR/best "
                                     f"or a Hugging Face name such as google/flan-t5-base)")
-        kwargs: dict[str, Any] = {"local_files_only": local}
+        cfg = FiDConfig.from_dict({**saved, **fid_overrides})  # bad settings fail before the weights load
+        kwargs: dict[str, Any] = {"local_files_only": local, "output_loading_info": True,
+                                  "ignore_mismatched_sizes": True, "key_mapping": OFFICIAL_FID_KEY_MAPPING}
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
         try:
             with quiet_hf(), _no_tie_warning():
-                tokenizer = transformers.AutoTokenizer.from_pretrained(src, local_files_only=local)
+                tokenizer = _tokenizer(tokenizer, src, local)
                 from radcot.student.pointer import t5_class
 
-                t5 = t5_class(src if path.is_dir() else None).from_pretrained(src, **kwargs)
-        except OSError as e:
+                t5, info = t5_class(src if path.is_dir() else None).from_pretrained(src, **kwargs)
+        except (OSError, _SafetensorError) as e:
             if path.is_dir():
                 raise DataFormatError(path, None, "loadable T5 weights and tokenizer (HF format)", str(e).split("\n")[0],
                                       "re-save the model with FiDStudent.save_pretrained") from e
@@ -325,7 +524,9 @@ class FiDStudent(torch.nn.Module):
                 f"--set params.models_dir=DIR), or build an offline model with --model tiny-t5") from e
         if not t5.config.is_encoder_decoder:
             raise RadcotError(f"{src} is not an encoder-decoder (T5) model")
-        cfg = FiDConfig.from_dict({**saved, **fid_overrides})
+        check_loading_info(path if path.is_dir() else src, info)
+        _forget_key_mapping(t5)
+        _check_vocab(src, tokenizer, t5)
         student = cls(t5, tokenizer, cfg)
         student.name_or_path = src
         return student

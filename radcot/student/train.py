@@ -29,8 +29,10 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -39,6 +41,8 @@ import random
 import re
 import shutil
 import time
+import types
+import typing
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -55,6 +59,8 @@ CSV_COLUMNS = ("kind", "step", "epoch", "loss", "lr", "grad_norm", "examples", "
 #: fields that may differ when resuming (they do not change what is computed)
 RESUME_MUTABLE = {"eval_every", "save_every", "log_every", "keep_checkpoints", "eval_batch_size", "device",
                   "log_examples"}
+#: parameter-name substrings that get no weight decay by default (T5's layer norms; biases, which T5 has none of)
+NO_DECAY_DEFAULT = ("layer_norm", ".bias")
 
 
 class TrainingError(RadcotError, RuntimeError):
@@ -78,6 +84,9 @@ class TrainConfig:
         batch_size: examples per micro-batch per process.
         grad_accum: micro-batches per optimizer step.
         lr, weight_decay, clip: AdamW learning rate and weight decay, gradient-norm clipping (paper: 1e-4, 0.1, 1.0).
+        weight_decay_exclude: parameter-name substrings whose parameters get no weight decay (default
+            :data:`NO_DECAY_DEFAULT`: layer norms and biases); ``[]`` decays every parameter, as the official
+            RADCoT/FiD code does (``AdamW(model.parameters(), weight_decay=...)``).
         scheduler: ``constant`` or ``linear`` (decay to 0 at ``max_steps``), both after ``warmup_steps``.
         warmup_steps: linear warm-up steps.
         eval_every: evaluate on the dev split every this many steps (0: only at the end).
@@ -121,6 +130,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 1e-4
     weight_decay: float = 0.1
+    weight_decay_exclude: list[str] = dataclasses.field(default_factory=lambda: list(NO_DECAY_DEFAULT))
     clip: float = 1.0
     scheduler: str = "constant"
     warmup_steps: int = 0
@@ -147,8 +157,11 @@ class TrainConfig:
     copy_augment_max_df: float = 0.05
 
     def __post_init__(self):
-        for name in ("data", "model", "out"):
-            setattr(self, name, str(getattr(self, name)))
+        _check_field_types(self)
+        for f in dataclasses.fields(self):  # paths given as Path objects are stored (and saved) as strings
+            if isinstance(getattr(self, f.name), os.PathLike):
+                setattr(self, f.name, os.fspath(getattr(self, f.name)))
+        self.weight_decay_exclude = list(self.weight_decay_exclude)
         positive = ("max_steps", "batch_size", "grad_accum", "text_maxlength", "target_maxlength",
                     "eval_batch_size", "eval_max_new_tokens", "save_every", "keep_checkpoints", "log_every",
                     "nproc_per_node")
@@ -191,10 +204,11 @@ class TrainConfig:
         import ir_measures
 
         try:
-            ir_measures.parse_measure(self.select_metric)
+            measure = ir_measures.parse_measure(self.select_metric)
         except (ValueError, NameError, SyntaxError, TypeError) as e:
             raise ValueError(f"TrainConfig.select_metric {self.select_metric!r} is not an ir-measures name "
                              f"(e.g. nDCG@10, RR@10, AP): {e}") from e
+        self.select_metric = str(measure)  # canonical (NDCG@10 -> nDCG@10, MRR@10 -> RR@10): the metrics key
 
     @property
     def selection_metric(self) -> str:
@@ -224,6 +238,8 @@ class TrainConfig:
             ValueError: the file is not valid JSON/YAML or not a mapping (names the file and line).
         """
         d = _read_config_file(Path(path))
+        if Path(path).suffix in (".yaml", ".yml"):
+            d = _yaml_numbers(d)
         d.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(d)
 
@@ -233,14 +249,9 @@ def _read_config_file(path: Path) -> dict:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix in (".yaml", ".yml"):
-            import yaml
+            from radcot.safe_yaml import parse_yaml
 
-            try:
-                d = yaml.safe_load(text) or {}
-            except yaml.YAMLError as e:
-                mark = getattr(e, "problem_mark", None)
-                where = f":{mark.line + 1}" if mark is not None else ""
-                raise ValueError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+            d = parse_yaml(text, str(path)) or {}  # duplicate keys, alias bombs: refused with file:line (ValueError)
         else:
             d = json.loads(text)
     except json.JSONDecodeError as e:
@@ -251,48 +262,160 @@ def _read_config_file(path: Path) -> dict:
     return d
 
 
+class ConfigTypeError(RadcotError, TypeError):
+    """A TrainConfig field (or a ``train()`` argument) of the wrong type; the message names it and the fix."""
+
+
+def _check_field_types(config: "TrainConfig") -> None:
+    """Every field of ``config`` has its annotated type (numbers are not strings, a list is not a str).
+
+    Raises:
+        ConfigTypeError: names the field, the value and what it must be.
+    """
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not _has_type(value, hints[f.name]):
+            raise ConfigTypeError(f"TrainConfig.{f.name} must be {_type_words(hints[f.name])}, got {value!r} "
+                                  f"({type(value).__name__}){_type_fix(value, hints[f.name])}")
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, (str, os.PathLike))
+    if origin is list:
+        return isinstance(value, (list, tuple)) and all(_has_type(v, args[0]) for v in value)
+    if hint is dict or origin is dict:
+        return isinstance(value, Mapping)
+    return True  # a type this check does not know: __post_init__'s own checks apply
+
+
+def _type_words(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_words(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        item = typing.get_args(hint)[0]
+        return "a list of " + {str: "strings", int: "integers", float: "numbers"}.get(item, _type_words(item))
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "None",
+             dict: "a mapping"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _type_fix(value: Any, hint: Any) -> str:
+    if isinstance(value, str) and _has_type(_number(value), hint):
+        return "; write the number without quotes"
+    if isinstance(value, str) and typing.get_origin(hint) is list:
+        return f"; write a list, e.g. [{value!r}] (or [] for none)"
+    return ""
+
+
+def _number(text: str) -> int | float | str:
+    """``text`` as an int or float when it is one (``"1e-4"`` -> 0.0001), else ``text``."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _yaml_numbers(d: dict) -> dict:
+    """YAML 1.1 (PyYAML) reads ``1e-4`` (no dot) as a string: such values of number fields become numbers."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = dict(d)
+    for name, value in d.items():
+        if isinstance(value, str) and name in hints and not _has_type(value, hints[name]) \
+                and _has_type(_number(value), hints[name]):
+            out[name] = _number(value)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ helpers
 
 
-class _Dist:
-    """Process-group facts (a single process when not launched by torchrun)."""
+#: how long a rank waits in a collective (rank 0 evaluates and saves alone while the others wait at a barrier;
+#: NCCL's own default, 10 minutes, is shorter than one evaluation of a large student)
+DIST_TIMEOUT_S = 3600
 
-    def __init__(self, torch):
-        self.torch = torch
+
+def launched_distributed(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether this process was started by ``torchrun`` (any ``--nproc_per_node``, 1 included)."""
+    return "WORLD_SIZE" in env and ("MASTER_ADDR" in env or int(env.get("WORLD_SIZE", "1")) > 1)
+
+
+class _Dist:
+    """The process group of a ``torchrun`` launch (a single process otherwise) and the collectives training uses.
+
+    Every collective runs on this rank's ``device``: tensors are created there, ``barrier`` names it, object
+    collectives find it as the current CUDA device. On CUDA, ``torch.cuda.set_device`` comes before
+    ``init_process_group`` (NCCL, ``device_id`` given so the communicator is formed at once) and before any
+    collective; on CPU the backend is gloo.
+
+    Args:
+        torch: the torch module.
+        device: this rank's device (default: :func:`_pick_device` ``"auto"``); CUDA devices use NCCL, others gloo.
+        env: the launcher's environment (``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``).
+        timeout_s: collective timeout (:data:`DIST_TIMEOUT_S`).
+    """
+
+    def __init__(self, torch, device=None, env: Mapping[str, str] = os.environ, timeout_s: float = DIST_TIMEOUT_S):
+        import datetime
+
+        device = _pick_device(torch, "auto", env)[0] if device is None else device
+        self.torch, self.device = torch, device
         dist = torch.distributed
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.enabled = self.world > 1
+        self.world = int(env.get("WORLD_SIZE", "1"))
+        self.local_rank = int(env.get("LOCAL_RANK", "0"))
+        self.enabled = launched_distributed(env)
         self.initialized_here = False
+        self.cuda = device.type == "cuda"
+        if self.enabled and self.cuda:
+            torch.cuda.set_device(device)  # before the first NCCL call: object collectives use the current device
         if self.enabled and not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend=backend)
+            extra = {"device_id": device} if self.cuda else {}
+            dist.init_process_group(backend="nccl" if self.cuda else "gloo",
+                                    timeout=datetime.timedelta(seconds=timeout_s), **extra)
             self.initialized_here = True
         self.rank = dist.get_rank() if self.enabled else 0
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.main = self.rank == 0
 
     def barrier(self):
         if self.enabled:
-            self.torch.distributed.barrier()
+            if self.cuda:
+                self.torch.distributed.barrier(device_ids=[self.device.index])
+            else:
+                self.torch.distributed.barrier()
 
     def all_gather(self, obj) -> list:
         if not self.enabled:
             return [obj]
         out = [None] * self.world
-        self.torch.distributed.all_gather_object(out, obj)
+        self.torch.distributed.all_gather_object(out, obj)  # on the current device (set in __init__)
         return out
 
     def broadcast(self, obj):
         if not self.enabled:
             return obj
         box = [obj]
-        self.torch.distributed.broadcast_object_list(box, src=0)
+        self.torch.distributed.broadcast_object_list(box, src=0, device=self.device)
         return box[0]
 
     def mean(self, value: float) -> float:
+        """The mean of ``value`` over the ranks (an all-reduce of a tensor on this rank's device)."""
         if not self.enabled:
             return value
-        t = self.torch.tensor([value], dtype=self.torch.float64)
+        t = self.torch.tensor([value], dtype=self.torch.float64, device=self.device)
         self.torch.distributed.all_reduce(t)
         return float(t.item()) / self.world
 
@@ -333,16 +456,108 @@ def _set_rng_state(torch, state: dict) -> None:
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, ``[(step, path)]`` sorted by step."""
+def step_dirs(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Every ``checkpoints/step-N`` directory of a run, complete or not, ``[(step, path)]`` sorted by step."""
     root = Path(run_dir) / "checkpoints"
     out = []
     if root.is_dir():
         for p in root.iterdir():
             m = _STEP_DIR.match(p.name)
-            if m and (p / STATE_FILE).is_file() and (p / "config.json").is_file():
+            if m and p.is_dir():
                 out.append((int(m.group(1)), p))
     return sorted(out)
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run (trainer state and weights config present), ``[(step, path)]`` sorted by step."""
+    return [(s, p) for s, p in step_dirs(run_dir) if (p / STATE_FILE).is_file() and (p / "config.json").is_file()]
+
+
+def _read_checkpoint(torch, path: Path) -> tuple[dict | None, str | None]:
+    """``(trainer state, None)`` for an intact checkpoint, ``(None, what is wrong)`` for a damaged one."""
+    from radcot.student.model import weights_problem
+
+    missing = [n for n in (STATE_FILE, "config.json") if not (path / n).is_file()]
+    if missing:
+        return None, f"incomplete: no {' or '.join(missing)}"
+    problem = weights_problem(path)
+    if problem is not None:
+        return None, problem
+    try:
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a damaged pickle/zip raises many kinds (RuntimeError, EOFError, ...)
+        return None, f"{STATE_FILE} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+    keys = {"optimizer", "scheduler", "rng", "world_size", "step", "epoch", "batch_pos", "examples_seen", "best"}
+    if not isinstance(state, dict) or not keys <= set(state):
+        return None, f"{STATE_FILE} is not a radcot trainer state"
+    return state, None
+
+
+def clear_run_dir(run_dir: str | os.PathLike) -> None:
+    """Remove what ``radcot train`` wrote into ``run_dir`` (:data:`RUN_FILES`); other files stay."""
+    run_dir = Path(run_dir)
+    paths = [run_dir / name for name in RUN_FILES] + [p for g in RUN_GLOBS for p in run_dir.glob(g)]
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def decay_groups(named_parameters, weight_decay: float, exclude) -> list[dict]:
+    """AdamW parameter groups: parameters whose name contains one of ``exclude`` get no weight decay.
+
+    Args:
+        named_parameters: ``model.named_parameters()``.
+        weight_decay: the decay of the other parameters.
+        exclude: name substrings (:data:`NO_DECAY_DEFAULT`; ``[]``: every parameter decays, as the official code).
+
+    Returns:
+        ``[{"params": decayed, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]``
+        (the second group only when it has parameters).
+
+    Example:
+        >>> import torch
+        >>> groups = decay_groups(torch.nn.LayerNorm(2).named_parameters(), 0.1, [".bias"])
+        >>> [(len(g["params"]), g["weight_decay"]) for g in groups]
+        [(1, 0.1), (1, 0.0)]
+    """
+    decay, exempt = [], []
+    for name, param in named_parameters:
+        (exempt if any(s in name for s in exclude) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if exempt:
+        groups.append({"params": exempt, "weight_decay": 0.0})
+    return groups
+
+
+def _check_n_context(config: TrainConfig, meta: Mapping[str, Any], data: Path) -> None:
+    """``n_context`` may not exceed the passages the data holds per query: the extra slots would stay empty in
+    training, and the student would record an ``n_context`` it never read."""
+    k = meta.get("k")
+    if config.n_context is None or meta.get("no_context") or not isinstance(k, int):
+        if config.n_context is not None and meta.get("no_context") and config.n_context != 1:
+            logger.info("train: no-context data: n_context %d is ignored (one input per query)", config.n_context)
+        return
+    if config.n_context > k:
+        raise TrainingError(f"n_context {config.n_context} is more than the {k} passages per query in {data} "
+                            f"(radcot_data.json k={k}): rebuild the data with --k {config.n_context} (radcot "
+                            f"build-data), or train with --n-context {k} or fewer (n_context={k})")
+
+
+def _student_retriever(meta: Mapping[str, Any], data: Path):
+    """The :class:`~radcot.student.profile.RetrieverRecord` of the data's passages (``student_retriever`` in
+    ``radcot_data.json``), or None (no-context data, or data built before radcot recorded it)."""
+    from radcot.student.profile import ProfileError, RetrieverRecord
+
+    record = meta.get("student_retriever")
+    if record is None:
+        return None
+    try:
+        return RetrieverRecord.from_dict(record)
+    except (KeyError, TypeError, ProfileError) as e:
+        raise TrainingError(f"{data / 'radcot_data.json'}: student_retriever is malformed ({type(e).__name__}: "
+                            f"{e}); rebuild the data with radcot build-data") from None
 
 
 def _lr_lambda(config: TrainConfig):
@@ -418,24 +633,52 @@ def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[di
     return [r for r in rows if kind is None or r.get("kind") == kind]
 
 
+def _field_defaults() -> dict[str, Any]:
+    """TrainConfig's default of every field that has one (``default_factory`` ones included)."""
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any]:
+    """The TrainConfig a run was started with, as the current radcot spells it (defaults of newer fields filled
+    in, ``select_metric`` canonical)."""
+    path = run_dir / CONFIG_FILE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TrainingError(f"{path} is not valid JSON ({e}); the run directory is damaged: start over with "
+                            f"--overwrite (overwrite=True), or choose another --out") from None
+    if not isinstance(saved, dict):
+        raise TrainingError(f"{path} holds {type(saved).__name__}, not a TrainConfig mapping; start over with "
+                            f"--overwrite (overwrite=True), or choose another --out")
+    saved = {**_field_defaults(), **saved}  # a run written before a field existed ran with its default
+    try:
+        return TrainConfig.from_dict(saved).to_dict()
+    except (ValueError, TypeError):  # a config an older radcot accepted: compared as written
+        return saved
+
+
 def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
-    saved = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-    saved = {**defaults, **saved}  # a run written before a field existed ran with its default
+    saved = _saved_config(run_dir)
     now = config.to_dict()
     diff = {k: (saved.get(k), now.get(k)) for k in set(saved) | set(now)
             if k not in RESUME_MUTABLE and k != "out" and saved.get(k) != now.get(k)}
     if diff:
         desc = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in sorted(diff.items()))
-        raise TrainingError(f"cannot resume {run_dir}: its config differs ({desc}). Use the same settings, "
-                            f"or a new --out directory for a new run")
+        raise TrainingError(f"cannot resume {run_dir}: its config differs ({desc}). Use the same settings, start "
+                            f"over with --overwrite (overwrite=True), or choose a new --out directory")
 
 
 # ------------------------------------------------------------------------------------------ training
 
 
-def train(config: TrainConfig, *, resume: bool = False, show_progress: bool | None = None,
-          stop_after: int | None = None) -> Path:
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, show_progress: bool | None = None,
+          stop_after: int | None = None, scorer: Scorer | None = None) -> Path:
     """Train a FiD student; returns the run directory (best model at ``RUN_DIR/best``).
 
     Global RNG state: ``train()`` seeds Python's ``random`` and torch's global generators with
@@ -444,28 +687,41 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool | No
 
     Args:
         config: the :class:`TrainConfig`.
-        resume: continue from the last complete checkpoint in ``config.out`` if there is one (else start).
-            Without it, an ``out`` that already holds a run is an error.
+        resume: continue from the newest intact checkpoint in ``config.out``. A damaged newer checkpoint is named
+            in a warning and moved aside (``step-N.damaged``); a run with no intact checkpoint is an error.
+            Without ``resume``, an ``out`` holding a run that saved a checkpoint is an error.
+        overwrite: replace the training run in ``config.out`` (only a radcot training run: its
+            ``train_config.json`` must be there).
         show_progress: progress bar (default: from the log level).
         stop_after: end this invocation after that step, without a final save, as if the process had
             been killed there (for testing resume and for time-sliced jobs).
+        scorer: for ``select_by="retrieval"``: ``scorer({query_id: dev CoT}) -> float`` (higher is better), e.g.
+            :func:`radcot.selection.retrieval_scorer`; required then, unused otherwise.
+
+    A run that saved no checkpoint (it failed or was killed early) does not hold its directory: a new run with
+    any settings starts over there (logged).
 
     Returns:
         ``Path(config.out)``.
 
     Raises:
-        TrainingError: ``out`` holds another run (without ``resume``) or a run with a different config.
+        TrainingError: ``out`` holds another run (without ``resume``/``overwrite``), a run with a different config,
+            or no intact checkpoint to resume; a checkpoint cannot be written (disk full); ``select_by="retrieval"``
+            without a scorer.
+        ConfigTypeError: an argument of the wrong type.
         DistillationDataError: the data directory is not a distillation dataset.
     """
+    _check_train_args(config, resume, overwrite, stop_after, scorer)
     torch = require("torch", "student training")
-    dist = _Dist(torch)
+    device, device_reason = _pick_device(torch, config.device)
+    dist = _Dist(torch, device)
     try:
-        run = _Run(config, dist, torch)
-        resume_from = run.prepare_run_dir(resume)
+        run = _Run(config, dist, torch, scorer)
+        run.load_data()
+        resume_from = run.prepare_run_dir(resume, overwrite)
         if resume_from is _FINISHED:
             return run.run_dir
-        run.load_data()
-        run.choose_device()
+        run.choose_device(device_reason)
         run.build_model(resume_from)
         bar = progress(total=config.max_steps, initial=run.step, desc="training", unit="step",
                        show_progress=show_progress if dist.main else False)
@@ -488,14 +744,44 @@ def train(config: TrainConfig, *, resume: bool = False, show_progress: bool | No
         dist.close()
 
 
+#: ``scorer({query_id: CoT}) -> float``: the quality of a checkpoint's dev CoTs (higher is better)
+Scorer = typing.Callable[[Mapping[str, str]], float]
+
+
+def _check_train_args(config, resume, overwrite, stop_after, scorer) -> None:
+    """``train()``'s arguments have their types, and a retrieval-selected run has its scorer."""
+    if not isinstance(config, TrainConfig):
+        raise ConfigTypeError(f"train() takes a TrainConfig, got {type(config).__name__}: build one with "
+                              f"TrainConfig(data=..., model=..., out=...) or TrainConfig.from_dict(mapping)")
+    for name, value in (("resume", resume), ("overwrite", overwrite)):
+        if not isinstance(value, bool):
+            raise ConfigTypeError(f"train() argument {name} must be True or False, got {value!r}")
+    if resume and overwrite:
+        raise TrainingError("train(): resume and overwrite exclude each other (continue the run, or replace it)")
+    if stop_after is not None and (not isinstance(stop_after, int) or isinstance(stop_after, bool) or stop_after < 1):
+        raise ConfigTypeError(f"train() argument stop_after must be an integer >= 1 or None, got {stop_after!r}")
+    if scorer is not None and not callable(scorer):
+        raise ConfigTypeError(f"train() argument scorer must be a callable scorer(cots) -> float, got "
+                              f"{type(scorer).__name__}")
+    if config.select_by == "retrieval" and scorer is None:
+        raise TrainingError("select_by='retrieval' needs a scorer of the dev CoTs: radcot train builds it from "
+                            "select_index/select_qrels; from Python pass train(config, scorer=radcot.selection."
+                            "retrieval_scorer(config))")
+
+
 _FINISHED = object()
+
+#: what ``radcot train`` writes into a run directory (and ``--overwrite`` removes; anything else is left alone)
+RUN_FILES = (CONFIG_FILE, "init-model", "checkpoints", "best", "metrics.jsonl", "metrics.csv", "tensorboard",
+             "device.json", "eval")
+RUN_GLOBS = ("examples.rank*.tsv", ".best.*")
 
 
 class _Run:
     """One training run's state and its steps (set up, data, device, model, one step, evaluate, checkpoint)."""
 
-    def __init__(self, config: TrainConfig, dist: _Dist, torch):
-        self.config, self.dist, self.torch = config, dist, torch
+    def __init__(self, config: TrainConfig, dist: _Dist, torch, scorer: Scorer | None = None):
+        self.config, self.dist, self.torch, self.scorer = config, dist, torch, scorer
         self.run_dir = Path(config.out)
         self.t_start = time.time()
         self.step, self.epoch, self.batch_pos, self.examples_seen = 0, 0, 0, 0
@@ -503,32 +789,78 @@ class _Run:
         self.resume_step = 0
         self.scaler = None
         self.examples_log = None
+        self.damaged: list[tuple[Path, str]] = []
 
     # ---------------------------------------------------------------- set up
-    def prepare_run_dir(self, resume: bool):
-        """Check the run directory; returns the checkpoint to resume from (None: start; _FINISHED: done)."""
+    def prepare_run_dir(self, resume: bool, overwrite: bool):
+        """Check the run directory; returns ``(step, path, trainer state)`` to resume from, None to start, or
+        _FINISHED."""
         run_dir, config, dist = self.run_dir, self.config, self.dist
-        ckpts = list_checkpoints(run_dir)
-        if (run_dir / CONFIG_FILE).exists():
-            if not resume:
-                raise TrainingError(f"{run_dir} already holds a training run; pass --resume (resume=True) to continue "
-                                    f"it, or choose another --out")
-            _check_resume_config(run_dir, config)
-        elif ckpts:
-            raise TrainingError(f"{run_dir} has checkpoints but no {CONFIG_FILE}; it was not written by radcot train")
-        resume_from = ckpts[-1] if (resume and ckpts) else None
+        restart = self._restart_reason(resume, overwrite)
+        resume_from = self._resume_point() if (resume and restart is None) else None
         self.resume_step = resume_from[0] if resume_from else 0
         if self.resume_step >= config.max_steps and (run_dir / "best").is_dir():
             logger.info("train: %s already finished (%d steps)", run_dir, self.resume_step)
             return _FINISHED
         dist.barrier()  # every rank has inspected run_dir before rank 0 writes into it
         if dist.main:
+            if restart:
+                logger.info("%s", restart)
+                clear_run_dir(run_dir)
+            self._set_aside_damaged()
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / CONFIG_FILE, config.to_dict())
             for stale in (run_dir / "checkpoints").glob(".step-*.tmp") if (run_dir / "checkpoints").is_dir() else []:
                 shutil.rmtree(stale, ignore_errors=True)  # half-written checkpoint of a killed run
         dist.barrier()
         return resume_from
+
+    def _restart_reason(self, resume: bool, overwrite: bool) -> str | None:
+        """Why the earlier run in the run directory is cleared first (None: there is none, or it is resumed)."""
+        run_dir = self.run_dir
+        produced = bool(step_dirs(run_dir)) or (run_dir / "best").is_dir()
+        if not (run_dir / CONFIG_FILE).exists():
+            if produced:
+                raise TrainingError(f"{run_dir} has checkpoints but no {CONFIG_FILE}; it was not written by radcot "
+                                    f"train, and radcot never replaces it: choose another --out")
+            return None
+        if overwrite:
+            return f"train: --overwrite: replacing the training run in {run_dir}"
+        if not produced:
+            return (f"train: {run_dir} holds a run that saved no checkpoint (it failed or was stopped early): "
+                    f"starting over there with the current settings")
+        if not resume:
+            last = step_dirs(run_dir)[-1][0] if step_dirs(run_dir) else "best/ only"
+            raise TrainingError(f"{run_dir} already holds a training run (last checkpoint: step {last}); pass --resume "
+                                f"(resume=True) to continue it, --overwrite (overwrite=True) to start over, or choose "
+                                f"another --out")
+        _check_resume_config(run_dir, self.config)
+        return None
+
+    def _resume_point(self):
+        """``(step, path, trainer state)`` of the newest intact checkpoint. Damaged newer ones are named in a warning
+        (and later moved aside by rank 0); none intact is an error, never a silent start from scratch."""
+        for step, path in reversed(step_dirs(self.run_dir)):
+            state, problem = _read_checkpoint(self.torch, path)
+            if problem is None:
+                if self.damaged:
+                    names = "; ".join(f"{p} is damaged ({why})" for p, why in self.damaged)
+                    logger.warning("train: %s: resuming from %s, the newest intact checkpoint (the damaged ones are "
+                                   "moved to step-N.damaged)", names, path.name)
+                return step, path, state
+            self.damaged.append((path, problem))
+        found = "; ".join(f"{p.name}: {why}" for p, why in self.damaged) or "no step-N checkpoint, only best/"
+        raise TrainingError(f"nothing to resume in {self.run_dir / 'checkpoints'} ({found}); start over with "
+                            f"--overwrite (overwrite=True)")
+
+    def _set_aside_damaged(self) -> None:
+        """Rename damaged checkpoints to ``step-N.damaged`` (kept for inspection, never resumed from)."""
+        for path, _ in self.damaged:
+            target, n = path.with_name(path.name + ".damaged"), 1
+            while target.exists():
+                n += 1
+                target = path.with_name(f"{path.name}.damaged{n}")
+            os.replace(path, target)
 
     # ---------------------------------------------------------------- data
     def load_data(self) -> None:
@@ -540,6 +872,8 @@ class _Run:
         self.dev_ds = dd["dev"] if "dev" in dd else None
         self.no_context = bool(meta.get("no_context", False))
         self.n_context = 1 if self.no_context else (config.n_context or int(meta.get("k") or 10))
+        _check_n_context(config, meta, Path(config.data))
+        self.retriever_record = _student_retriever(meta, Path(config.data))
         template = resolve_template(config.template or (NO_CONTEXT_TEMPLATE if self.no_context else PASSAGE_TEMPLATE))
         if self.no_context and "{passage}" in template:
             # one config for both rows of an experiment: a passage template means nothing to the ablation
@@ -557,11 +891,9 @@ class _Run:
                         100 * config.copy_augment, len(self.augment.rare))
 
     # ---------------------------------------------------------------- device / precision
-    def choose_device(self) -> None:
-        torch, config = self.torch, self.config
-        device, why = _pick_device(torch, config.device, self.dist.local_rank)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
+    def choose_device(self, why: str) -> None:
+        """The precision on the device the process group uses (:func:`_pick_device`, ``why`` it was chosen)."""
+        torch, config, device = self.torch, self.config, self.dist.device
         precision, pwhy = _pick_precision(torch, config.precision, device)
         logger.info("train: device %s (%s), precision %s (%s)", device, why, precision, pwhy)
         self.device, self.precision = device, precision
@@ -594,18 +926,15 @@ class _Run:
         self.student = student = FiDStudent.from_pretrained(source, **fid_kwargs)
         student.to(self.device)
         student.train()
-        decay, no_decay = [], []
-        for name, p in student.named_parameters():
-            (no_decay if ("layer_norm" in name or name.endswith(".bias")) else decay).append(p)
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+        self.optimizer = torch.optim.AdamW(
+            decay_groups(student.named_parameters(), config.weight_decay, config.weight_decay_exclude), lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
         self.model = student
         if dist.enabled:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if resume_from is not None:
-            self._restore(resume_from[1])
+            self._restore(resume_from[1], resume_from[2])
         self.sampler = torch.utils.data.distributed.DistributedSampler(
             range(len(self.train_ds)), num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=config.seed,
             drop_last=False)
@@ -634,8 +963,8 @@ class _Run:
         self.dist.barrier()
         return source
 
-    def _restore(self, ckpt: Path) -> None:
-        state = self.torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+    def _restore(self, ckpt: Path, state: dict) -> None:
+        """Optimizer, scheduler, scaler, RNG and data position from ``state``, the trainer state of ``ckpt``."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
@@ -764,39 +1093,20 @@ class _Run:
         refs = [r["target"] for r in rows]
         result = {"dev_loss": sum(losses) / n, "rougeL": _rouge_l(preds, refs), "n_dev": n}
         if config.select_by == "retrieval":
-            result.update(self._retrieval_score(rows, preds))
+            result[config.select_metric] = self._score({r["query_id"]: p for r, p in zip(rows, preds)})
         with open(_mkdir(self.run_dir / "eval") / f"step-{self.step}.jsonl", "w", encoding="utf-8") as f:
             for r, p in zip(rows, preds):
                 f.write(json.dumps({"query_id": r["query_id"], "query": r["query"], "prediction": p,
                                     "target": r["target"]}, ensure_ascii=False) + "\n")
         return result
 
-    def _retrieval_score(self, rows: list[dict], cots: list[str]) -> dict:
-        """Expand the dev queries with their generated CoTs, search BM25, evaluate on the judged ones."""
-        from radcot.evaluation import evaluate
-        from radcot.expansion import expand_text
-
-        config = self.config
-        if getattr(self, "_retriever", None) is None:  # opened once per run
-            from radcot.data.readers import read_qrels
-            from radcot.retrieval.bm25 import BM25Retriever
-
-            self._retriever = BM25Retriever(config.select_index)
-            qpath = Path(config.select_qrels)
-            self._select_qrels = read_qrels(qpath, split="train" if qpath.is_dir() else None)
-        dev_ids = {r["query_id"] for r in rows}
-        qrels = {}
-        for q in self._select_qrels:
-            if q.query_id in dev_ids:
-                qrels.setdefault(q.query_id, {})[q.doc_id] = q.relevance
-        if not qrels:
-            raise TrainingError(f"select_by=retrieval: none of the {len(dev_ids)} dev queries has judgements in "
-                                f"{config.select_qrels}; pass the qrels of the training queries")
-        queries = {r["query_id"]: expand_text(r["query"], c, config.select_formula)
-                   for r, c in zip(rows, cots) if r["query_id"] in qrels}
-        run = self._retriever.batch_search(queries, k=config.select_k)
-        value = evaluate(qrels, run, [config.select_metric])[config.select_metric]
-        return {config.select_metric: float(value), "n_select": len(queries)}
+    def _score(self, cots: Mapping[str, str]) -> float:
+        """The injected scorer's value of the dev CoTs (``select_by="retrieval"``); it must be a finite number."""
+        value = self.scorer(cots)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise TrainingError(f"the checkpoint scorer returned {value!r} for {len(cots)} dev CoTs at step "
+                                f"{self.step}; it must return a finite number (higher is better)")
+        return float(value)
 
     def _is_better(self, value: float) -> bool:
         if self.best["value"] is None:
@@ -811,8 +1121,9 @@ class _Run:
             final = self.run_dir / "checkpoints" / f"step-{self.step}"
             pos = {"step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos,
                    "examples_seen": self.examples_seen, "best": self.best}
-            with atomic_dir(final) as tmp:
+            with self._writing(final), atomic_dir(final) as tmp:
                 self.student.save_into(tmp, {"step": self.step})
+                self._profile(tmp).save()
                 torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                             "rng": rng, "world_size": dist.world, **pos}, tmp / STATE_FILE)
@@ -822,8 +1133,29 @@ class _Run:
         dist.barrier()
 
     def save_best(self, reason: dict) -> None:
-        self.student.save_pretrained(self.run_dir / "best", {"step": self.step, "train_config": self.config.to_dict(),
-                                                             "precision": self.precision, **reason})
+        best = self.run_dir / "best"
+        with self._writing(best), atomic_dir(best) as tmp:
+            self.student.save_into(tmp, {"step": self.step, "train_config": self.config.to_dict(),
+                                         "precision": self.precision, **reason})
+            self._profile(tmp).save()
+
+    def _profile(self, directory: Path):
+        """The student's profile (radcot_student.json) for a checkpoint written to ``directory``: the data's
+        retriever, and inference as in training (``n_context``, ``eval_max_new_tokens``, ``select_formula``)."""
+        from radcot.student.profile import Decoding, Inference, StudentProfile
+
+        inference = Inference(n_context=self.n_context, decoding=Decoding(max_new_tokens=self.config.eval_max_new_tokens),
+                              formula=self.config.select_formula)
+        return StudentProfile(directory, directory, self.retriever_record, inference)
+
+    @contextlib.contextmanager
+    def _writing(self, target: Path):
+        """Turn a failed checkpoint write (disk full, file-size limit, I/O error) into one TrainingError that names
+        ``target`` and the newest checkpoint left intact (the temp dir is already gone: :func:`atomic_dir`)."""
+        try:
+            yield
+        except (OSError, RuntimeError, _SafetensorError) as e:
+            raise TrainingError(_write_failure(e, target, self.run_dir)) from e
 
     def finish(self) -> None:
         dist = self.dist
@@ -839,13 +1171,41 @@ class _Run:
                     self.run_dir, self.best)
 
 
-def _pick_device(torch, asked: str, local_rank: int):
-    """``(torch.device, reason)`` for ``TrainConfig.device``."""
-    if asked != "auto":
-        return torch.device(asked), "asked for"
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{local_rank}"), "auto: CUDA is available"
-    return torch.device("cpu"), "auto: this torch sees no CUDA GPU"
+def _pick_device(torch, asked: str, env: Mapping[str, str] = os.environ):
+    """``(torch.device, reason)`` for ``TrainConfig.device`` in this process (under torchrun: this rank's GPU).
+
+    Raises:
+        TrainingError: CUDA asked for but not available; under torchrun, more ranks than GPUs on this node, or one
+            GPU index given to every rank (NCCL cannot run two ranks on one GPU).
+    """
+    local_rank = int(env.get("LOCAL_RANK", "0"))
+    distributed = launched_distributed(env)
+    if asked == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu"), "auto: this torch sees no CUDA GPU"
+        device, why = torch.device("cuda", local_rank if distributed else 0), "auto: CUDA is available"
+    else:
+        try:
+            device, why = torch.device(asked), "asked for"
+        except RuntimeError as e:
+            raise TrainingError(f"TrainConfig.device {asked!r} is not a device ({e}); use auto, cpu, cuda or "
+                                f"cuda:N") from None
+    if device.type != "cuda":
+        return device, why
+    if not torch.cuda.is_available():
+        raise TrainingError(f"device {asked!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU; "
+                            f"use --device cpu (or auto)")
+    if distributed and device.index is not None and asked != "auto" and int(env.get("WORLD_SIZE", "1")) > 1:
+        raise TrainingError(f"device {asked!r} puts every torchrun rank on one GPU, which NCCL refuses; use --device "
+                            f"cuda (or auto): rank r trains on cuda:LOCAL_RANK; choose GPUs with CUDA_VISIBLE_DEVICES")
+    if device.index is None:
+        device = torch.device("cuda", local_rank if distributed else torch.cuda.current_device())
+    if device.index >= torch.cuda.device_count():
+        raise TrainingError(f"{device} asked for, but only {torch.cuda.device_count()} GPU(s) are visible"
+                            + (f": torchrun started more processes per node than there are GPUs (NCCL cannot put two "
+                               f"ranks on one GPU); use --nproc_per_node {torch.cuda.device_count()}"
+                               if distributed else ""))
+    return device, why
 
 
 def _pick_precision(torch, asked: str, device) -> tuple[str, str]:
@@ -859,6 +1219,34 @@ def _pick_precision(torch, asked: str, device) -> tuple[str, str]:
                        "(mixed precision is for GPUs)", asked, device)
         return "fp32", f"{asked} asked for, fell back to fp32 on {device.type}"
     return asked, "asked for"
+
+
+try:
+    from safetensors import SafetensorError as _SafetensorError
+except ImportError:  # pragma: no cover - safetensors comes with transformers
+    class _SafetensorError(Exception):
+        pass
+
+#: errno values of a full disk, a full quota and an exceeded file-size limit (RLIMIT_FSIZE)
+NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NO_SPACE_TEXT = ("No space left", "Disk quota", "File too large")
+
+
+def _write_failure(e: BaseException, target: Path, run_dir: Path) -> str:
+    """One line: what could not be written, why, the free space, and the checkpoint that is left intact."""
+    reason = (e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0])[:200]
+    full = getattr(e, "errno", None) in NO_SPACE_ERRNOS or any(t in str(e) for t in _NO_SPACE_TEXT)
+    try:
+        free = f"{shutil.disk_usage(run_dir).free / 2**20:.0f} MiB free on that disk"
+    except OSError:
+        free = "free space unknown"
+    intact = [p for _, p in list_checkpoints(run_dir) if p != target]
+    kept = f"the previous checkpoint {intact[-1]} is intact" if intact else "no earlier checkpoint exists"
+    if target.name == "best" and target.is_dir():
+        kept = f"{target} still holds the previous best model; {kept}"
+    what = "the disk is full or a file-size limit was hit" if full else "the write failed"
+    return (f"could not write {target} ({reason}): {what} ({free}); {kept}. Free space (or fix the disk) and rerun "
+            f"with --resume (resume=True)")
 
 
 def _mkdir(p: Path) -> Path:
