@@ -47,7 +47,14 @@ from radcot.cot import (
     scan_cots,
 )
 from radcot.records import Query, RadcotError
-from radcot.teacher.base import Generation, GenerationParams, TeacherBackend, TeacherError, TeachItem
+from radcot.teacher.base import (
+    Generation,
+    GenerationParams,
+    TeacherBackend,
+    TeacherError,
+    TeacherUnreachable,
+    TeachItem,
+)
 
 logger = logging.getLogger("radcot.teacher")
 
@@ -262,6 +269,13 @@ class _Recorder:
         self.fail_writer.close()
 
 
+def _stop_if_unreachable(results: Sequence[Generation | TeacherError]) -> None:
+    """The endpoint never answered (:class:`TeacherUnreachable`): stop the run now, with its message."""
+    for res in results:
+        if isinstance(res, TeacherUnreachable):
+            raise TeacherUnreachable(str(res), attempts=res.attempts)
+
+
 def _drive(backend: TeacherBackend, params: GenerationParams, items: Iterator[TeachItem], rec: _Recorder,
            n_todo: int, concurrency: int, bar) -> None:
     """Keep ``2 * workers`` chunks in flight and record results as they come; Ctrl-C drops queued chunks."""
@@ -286,6 +300,7 @@ def _drive(backend: TeacherBackend, params: GenerationParams, items: Iterator[Te
                     rec.record(item, res, per)
                 bar.update(len(chunk))
                 bar.set_postfix(failed=rec.summary.failed, refresh=False)
+                _stop_if_unreachable(results)
             rec.check_failures(n_todo)
         finished = True
     finally:
