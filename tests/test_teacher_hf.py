@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from radcot.records import OfflineResourceError, Query
+from radcot.records import OfflineResourceError, Query, RadcotError
 from radcot.teacher import GenerationParams, get_backend, read_teacher_output, teach
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,6 +174,7 @@ def test_smollm2_names_the_bundled_model_unless_a_path_of_that_name_exists(tmp_p
     assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct").hub
     monkeypatch.chdir(tmp_path)
     (tmp_path / "smollm2").mkdir()  # e.g. `hf download ... --local-dir smollm2`: the directory wins
+    (tmp_path / "smollm2" / "config.json").write_text("{}")
     assert resolve_model("smollm2") == ("smollm2", None, "smollm2", False)
 
 
@@ -185,6 +186,9 @@ def test_a_path_that_does_not_exist_is_not_taken_for_a_hub_name(tmp_path):
         with pytest.raises(ModelNotFoundError, match="does not exist.*--model smollm2"):
             resolve_model(name)
     assert resolve_model("org/name").hub and resolve_model("gpt2").hub
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RadcotError, match=r"empty holds no model: no config.json .* and no .gguf file"):
+        resolve_model(tmp_path / "empty")
 
 
 def _closed_port() -> int:

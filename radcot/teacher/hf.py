@@ -137,7 +137,12 @@ def resolve_model(model: str | os.PathLike | None, gguf_file: str | None = None)
                                      f"{BUNDLED_HINT}")
         return ModelSource(str(p.parent), p.name, p.stem, False)
     if p.is_dir():
-        return ModelSource(name, gguf_file or _only_gguf(p), p.name, False)
+        gguf = gguf_file or _only_gguf(p)
+        if gguf is None and not (p / "config.json").is_file():
+            raise RadcotError(f"teacher model directory {name} holds no model: no config.json (a directory written "
+                              f"by save_pretrained or `hf download NAME --local-dir DIR`) and no .gguf file; pass a "
+                              f"model directory, a .gguf file, a Hugging Face name or {BUNDLED_HINT}")
+        return ModelSource(name, gguf, p.name, False)
     if p.exists():
         raise RadcotError(f"teacher model {name} is a file but not a .gguf; pass a model directory, a .gguf file, "
                           f"a Hugging Face name or {BUNDLED_HINT}")
@@ -172,7 +177,7 @@ def _hub_blocked(src: ModelSource, local_files_only: bool | None) -> tuple[bool,
 
 def _load_error(src: ModelSource, blocked: str, e: Exception) -> RadcotError:
     """The one-line error for a model that did not load: what, from where, and the fix."""
-    first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    first = " ".join(str(e).split())[:300] or type(e).__name__
     gguf = f" (gguf_file={src.gguf_file})" if src.gguf_file else ""
     if not src.hub:
         return OfflineResourceError(f"could not load the teacher model from {src.source}{gguf}: {first}. Pass a "
