@@ -309,6 +309,7 @@ def test_teach_cli_hf_backend_matches_the_api(hf_run, cranfield, cranfield_queri
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "de-quantizing" not in proc.stderr and "\r" not in proc.stderr  # --no-progress: no GGUF bar either
     got = read_teacher_output(out)
     assert list(got) == [q.query_id for q in cranfield_queries[:2]]
     for qid, r in got.items():

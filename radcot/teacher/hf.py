@@ -24,6 +24,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -31,7 +32,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 from radcot.records import MissingDependencyError, OfflineResourceError, RadcotError
 from radcot.teacher._checks import check_bool, check_int, check_str, check_texts
@@ -235,15 +236,38 @@ def _load(src: ModelSource, local_files_only: bool | None, trust_remote_code: bo
     if not show_progress:
         hf_logging.disable_progress_bar()
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(src.source, **kwargs)
-        dtype_kw = {} if torch_dtype is None else {"dtype": torch_dtype}
-        model = transformers.AutoModelForCausalLM.from_pretrained(src.source, **kwargs, **dtype_kw)
+        with _no_gguf_bar(bool(src.gguf_file and not show_progress)):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(src.source, **kwargs)
+            dtype_kw = {} if torch_dtype is None else {"dtype": torch_dtype}
+            model = transformers.AutoModelForCausalLM.from_pretrained(src.source, **kwargs, **dtype_kw)
     except (OSError, ValueError) as e:  # missing files (OSError); a directory that is not a model (ValueError)
         raise _load_error(src, blocked, e) from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()
     return tokenizer, model
+
+
+@contextlib.contextmanager
+def _no_gguf_bar(quiet: bool) -> Iterator[None]:
+    """Silence transformers' GGUF de-quantisation bar, which ignores its progress-bar switch (a plain ``tqdm``
+    that writes carriage returns into log files). Process-global for the block (a module attribute), restored."""
+    if not quiet:
+        yield
+        return
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def text_seed(seed: int, text: str) -> int:
