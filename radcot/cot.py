@@ -28,7 +28,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from radcot.records import DataFormatError, RadcotError
 
@@ -82,6 +82,8 @@ class CoTRecord:
 
 def is_usable(record: dict) -> bool:
     """A record can be used for expansion/distillation iff it has no error and non-blank text."""
+    if not isinstance(record, Mapping):
+        raise TypeError(f"is_usable: record must be a CoT record (a dict from read_cots), got {type(record).__name__}")
     return record.get("error") is None and bool(str(record.get("text") or "").strip())
 
 
@@ -169,6 +171,8 @@ def scan_cots(path: str | os.PathLike, repair: bool = False) -> list[tuple[int, 
     newline is added (so the next append starts on its own line). A malformed line anywhere else is corruption
     and raises :class:`DataFormatError` with its line.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"scan_cots: path must be a file path (str or pathlib.Path), got {type(path).__name__}")
     path = Path(path)
     if not path.exists():
         return []

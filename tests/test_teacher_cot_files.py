@@ -199,6 +199,10 @@ def test_teach_checks_its_arguments_before_writing(tmp_path, kwargs, words):
     (lambda: _prompt(None), r"get_prompt: prompt must be a name"),
     (lambda: _prompt("radcot").render(None), r"Prompt.render: query must be the query text"),
     (lambda: _prompt_backend(None), r"PromptBackend: backend must be a TeacherBackend"),
+    (lambda: _runner().normalize_text(5), r"normalize_text: text must be a string or None"),
+    (lambda: _runner().is_usable("cot text"), r"is_usable: record must be a CoT record"),
+    (lambda: _openai_module().parse_retry_after(3), r"parse_retry_after: value must be a string or None"),
+    (lambda: _hf_module().text_seed("0", "q"), r"text_seed: seed must be an integer"),
 ])
 def test_public_teacher_api_rejects_wrong_types(make, words):
     with pytest.raises(TypeError, match=words):
@@ -212,6 +216,24 @@ def test_queries_from_ir_datasets_style_records_and_pairs_are_accepted(tmp_path)
     be = Recording()
     s = teach(be, [GenericQuery(1, "alpha"), ("2", "beta")], tmp_path / "o.jsonl", show_progress=False)
     assert s.done == 2 and be.asked == ["1", "2"]
+
+
+def _runner():
+    import radcot.teacher.runner as runner
+
+    return runner
+
+
+def _openai_module():
+    import radcot.teacher.openai as openai
+
+    return openai
+
+
+def _hf_module():
+    import radcot.teacher.hf as hf
+
+    return hf
 
 
 def _openai(**kw):

@@ -277,6 +277,8 @@ def text_seed(seed: int, text: str) -> int:
         >>> text_seed(0, "what is bm25") == text_seed(0, "what is bm25") != text_seed(1, "what is bm25")
         True
     """
+    check_int("text_seed", "seed", seed)
+    check_str("text_seed", "text", text)
     digest = hashlib.sha256(f"{int(seed)}\x00{text}".encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 

@@ -61,7 +61,13 @@ class _ConnectFailed(_Retryable):
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent/bad."""
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent/bad.
+
+    Example:
+        >>> parse_retry_after("3")
+        3.0
+    """
+    check_str("parse_retry_after", "value", value, optional=True)
     if not value:
         return None
     value = value.strip()

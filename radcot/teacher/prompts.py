@@ -66,6 +66,8 @@ class Prompt:
 
 def read_examples(path: str | os.PathLike) -> list[tuple[str, str]]:
     """Few-shot examples: JSONL with ``query`` and ``passage`` (or ``text``), or TSV ``query \\t passage``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"read_examples: path must be a file path (str or pathlib.Path), got {type(path).__name__}")
     path = Path(path)
     out: list[tuple[str, str]] = []
     with open(path, encoding="utf-8") as f:

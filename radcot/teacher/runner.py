@@ -143,7 +143,14 @@ class TeachSummary:
 
 
 def normalize_text(text: str, newline: str | None = " ") -> str:
-    """Paper's post-processing: strip, and replace each newline by ``newline`` (``None`` keeps them)."""
+    """Paper's post-processing: strip, and replace each newline by ``newline`` (``None`` keeps them).
+
+    Example:
+        >>> normalize_text(" a\\nb ")
+        'a b'
+    """
+    check_str("normalize_text", "text", text, optional=True)
+    check_str("normalize_text", "newline", newline, optional=True)
     text = (text or "").strip()
     if newline is not None:
         text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", newline)
