@@ -456,3 +456,12 @@ def test_retries_are_one_warning_each_and_http_requests_are_not_logged(tmp_path)
     assert len(retries) == 2, res.stderr
     for i, ln in enumerate(retries, 1):
         assert f"attempt {i}/6 failed (HTTP 500" in ln and "retrying in " in ln, ln
+
+
+@pytest.mark.fast
+def test_model_discovery_on_a_closed_port_says_the_server_is_not_there():
+    from radcot.teacher.base import TeacherUnreachable
+
+    url = _closed_url()
+    with pytest.raises(TeacherUnreachable, match=rf"cannot connect to the teacher endpoint {url}: .*Is a server"):
+        OpenAIBackend(base_url=url)  # no model: it asks GET /models (before: 'pass --model NAME', the wrong fix)
