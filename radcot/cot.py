@@ -10,8 +10,9 @@ two sidecars next to ``OUT.jsonl``:
 
 A killed run leaves at most a torn last line: :func:`scan_cots` with ``repair=True`` cuts it off so the
 query is asked again (a complete last record that only lacks its newline is kept, and the newline added).
-A UTF-8 byte order mark at the start of a JSONL or TSV file is skipped. :func:`read_cots` reads a finished output as ``{query_id: record}`` and rejects a
-query id that finished twice (file and both line numbers), instead of silently taking one copy.
+A UTF-8 byte order mark at the start of a JSONL or TSV file is skipped. :func:`read_cots` reads a finished
+output as ``{query_id: record}`` and rejects a query id that finished twice (file and both line numbers),
+instead of silently taking one copy.
 
 Example:
     >>> import tempfile, pathlib
@@ -373,5 +374,6 @@ def done_ids(out_path: str | os.PathLike, repair: bool = True) -> set[str]:
 
 
 
-__all__ = ("CoTRecord", "CoTWriter", "check_config", "config_differences", "config_path", "done_ids", "failed_path", "is_usable",
+__all__ = ("CoTRecord", "CoTWriter", "check_config", "config_differences", "config_path", "done_ids", "failed_path",
+           "is_usable",
            "read_cots", "remove_outputs", "rewrite_cots", "scan_cots")

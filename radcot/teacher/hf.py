@@ -376,8 +376,8 @@ class HFBackend(TeacherBackend):
         self.batch_size, self.device, self.system = batch_size, device, system
         self.max_input_tokens = max_input_tokens
         t0 = time.perf_counter()
-        self.tokenizer, self._model = _load(src, local_files_only, trust_remote_code, _torch_dtype(torch, dtype, device),
-                                            show_progress)
+        dtype_ = _torch_dtype(torch, dtype, device)
+        self.tokenizer, self._model = _load(src, local_files_only, trust_remote_code, dtype_, show_progress)
         self._threads_before: int | None = None
         if threads:  # after loading: a model that fails to load leaves torch's thread count alone
             self._threads_before = torch.get_num_threads()
@@ -387,7 +387,8 @@ class HFBackend(TeacherBackend):
         self.chat = self._setup_tokenizer(chat)
         self._lock = threading.Lock()
         self.load_s = time.perf_counter() - t0
-        logger.info("loaded %s in %.1fs (%s, chat=%s, batch=%d)", self.model, self.load_s, device, self.chat, self.batch_size)
+        logger.info("loaded %s in %.1fs (%s, chat=%s, batch=%d)", self.model, self.load_s, device, self.chat,
+                    self.batch_size)
 
     def _setup_tokenizer(self, chat: bool | None) -> bool:
         """Left padding and truncation, a pad token, the stop ids; whether prompts go through the chat template."""

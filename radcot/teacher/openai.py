@@ -102,7 +102,8 @@ def _check_init_args(model, base_url, api_key_env, api, system, timeout, max_att
     check_int(where, "concurrency", concurrency, minimum=1)
     check_int(where, "max_connect_failures", max_connect_failures, minimum=1)
     if extra_body is not None and not isinstance(extra_body, dict):
-        raise TypeError(f"{where}: extra_body must be a dict of request fields or None, got {type(extra_body).__name__}")
+        raise TypeError(f"{where}: extra_body must be a dict of request fields or None, got "
+                        f"{type(extra_body).__name__}")
 
 
 class OpenAIBackend(TeacherBackend):
@@ -181,8 +182,8 @@ class OpenAIBackend(TeacherBackend):
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         if not key and hostname == "api.openai.com":
             raise RadcotError(
-                f"the OpenAI API needs a key: export {self.api_key_env}=... (or pass --api-key-env NAME of the variable "
-                "that holds it)"
+                f"the OpenAI API needs a key: export {self.api_key_env}=... (or pass --api-key-env NAME of the "
+                "variable that holds it)"
             )
         headers = {"Content-Type": "application/json"}
         if key:

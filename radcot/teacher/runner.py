@@ -89,8 +89,8 @@ def read_teacher_output(path: str | os.PathLike) -> dict[str, dict]:
     that never finished (its last failure); a query id finished twice raises
     :class:`~radcot.records.DataFormatError` naming the file and both lines. A leading UTF-8 BOM is skipped
     and a complete last record without its newline is kept; a torn last line (killed run) is ignored with a
-    warning, not repaired (rerunning the command that wrote it redoes that query). Use :func:`is_usable` (``error is None and text.strip()``) before using a
-    record's text. Same as :func:`radcot.cot.read_cots`.
+    warning, not repaired (rerunning the command that wrote it redoes that query). Use :func:`is_usable`
+    (``error is None and text.strip()``) before using a record's text. Same as :func:`radcot.cot.read_cots`.
 
     Args:
         path: the teacher output file.
