@@ -328,7 +328,7 @@ def _drive(backend: TeacherBackend, params: GenerationParams, items: Iterator[Te
 def _replace_empty_attempt(out_path: Path, config: dict) -> None:
     """An earlier run that finished no query (all failed, or stopped before the first answer) pins nothing:
     when its settings differ from ``config``, its files are deleted (with a log line) and the run starts afresh."""
-    if scan_cots(out_path, repair=True):
+    if done_ids(out_path, repair=True):
         return
     differences = config_differences(out_path, config, keys=CONFIG_KEYS)
     if differences:
