@@ -412,7 +412,8 @@ def test_a_closed_port_stops_the_run_at_once_naming_url_error_and_fix(tmp_path):
     assert time.monotonic() - t0 < 5  # before: 6 attempts with backoff per query, ~37 s for 10 queries
     msg = str(e.value)
     assert msg.startswith(f"cannot connect to the teacher endpoint {url}: ") and "Connection refused" in msg
-    assert "radcot teacher-serve --port" in msg and "--base-url" in msg and "\n" not in msg
+    assert f"`radcot teacher-serve --port {url.split(':')[2].split('/')[0]}`" in msg and "--base-url" in msg
+    assert "\n" not in msg
     assert not lines_of(out)  # nothing answered, and (see test_teacher_cot_files) nothing pinned
 
 
@@ -465,3 +466,13 @@ def test_model_discovery_on_a_closed_port_says_the_server_is_not_there():
     url = _closed_url()
     with pytest.raises(TeacherUnreachable, match=rf"cannot connect to the teacher endpoint {url}: .*Is a server"):
         OpenAIBackend(base_url=url)  # no model: it asks GET /models (before: 'pass --model NAME', the wrong fix)
+
+
+@pytest.mark.fast
+def test_an_unknown_remote_host_is_reported_without_the_local_server_hint():
+    from radcot.teacher.base import TeacherUnreachable
+
+    with OpenAIBackend(base_url="http://no-such-host.invalid/v1", model=MODEL, backoff_base=0.01) as be:
+        with pytest.raises(TeacherUnreachable, match=r"no-such-host.invalid/v1: .*Is this machine online") as e:
+            be.generate_one("hello", GenerationParams())
+    assert "teacher-serve" not in str(e.value)

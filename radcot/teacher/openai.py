@@ -210,11 +210,14 @@ class OpenAIBackend(TeacherBackend):
         return ids[0]
 
     def _unreachable_message(self, error: str, failures: int) -> str:
-        port = urlparse(self.base_url).port or 8000
+        url = urlparse(self.base_url)
+        if url.hostname in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
+            fix = (f"Is a server running there? Start one (e.g. `radcot teacher-serve --port {url.port or 80}`) or "
+                   f"fix the base URL (--base-url).")
+        else:
+            fix = "Is this machine online, and is the base URL (--base-url) right?"
         return (f"cannot connect to the teacher endpoint {self.base_url}: {error} ({failures} connection attempt"
-                f"{'s' if failures != 1 else ''} failed, no answer yet). Is a server running there? Start one "
-                f"(e.g. `radcot teacher-serve --port {port}`) or fix the base URL (--base-url), then rerun the same "
-                f"command")
+                f"{'s' if failures != 1 else ''} failed, no answer yet). {fix} Then rerun the same command")
 
     def _payload(self, prompt: str, params: GenerationParams) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "max_tokens": params.max_tokens, "temperature": params.temperature}
