@@ -186,6 +186,8 @@ def test_a_path_that_does_not_exist_is_not_taken_for_a_hub_name(tmp_path):
         with pytest.raises(ModelNotFoundError, match="does not exist.*--model smollm2"):
             resolve_model(name)
     assert resolve_model("org/name").hub and resolve_model("gpt2").hub
+    with pytest.raises(ValueError, match="model must not be empty"):
+        resolve_model(" ")
     (tmp_path / "empty").mkdir()
     with pytest.raises(RadcotError, match=r"empty holds no model: no config.json .* and no .gguf file"):
         resolve_model(tmp_path / "empty")

@@ -128,6 +128,8 @@ def resolve_model(model: str | os.PathLike | None, gguf_file: str | None = None)
         raise TypeError(f"HFBackend: model must be a name, a directory or a .gguf path (str or Path) or None, got "
                         f"{model!r} ({type(model).__name__})")
     name = None if model is None else os.fspath(model)
+    if name is not None and not name.strip():
+        raise ValueError(f"HFBackend: model must not be empty; pass a name, a directory, a .gguf file or {BUNDLED_HINT}")
     p = Path(name) if name else None
     if name is None or (not p.exists() and name.strip().lower() in BUNDLED_ALIASES):
         d, g = default_model_path()
