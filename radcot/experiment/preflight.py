@@ -148,9 +148,10 @@ def _hub_model_problem(where: str, model: str) -> str | None:
         return f"{where}: {model} needs huggingface_hub (pip install radcot[student])"
     if isinstance(try_to_load_from_cache(model, "config.json"), str):
         return None
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return f"{where}: {model} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {fix}"
-    from radcot.net import NetworkError, get_json
+    from radcot.net import NetworkError, get_json, hub_status
+
+    if not (hub := hub_status()).reachable:  # HF_HUB_OFFLINE, or the hub probed once per process
+        return f"{where}: {model} is not in the local Hugging Face cache and {hub.reason}; {fix}"
 
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     try:

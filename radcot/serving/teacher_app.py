@@ -68,6 +68,16 @@ class TeacherServeSettings:
     default_max_tokens: int = 150
     api_key: str | None = None
 
+    def __post_init__(self) -> None:
+        from radcot.teacher._checks import check_float, check_int, check_str
+
+        where = "TeacherServeSettings"
+        check_str(where, "model_name", self.model_name, optional=True, nonempty=True)
+        for name in ("batch_size", "max_queue", "max_body_bytes", "max_tokens_limit", "default_max_tokens"):
+            check_int(where, name, getattr(self, name), minimum=1)
+        check_float(where, "batch_wait_ms", self.batch_wait_ms, minimum=0.0)
+        check_str(where, "api_key", self.api_key, optional=True, nonempty=True)
+
 
 def _bad(message: str, status: int = 400, type: str = "invalid_request_error") -> HTTPProblem:  # noqa: A002
     return HTTPProblem(status, message, type=type)
@@ -249,6 +259,12 @@ def create_teacher_app(backend: Any, settings: TeacherServeSettings | None = Non
     Shutting the app down answers every queued request first.
     """
     settings = settings or TeacherServeSettings()
+    if not isinstance(settings, TeacherServeSettings):
+        raise TypeError(f"create_teacher_app: settings must be a TeacherServeSettings, got {type(settings).__name__}")
+    for attr in ("complete", "model_name"):
+        if not hasattr(backend, attr):
+            raise TypeError(f"create_teacher_app: backend {type(backend).__name__} has no {attr!r}; serve an HFBackend "
+                            f"or wrap a query-level backend in radcot.teacher.serve.PromptBackend")
     metrics = Metrics(PATHS)
     service = TeacherService(backend, settings, metrics)
     app = FastAPI(title="radcot teacher-serve", summary="an OpenAI-compatible teacher",

@@ -19,7 +19,14 @@ import importlib
 import inspect
 from typing import Any
 
-from radcot.teacher.base import Generation, GenerationParams, TeacherBackend, TeacherError, TeachItem
+from radcot.teacher.base import (
+    Generation,
+    GenerationParams,
+    TeacherBackend,
+    TeacherError,
+    TeacherUnreachable,
+    TeachItem,
+)
 from radcot.teacher.runner import (
     TeachSummary,
     TeacherConfigMismatch,
@@ -39,6 +46,9 @@ BACKENDS: dict[str, tuple[str, str]] = {
 
 def backend_class(name: str) -> type[TeacherBackend]:
     """The backend class registered under ``name`` (imported lazily)."""
+    if not isinstance(name, str):
+        raise TypeError(f"a teacher backend name must be a string (one of {sorted(BACKENDS)}), got {name!r} "
+                        f"({type(name).__name__})")
     if name not in BACKENDS:
         raise ValueError(f"unknown teacher backend {name!r}; choose one of {sorted(BACKENDS)}")
     module, cls = BACKENDS[name]
@@ -63,6 +73,6 @@ def get_backend(name: str, **kwargs: Any) -> TeacherBackend:
 
 __all__ = [
     "BACKENDS", "Generation", "GenerationParams", "TeachItem", "TeachSummary", "TeacherBackend",
-    "TeacherConfigMismatch", "TeacherError", "backend_class", "get_backend", "is_usable",
+    "TeacherConfigMismatch", "TeacherError", "TeacherUnreachable", "backend_class", "get_backend", "is_usable",
     "read_teacher_output", "teach",
 ]

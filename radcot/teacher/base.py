@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any, ClassVar, NamedTuple, Sequence
 
 from radcot.records import Query, RadcotError
+from radcot.teacher._checks import check_float, check_int, check_texts
 
 
 class TeacherError(RadcotError, RuntimeError):
@@ -19,6 +20,14 @@ class TeacherError(RadcotError, RuntimeError):
     def __init__(self, *args, attempts: int = 1):
         super().__init__(*args)
         self.attempts = attempts
+
+
+class TeacherUnreachable(TeacherError):
+    """The teacher endpoint never answered: every connection failed from the start (refused, DNS, connect timeout).
+
+    A backend raises it (and answers every later item with it at once) instead of retrying each query; the
+    runner stops the run with its message, which names the URL, the error and the fix.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,10 +41,14 @@ class GenerationParams:
     seed: int | None = 0
 
     def __post_init__(self):
+        check_int("GenerationParams", "max_tokens", self.max_tokens)
+        check_float("GenerationParams", "temperature", self.temperature)
+        check_float("GenerationParams", "top_p", self.top_p)
+        check_int("GenerationParams", "seed", self.seed, optional=True)
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
-        elif not isinstance(self.stop, tuple):
-            object.__setattr__(self, "stop", tuple(self.stop))  # hashable (the server groups by params)
+        else:  # a tuple: hashable (the server groups requests by their params)
+            object.__setattr__(self, "stop", tuple(check_texts("GenerationParams", "stop", self.stop)))
         if self.max_tokens <= 0:
             raise ValueError(f"max_tokens must be > 0, got {self.max_tokens}")
         if not 0.0 <= self.temperature <= 5.0:
@@ -51,11 +64,15 @@ class GenerationParams:
 
 
 class TeachItem(NamedTuple):
+    """One query and its rendered prompt, as the runner hands it to a backend."""
+
     query: Query
     prompt: str  # the rendered prompt (chat backends send it as the user message)
 
 
 class Generation(NamedTuple):
+    """A backend's answer to one prompt: the text, why it stopped, token counts and the attempts it took."""
+
     text: str
     finish_reason: str = "stop"  # "stop" | "length" | ...
     prompt_tokens: int = 0

@@ -48,6 +48,9 @@ class Prompt:
     examples_text: str = ""  # the rendered few-shot block (query2doc), recorded in the run config
 
     def __post_init__(self):
+        for field in ("name", "template", "examples_text"):
+            if not isinstance(getattr(self, field), str):
+                raise TypeError(f"Prompt: {field} must be a string, got {type(getattr(self, field)).__name__}")
         if "{query}" not in self.template:
             raise RadcotError(
                 f"prompt template {self.name!r} has no {{query}} placeholder: {self.template[:80]!r}. "
@@ -55,11 +58,16 @@ class Prompt:
             )
 
     def render(self, query: str) -> str:
+        """The prompt for one query text."""
+        if not isinstance(query, str):
+            raise TypeError(f"Prompt.render: query must be the query text (a string), got {type(query).__name__}")
         return self.template.replace("{examples}", self.examples_text).replace("{query}", query)
 
 
 def read_examples(path: str | os.PathLike) -> list[tuple[str, str]]:
     """Few-shot examples: JSONL with ``query`` and ``passage`` (or ``text``), or TSV ``query \\t passage``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"read_examples: path must be a file path (str or pathlib.Path), got {type(path).__name__}")
     path = Path(path)
     out: list[tuple[str, str]] = []
     with open(path, encoding="utf-8") as f:
@@ -103,6 +111,15 @@ def get_prompt(
         >>> get_prompt("query2doc").render("bm25").endswith("Query: bm25\\nPassage:")
         True
     """
+    if not isinstance(prompt, (str, Prompt)):
+        raise TypeError(f"get_prompt: prompt must be a name ({', '.join(sorted(PROMPTS))}), a template string with "
+                        f"{{query}} or a Prompt, got {prompt!r} ({type(prompt).__name__})")
+    for name, value in (("file", file), ("examples_file", examples_file)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"get_prompt: {name} must be a file path or None, got {type(value).__name__}")
+    if max_examples is not None and (isinstance(max_examples, bool) or not isinstance(max_examples, int)
+                                     or max_examples < 1):
+        raise TypeError(f"get_prompt: max_examples must be a positive integer or None, got {max_examples!r}")
     if isinstance(prompt, Prompt) and file is None and examples_file is None:
         return prompt
     if file is not None:

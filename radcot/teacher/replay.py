@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from radcot.teacher._checks import check_path, check_str
 from radcot.teacher.base import Generation, GenerationParams, TeacherBackend, TeacherError, TeachItem
 from radcot.teacher.runner import config_path, is_usable, read_teacher_output
 
@@ -34,9 +35,16 @@ class ReplayBackend(TeacherBackend):
     batch_size = 64
 
     def __init__(self, path: str | os.PathLike | Sequence[str | os.PathLike], model: str | None = None):
-        paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+        if isinstance(path, (str, os.PathLike)):
+            paths = [path]
+        elif isinstance(path, (list, tuple)):
+            paths = [check_path("ReplayBackend", f"path[{i}]", p) for i, p in enumerate(path)]
+        else:
+            raise TypeError(f"ReplayBackend: path must be a file path or a list of file paths, got {path!r} "
+                            f"({type(path).__name__})")
         if not paths:
             raise ValueError("the replay backend needs at least one file (--replay-file F)")
+        check_str("ReplayBackend", "model", model, optional=True, nonempty=True)
         self.paths = [Path(p) for p in paths]
         self.records: dict[str, dict] = {}
         recorded_models = []

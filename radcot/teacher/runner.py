@@ -10,10 +10,16 @@ Output layout for ``teach(..., out_path="cots.jsonl")``:
   a query that then succeeds moves to ``cots.jsonl`` and leaves this file.
 - ``cots.config.json``: backend, model, prompt (name and template), generation parameters and
   newline handling. Resuming with a different config raises :class:`TeacherConfigMismatch`
-  unless ``force=True`` (keep going, config updated) or ``overwrite=True`` (start again).
+  unless ``force=True`` (keep going, config updated) or ``overwrite=True`` (start again). An output
+  whose run finished no query (every query failed, or it was stopped before the first answer) pins
+  nothing: a run with other settings replaces it, with a log line.
 
 A run killed at any point (even ``kill -9`` in the middle of a write) resumes correctly: a torn last
-line of ``cots.jsonl`` is detected and cut off, and that query is asked again.
+line of ``cots.jsonl`` is detected and cut off, and that query is asked again; a complete last record
+that only lacks its newline is kept (the newline is added before the next append).
+
+A teacher endpoint that refuses every connection from the start stops the run at once
+(:class:`~radcot.teacher.base.TeacherUnreachable`, naming the URL and the fix) instead of retrying each query.
 
 One writer per output: :func:`teach` holds :func:`radcot.locks.output_lock` on ``cots.jsonl`` while it
 runs; a second run on the same output fails at once naming the first one's PID.
@@ -37,6 +43,7 @@ from radcot.cot import (
     CoTRecord,
     CoTWriter,
     check_config,
+    config_differences,
     config_path,
     done_ids,
     failed_path,
@@ -47,7 +54,15 @@ from radcot.cot import (
     scan_cots,
 )
 from radcot.records import Query, RadcotError
-from radcot.teacher.base import Generation, GenerationParams, TeacherBackend, TeacherError, TeachItem
+from radcot.teacher._checks import check_bool, check_float, check_int, check_path, check_str, iter_queries
+from radcot.teacher.base import (
+    Generation,
+    GenerationParams,
+    TeacherBackend,
+    TeacherError,
+    TeacherUnreachable,
+    TeachItem,
+)
 
 logger = logging.getLogger("radcot.teacher")
 
@@ -72,9 +87,10 @@ def read_teacher_output(path: str | os.PathLike) -> dict[str, dict]:
     the official davinci-003 CoT files (``qid \\t query \\t cot \\t cosine``) and query2doc-style
     ``qid \\t text`` TSV files. For JSONL, finished records win; a failure is returned only for a query
     that never finished (its last failure); a query id finished twice raises
-    :class:`~radcot.records.DataFormatError` naming the file and both lines. A torn last line (killed run)
-    is ignored, not repaired. Use :func:`is_usable` (``error is None and text.strip()``) before using a
-    record's text. Same as :func:`radcot.cot.read_cots`.
+    :class:`~radcot.records.DataFormatError` naming the file and both lines. A leading UTF-8 BOM is skipped
+    and a complete last record without its newline is kept; a torn last line (killed run) is ignored with a
+    warning, not repaired (rerunning the command that wrote it redoes that query). Use :func:`is_usable`
+    (``error is None and text.strip()``) before using a record's text. Same as :func:`radcot.cot.read_cots`.
 
     Args:
         path: the teacher output file.
@@ -127,7 +143,14 @@ class TeachSummary:
 
 
 def normalize_text(text: str, newline: str | None = " ") -> str:
-    """Paper's post-processing: strip, and replace each newline by ``newline`` (``None`` keeps them)."""
+    """Paper's post-processing: strip, and replace each newline by ``newline`` (``None`` keeps them).
+
+    Example:
+        >>> normalize_text(" a\\nb ")
+        'a b'
+    """
+    check_str("normalize_text", "text", text, optional=True)
+    check_str("normalize_text", "newline", newline, optional=True)
     text = (text or "").strip()
     if newline is not None:
         text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", newline)
@@ -167,11 +190,12 @@ def _iter_chunks(items: Iterable[TeachItem], size: int) -> Iterator[list[TeachIt
 
 
 def _load_queries(queries: Iterable[Query] | str | os.PathLike) -> Iterable[Query]:
+    """Queries from a file path, or the given records checked one by one (a bare text is refused)."""
     if isinstance(queries, (str, os.PathLike)):
         from radcot.data.readers import read_queries
 
         return read_queries(queries)
-    return queries
+    return iter_queries("teach", queries)
 
 
 def _select_todo(queries: Iterable[Query], finished: set[str], earlier_failed: dict[str, dict],
@@ -262,6 +286,13 @@ class _Recorder:
         self.fail_writer.close()
 
 
+def _stop_if_unreachable(results: Sequence[Generation | TeacherError]) -> None:
+    """The endpoint never answered (:class:`TeacherUnreachable`): stop the run now, with its message."""
+    for res in results:
+        if isinstance(res, TeacherUnreachable):
+            raise TeacherUnreachable(str(res), attempts=res.attempts)
+
+
 def _drive(backend: TeacherBackend, params: GenerationParams, items: Iterator[TeachItem], rec: _Recorder,
            n_todo: int, concurrency: int, bar) -> None:
     """Keep ``2 * workers`` chunks in flight and record results as they come; Ctrl-C drops queued chunks."""
@@ -286,6 +317,7 @@ def _drive(backend: TeacherBackend, params: GenerationParams, items: Iterator[Te
                     rec.record(item, res, per)
                 bar.update(len(chunk))
                 bar.set_postfix(failed=rec.summary.failed, refresh=False)
+                _stop_if_unreachable(results)
             rec.check_failures(n_todo)
         finished = True
     finally:
@@ -293,17 +325,52 @@ def _drive(backend: TeacherBackend, params: GenerationParams, items: Iterator[Te
         pool.shutdown(wait=finished, cancel_futures=True)
 
 
+def _replace_empty_attempt(out_path: Path, config: dict) -> None:
+    """An earlier run that finished no query (all failed, or stopped before the first answer) pins nothing:
+    when its settings differ from ``config``, its files are deleted (with a log line) and the run starts afresh."""
+    if done_ids(out_path, repair=True):
+        return
+    differences = config_differences(out_path, config, keys=CONFIG_KEYS)
+    if differences:
+        logger.warning("%s: the earlier run finished no query, so its files are replaced by this run with other "
+                       "settings (%s)", out_path, differences)
+        remove_outputs(out_path)
+
+
 def _resume_scan(out_path: Path, config: dict, force: bool, overwrite: bool) -> tuple[set[str], dict[str, dict]]:
-    """Start over (``overwrite``) or check the recorded config; finished ids and earlier failures."""
+    """Start over (``overwrite``, or an earlier run that wrote no record) or check the recorded config;
+    finished ids and earlier failures."""
     from radcot.utils import write_json
 
     if overwrite:
         remove_outputs(out_path)
+    _replace_empty_attempt(out_path, config)
     check_config(out_path, config, keys=CONFIG_KEYS, force=force, error=TeacherConfigMismatch)
     finished = done_ids(out_path, repair=True)
     earlier_failed = {str(r["query_id"]): r for _, r in scan_cots(failed_path(out_path), repair=True)}
     write_json(config_path(out_path), config)
     return finished, earlier_failed
+
+
+def _check_teach_args(out_path, prompt, params, concurrency, limit, show_progress, newline, force, overwrite,
+                      retry_failed, max_failed_fraction) -> None:
+    """:func:`teach`'s arguments have the right types and ranges (before a backend is built or a file touched)."""
+    from radcot.teacher.prompts import Prompt
+
+    check_path("teach", "out_path", out_path)
+    if not isinstance(prompt, (str, Prompt)):
+        raise TypeError(f"teach: prompt must be a template name, a template string with {{query}} or a Prompt, got "
+                        f"{type(prompt).__name__}")
+    if params is not None and not isinstance(params, GenerationParams):
+        raise TypeError(f"teach: params must be a GenerationParams or None, got {type(params).__name__}")
+    check_int("teach", "concurrency", concurrency, minimum=1)
+    check_int("teach", "limit", limit, minimum=1, optional=True)
+    check_bool("teach", "show_progress", show_progress, optional=True)
+    check_str("teach", "newline", newline, optional=True)
+    for name, flag in (("force", force), ("overwrite", overwrite), ("retry_failed", retry_failed)):
+        check_bool("teach", name, flag)
+    if check_float("teach", "max_failed_fraction", max_failed_fraction) > 1.0 or max_failed_fraction < 0.0:
+        raise ValueError(f"teach: max_failed_fraction must be in [0, 1], got {max_failed_fraction}")
 
 
 def teach(
@@ -326,7 +393,9 @@ def teach(
     Args:
         backend: a :class:`TeacherBackend`, or a backend name for :func:`radcot.teacher.get_backend`.
         queries: :class:`Query` records, or a path that :func:`radcot.data.readers.read_queries` reads.
-        out_path: the output JSONL (sidecars ``.failed.jsonl`` and ``.config.json`` go next to it).
+        out_path: the output JSONL (sidecars ``.failed.jsonl`` and ``.config.json`` go next to it). An output
+            whose earlier run finished no query (all failed, or it stopped first) is replaced when the settings
+            differ; one with records is resumed only with the same settings (see ``force``/``overwrite``).
         prompt: a template name (``radcot``, ``query2doc``, ``cot-keywords``), a template string with
             ``{query}``, or a :class:`radcot.teacher.prompts.Prompt`.
         params: generation parameters (default: 150 tokens, temperature 0, as in the paper).
@@ -347,7 +416,9 @@ def teach(
         OutputLockedError: another process is writing ``out_path``.
         TeacherConfigMismatch: ``out_path`` was made with other settings (see ``force``/``overwrite``).
         TeacherFailed: too many queries failed (finished ones are kept; rerun to resume).
+        TeacherUnreachable: the endpoint refused every connection from the start (the run stopped at once).
         RadcotError: no queries to ask.
+        TypeError: an argument of the wrong type (a bare string for ``queries`` is a file path).
 
     Example:
         >>> from radcot.records import Query
@@ -361,10 +432,8 @@ def teach(
     if not isinstance(backend, (TeacherBackend, str)):
         raise TypeError(f"teach(backend, queries, out_path): backend must be a TeacherBackend or a backend name, "
                         f"got {type(backend).__name__}")
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    if not 0.0 <= max_failed_fraction <= 1.0:
-        raise ValueError(f"max_failed_fraction must be in [0, 1], got {max_failed_fraction}")
+    _check_teach_args(out_path, prompt, params, concurrency, limit, show_progress, newline, force, overwrite,
+                      retry_failed, max_failed_fraction)
     queries = _load_queries(queries)
     owns_backend = isinstance(backend, str)
     backend = get_backend(backend) if owns_backend else backend

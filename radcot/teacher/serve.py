@@ -40,6 +40,9 @@ class PromptBackend:
 
         from radcot.teacher.prompts import get_prompt
 
+        if not isinstance(backend, TeacherBackend):
+            raise TypeError(f"PromptBackend: backend must be a TeacherBackend (e.g. get_backend('kb', world=DIR)), got "
+                            f"{type(backend).__name__}")
         self.backend = backend
         self.model_name = backend.model_name
         self.batch_size = getattr(backend, "batch_size", 1) or 1
@@ -54,6 +57,10 @@ class PromptBackend:
         return m.group(1) if m else text
 
     def complete(self, texts: list[str], params: GenerationParams) -> list[Generation]:
+        """Each text's answer from the wrapped backend (its :class:`TeacherError` raised, failing the batch)."""
+        from radcot.teacher._checks import check_texts
+
+        texts = check_texts("PromptBackend.complete", "texts", texts)
         items = []
         for text in texts:
             self._n += 1
