@@ -257,6 +257,23 @@ def _fast_message(test: str | None, found: list[str]) -> str:
 _GUARD: _FastGuard | None = None
 
 
+def pytest_ignore_collect(collection_path, config):
+    """Under ``-m fast``, a test file that never spells ``pytest.mark.fast`` has no fast test: it is not imported.
+
+    Importing the test modules is most of the fast tier's time otherwise (torch, transformers, pandas, FastAPI
+    and hypothesis come in with them). A fast test's mark must therefore be written in its own file.
+    """
+    if " ".join(config.option.markexpr.split()) != FAST or collection_path.suffix != ".py":
+        return None
+    if not collection_path.name.startswith("test_"):
+        return None
+    try:
+        mentions_fast = "pytest.mark.fast" in collection_path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return None if mentions_fast else True
+
+
 def pytest_configure(config):
     global _GUARD
     _GUARD = _FastGuard()
