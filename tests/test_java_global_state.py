@@ -73,6 +73,7 @@ def test_jvm_leaves_sigint_to_python():
     assert (out.strip(), proc.returncode) == ("KeyboardInterrupt", 0), (out, proc.returncode, err[-2000:])
 
 
+@pytest.mark.fast
 def test_openai_placeholder_never_touches_a_callers_key(monkeypatch):
     from radcot.java import _placeholder_openai_key
 
@@ -96,6 +97,7 @@ def test_pyserini_import_leaves_no_placeholder_key():
     assert _python(code) == "True None"
 
 
+@pytest.mark.fast
 def test_hub_offline_one_reading(monkeypatch):
     from radcot._deps import hub_offline, hub_reachable
 

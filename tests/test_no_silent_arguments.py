@@ -12,6 +12,8 @@ import pytest
 from radcot.cli import main
 from radcot.cli import _args
 
+pytestmark = pytest.mark.fast
+
 BASE = {
     "search": ["--index", "I", "--queries", "Q", "--run", "R"],
     "index": ["--collection", "C", "--index", "I"],

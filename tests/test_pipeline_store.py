@@ -23,6 +23,7 @@ def _builder(calls: list, text: str = "1\t0\td1\t1\t2.0\trun\n"):
     return build
 
 
+@pytest.mark.fast
 def test_done_records_every_output_and_reuse_is_verified(tmp_path, caplog):
     store, calls = StageStore(tmp_path), []
     d, record, reused = store.run("search-bm25", {"k": 10}, _builder(calls))
@@ -54,6 +55,7 @@ def test_done_records_every_output_and_reuse_is_verified(tmp_path, caplog):
     assert store.run("search-bm25", {"k": 10}, _builder(calls))[2] is False and len(calls) == 5
 
 
+@pytest.mark.fast
 def test_the_stage_key_includes_radcots_version(monkeypatch):
     import radcot
 
@@ -62,6 +64,7 @@ def test_the_stage_key_includes_radcots_version(monkeypatch):
     assert stage_hash({"a": 1}) != before
 
 
+@pytest.mark.fast
 def test_verify_run_file_refuses_a_changed_run(tmp_path):
     d, _, _ = StageStore(tmp_path).run("search-bm25", {}, _builder([]))
     verify_run_file(d / "run.trec")
@@ -103,6 +106,7 @@ def test_two_processes_build_a_shared_stage_once(tmp_path):
     assert len((tmp_path / "builds.log").read_text().splitlines()) == 1
 
 
+@pytest.mark.fast
 def test_an_experiments_own_stage_fails_at_once_when_another_process_builds_it(tmp_path):
     from radcot.locks import OutputLockedError, output_lock
 
@@ -112,6 +116,7 @@ def test_an_experiments_own_stage_fails_at_once_when_another_process_builds_it(t
             store.run("search-bm25", {}, _builder([]))
 
 
+@pytest.mark.fast
 def test_radcot_table_refuses_a_changed_run_file(tmp_path):
     """`radcot table` on an experiment whose cached run.trec was edited: exit 1, one line, no traceback."""
     qrels = tmp_path / "qrels.txt"
