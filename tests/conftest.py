@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -96,6 +97,26 @@ def copy_dir(tmp_path):
         return dst
 
     return _copy
+
+
+# ------------------------------------------------------------------------------------------------ Ctrl-C
+
+_SIGINT_BEFORE = pytest.StashKey[object]()
+
+
+def _enable_ctrl_c():
+    """Give the session (and so every process a test starts) Python's normal SIGINT handling; returns what it had.
+
+    A run started in the background by a non-interactive shell (``make test &`` in a script, ``nohup ... &``)
+    begins with SIGINT ignored, and an ignored signal stays ignored in every child: Python then installs no
+    KeyboardInterrupt handler there, so the tests that press Ctrl-C on a `radcot` process (or on a child that
+    started the JVM) saw it ignored and failed although the code was right (issue #26). A handled signal is
+    reset to the default in a child at exec, so each child starts with Ctrl-C working, as in a terminal.
+    Returns ``None`` when nothing had to change.
+    """
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        return None
+    return signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # ------------------------------------------------------------------------------------------------ the fast tier
@@ -276,9 +297,10 @@ def pytest_ignore_collect(collection_path, config):
 
 def pytest_configure(config):
     global _GUARD
+    config.stash[_SUITE_START] = time.perf_counter()
+    config.stash[_SIGINT_BEFORE] = _enable_ctrl_c()
     _GUARD = _FastGuard()
     sys.meta_path.insert(0, _GUARD)
-    config.stash[_SUITE_START] = time.perf_counter()
 
 
 def pytest_unconfigure(config):
@@ -286,6 +308,8 @@ def pytest_unconfigure(config):
         if _GUARD in sys.meta_path:
             sys.meta_path.remove(_GUARD)
         _GUARD.close()
+    if config.stash.get(_SIGINT_BEFORE, None) is not None:
+        signal.signal(signal.SIGINT, config.stash[_SIGINT_BEFORE])
 
 
 def _guarded(item, when: str):

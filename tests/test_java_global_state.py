@@ -42,10 +42,10 @@ from radcot.java import start_jvm
 start_jvm()
 try:
     print("working", flush=True)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         time.sleep(0.05)
-    print("no interrupt in 300 s", flush=True)
+    print("no interrupt in 120 s", flush=True)
 except KeyboardInterrupt:
     print("KeyboardInterrupt", flush=True)
 """
