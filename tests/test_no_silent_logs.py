@@ -13,7 +13,6 @@ import pytest
 from radcot.utils import LogProgress, progress
 
 
-@pytest.mark.fast
 def test_teach_into_a_log_file_writes_periodic_lines_not_redraws(tmp_path):
     queries, cots = tmp_path / "q.tsv", tmp_path / "c.tsv"
     queries.write_text("".join(f"{i}\tquery {i}\n" for i in range(500)), encoding="utf-8")
