@@ -1,10 +1,11 @@
 # Two commands on a fresh machine: `make demo` (main job) and `make test` (whole suite).
+# `make test-fast`: the fast tier only (tests marked `fast`: no JVM, no training; under a minute; docs/testing.md).
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast bench clean
 
 install: $(STAMP)
 
@@ -22,7 +23,10 @@ demo: $(STAMP)
 	$(VENV)/bin/radcot run pipelines/demo.yaml
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m fast --durations=10
 
 bench: $(STAMP)
 	set -e; for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done

@@ -34,7 +34,10 @@ pytest.importorskip("datasets")
 REPO = Path(__file__).resolve().parents[1]
 WORLD = REPO / "data" / "demo"
 K = 3
-#: the whole build (index + teacher + data + 200 training steps); 35 s on idle cores
+#: training steps: enough for greedy CoTs that depend on the query (22 distinct of the 24 test queries that
+#: tests/test_expander.py reads; it asks for more than 8), which is all the tests that use the student need
+STEPS = 100
+#: the whole build (index + teacher + data + STEPS training steps); under 30 s on idle cores
 BUILD_TIMEOUT_S = 600
 #: the child dumps every thread's stack this long before the deadline (the failure message shows it)
 DUMP_BEFORE_S = 20
@@ -62,7 +65,7 @@ def build_index(out: Path) -> None:
 
 
 def build_student(index: Path, base: Path) -> Path:
-    """kb CoTs -> distillation data (BM25 top-3) -> 200 training steps of a tiny T5: ``base/run``."""
+    """kb CoTs -> distillation data (BM25 top-3) -> ``STEPS`` training steps of a tiny T5: ``base/run``."""
     from radcot.retrieval.bm25 import BM25Retriever
     from radcot.student.data import build_distillation_data
     from radcot.student.train import TrainConfig, train
@@ -74,9 +77,9 @@ def build_student(index: Path, base: Path) -> Path:
     _timed("distillation data", build_distillation_data, queries, cots, BM25Retriever(index), k=K, out_dir=distill,
            dev_fraction=0.02, seed=0, show_progress=False)
     config = TrainConfig(data=str(distill), model="tiny-t5:d_model=64,layers=2,heads=4,d_ff=256,vocab_size=2000,"
-                         "dropout=0", out=str(run), n_context=K, max_steps=200, batch_size=8, lr=3e-3,
-                         text_maxlength=48, target_maxlength=48, eval_every=200, eval_max_new_tokens=16,
-                         eval_max_examples=8, save_every=200, log_every=25, template="question: {query} context: "
+                         "dropout=0", out=str(run), n_context=K, max_steps=STEPS, batch_size=8, lr=3e-3,
+                         text_maxlength=48, target_maxlength=48, eval_every=STEPS, eval_max_new_tokens=16,
+                         eval_max_examples=8, save_every=STEPS, log_every=25, template="question: {query} context: "
                          "{passage}", seed=13)
     _timed("training", train, config, show_progress=False)
     return run
@@ -135,7 +138,7 @@ def demo_index(demo_build) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_student(demo_build) -> Path:
-    """A tiny FiD student (k=3 BM25 passages) trained 200 steps on the demo world: ``RUN_DIR``."""
+    """A tiny FiD student (k=3 BM25 passages) trained ``STEPS`` steps on the demo world: ``RUN_DIR``."""
     return demo_build / "run"
 
 

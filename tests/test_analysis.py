@@ -12,6 +12,8 @@ from radcot.analysis import (AnalysisError, answer_rate, answer_terms, context_r
                              split_answer, teacher_answers, world_answers)
 from radcot.data.readers import read_queries
 
+pytestmark = pytest.mark.fast
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
 

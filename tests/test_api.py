@@ -30,6 +30,7 @@ def test_every_export_is_radcots_own_and_listed():
         radcot.NoSuchName  # noqa: B018
 
 
+@pytest.mark.fast
 def test_import_is_light():
     code = ("import sys, radcot, radcot.cli, radcot.pipeline, radcot.report, radcot.evaluation; "
             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
@@ -37,6 +38,7 @@ def test_import_is_light():
     assert out.stdout.strip() == ""
 
 
+@pytest.mark.fast
 def test_light_names_work_without_loading_heavy_modules(tmp_path):
     """Records, readers, evaluation, fusion, expansion and the retriever contract, in a fresh process."""
     code = f"""
@@ -55,6 +57,7 @@ print(",".join(m for m in {HEAVY!r} if m in sys.modules))
     assert out.stdout.strip() == ""
 
 
+@pytest.mark.fast
 def test_cli_help_lists_commands_and_is_light():
     code = ("import sys; from radcot.cli import main; rc = main(['--help']); "
             "print('HEAVY', [m for m in ('jnius', 'torch', 'faiss') if m in sys.modules])")
@@ -67,6 +70,7 @@ def test_cli_help_lists_commands_and_is_light():
 # ------------------------------------------------------------------------------------------------ records, data
 
 
+@pytest.mark.fast
 def test_records_and_errors():
     assert Doc("d1", "text", "Title").contents == "Title\ntext" and Doc("d2", "text").contents == "text"
     assert Query("1", "lift")._fields == ("query_id", "text")
@@ -76,6 +80,7 @@ def test_records_and_errors():
     assert "q.tsv" in str(err) and "3" in str(err) and "2 tab-separated fields" in str(err)
 
 
+@pytest.mark.fast
 def test_readers_round_trip(tmp_path):
     (tmp_path / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "title": "T", "text": "lift"}) + "\n")
     (tmp_path / "queries.jsonl").write_text(json.dumps({"_id": "1", "text": "what is lift"}) + "\n")
@@ -139,6 +144,7 @@ class DictRetriever:
         pass
 
 
+@pytest.mark.fast
 def test_retriever_protocol_and_expanded_searcher():
     r = DictRetriever({"d1": "moon tides pull", "d2": "sun heat", "d3": "ocean tides"})
     assert isinstance(r, radcot.Retriever)
@@ -148,6 +154,7 @@ def test_retriever_protocol_and_expanded_searcher():
     assert [h.doc_id for h in hits["1"]] == ["d1", "d3"]  # the expansion's "moon" lifts d1 over d3
 
 
+@pytest.mark.fast
 def test_retriever_classes_check_their_index_before_loading_anything(tmp_path):
     for cls in (radcot.BM25Retriever, radcot.DenseRetriever):
         with pytest.raises(FileNotFoundError, match="radcot index"):
@@ -159,6 +166,7 @@ def test_retriever_classes_check_their_index_before_loading_anything(tmp_path):
     assert radcot.BM25Retriever is BM25Retriever
 
 
+@pytest.mark.fast
 def test_fusion():
     a, b = {"q": {"x": 3.0, "y": 1.0}}, {"q": {"y": 9.0}}
     assert radcot.reciprocal_rank_fusion([a, b], k=0) == {"q": {"y": 1 / 2 + 1 / 1, "x": 1 / 1}}
@@ -167,6 +175,7 @@ def test_fusion():
 # ------------------------------------------------------------------------------------------------ expansion
 
 
+@pytest.mark.fast
 def test_expansion_functions(tmp_path):
     exp = radcot.expand_queries([Query("1", "lift"), Query("2", "drag")], {"1": "wings make lift", "2": None},
                                 formula="query2doc")
@@ -178,6 +187,7 @@ def test_expansion_functions(tmp_path):
 # ------------------------------------------------------------------------------------------------ teacher on a tiny world
 
 
+@pytest.mark.fast
 def test_world_teacher_and_teach(tmp_path):
     manifest = radcot.make_world(tmp_path / "world", seed=3, scale=0.02)
     assert (tmp_path / "world" / "corpus.jsonl").is_file() and manifest["seed"] == 3
@@ -204,6 +214,7 @@ def test_heavy_names_are_their_modules_objects():
         assert getattr(importlib.import_module(module), name) is getattr(radcot, name), name
 
 
+@pytest.mark.fast
 def test_pipeline_config_errors_name_the_problem(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("experiment: x\ndataset: {path: /nonexistent}\nrows: [{name: bm25}]\n")

@@ -23,6 +23,7 @@ def _radcot(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("argv", [["--help"], ["index", "--help"], ["search", "--help"]])
 def test_help_imports_no_jvm_or_torch(argv):
     code = (

@@ -12,6 +12,8 @@ from radcot.experiment.config import apply_overrides, load_config
 from radcot.experiment.schema import config_problems, reference_markdown
 from radcot.pipeline import Pipeline, PipelineError
 
+pytestmark = pytest.mark.fast
+
 REPO = Path(__file__).resolve().parent.parent
 
 

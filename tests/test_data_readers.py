@@ -11,6 +11,8 @@ from radcot.data.readers import (check_qrels, read_corpus, read_qrels, read_quer
 from radcot.data.registry import load_dataset
 from radcot.records import DataFormatError, Qrel, Query
 
+pytestmark = pytest.mark.fast
+
 
 def test_vaswani_beir_layout(vaswani):
     docs = read_corpus(vaswani)

@@ -11,6 +11,8 @@ from radcot.data.readers import (read_corpus, read_qrels, read_queries, read_run
                                  write_run)
 from radcot.records import DataFormatError, EncodingError, InvalidIdError, Qrel, Query
 
+pytestmark = pytest.mark.fast
+
 BOM = "\ufeff"
 
 

@@ -1,4 +1,4 @@
-"""The demo-world diagnostics in eval/ on a real (tiny, 200-step) student of the demo world: they run, and their
+"""The demo-world diagnostics in eval/ on a real (tiny, 100-step) student of the demo world: they run, and their
 counts agree with the files they read."""
 from __future__ import annotations
 

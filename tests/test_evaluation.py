@@ -16,6 +16,7 @@ def _ranked(*docs):
     return {d: float(len(docs) - i) for i, d in enumerate(docs)}
 
 
+@pytest.mark.fast
 def test_rr_at_10_cuts_off():
     # q1: first relevant at rank 11 -> RR@10 = 0 (uncut RR would be 1/11)
     run = {"q1": _ranked(*[f"x{i}" for i in range(10)], "d1"), "q2": _ranked("d9"), "q3": _ranked("a", "d1")}
@@ -23,6 +24,7 @@ def test_rr_at_10_cuts_off():
     assert agg["RR@10"] == pytest.approx((0 + 1 + 0.5) / 3)
 
 
+@pytest.mark.fast
 def test_ndcg_hand_computed():
     run = {"q1": _ranked("d5", "x", "d1")}
     qrels = {"q1": {"d1": 1, "d5": 2}}
@@ -32,6 +34,7 @@ def test_ndcg_hand_computed():
     assert evaluate(qrels, run, ["nDCG@10"])["nDCG@10"] == pytest.approx(dcg / idcg)
 
 
+@pytest.mark.fast
 def test_judged_queries_missing_from_run_count_zero():
     run = {"q2": _ranked("d9")}
     agg, pq = evaluate(QRELS, run, ["RR@10"], per_query=True)
@@ -39,11 +42,13 @@ def test_judged_queries_missing_from_run_count_zero():
     assert pq["RR@10"] == {"q1": 0.0, "q2": 1.0, "q3": 0.0}
 
 
+@pytest.mark.fast
 def test_unjudged_run_queries_ignored():
     run = {"q2": _ranked("d9"), "zzz": _ranked("d1")}
     assert evaluate({"q2": {"d9": 1}}, run, ["AP"])["AP"] == 1.0
 
 
+@pytest.mark.fast
 def test_unknown_metric_is_a_clear_error():
     with pytest.raises(RadcotError, match="unknown metric"):
         evaluate(QRELS, {"q1": {"d1": 1.0}}, ["nDCG@ten"])
@@ -60,6 +65,7 @@ def test_paired_ttest_matches_scipy():
     assert paired_ttest(a, a).p_value == 1.0
 
 
+@pytest.mark.fast
 def test_vaswani_run_file_evaluation_matches_ir_measures(vaswani, tmp_path):
     import ir_measures
 
@@ -95,6 +101,7 @@ def _qd(qrels):
 
 # ------------------------------------------------------------------------- judged_only (issue 13)
 
+@pytest.mark.fast
 def test_judged_only_false_averages_over_run_queries_too():
     # q1 judged and perfect (AP 1), q2 judged but absent (0), zzz retrieved but never judged
     qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
@@ -105,6 +112,7 @@ def test_judged_only_false_averages_over_run_queries_too():
     assert pq["AP"] == {"q1": 1.0, "q2": 0.0, "zzz": 0.0}
 
 
+@pytest.mark.fast
 def test_judged_queries_absent_from_the_run_are_reported(caplog):
     from radcot.evaluation import missing_from_run
 
@@ -117,6 +125,7 @@ def test_judged_queries_absent_from_the_run_are_reported(caplog):
     assert "q11" not in caplog.text and caplog.text.rstrip().endswith("...")  # ten ids at most
 
 
+@pytest.mark.fast
 def test_a_run_sharing_no_query_with_the_qrels_is_an_error():
     with pytest.raises(RadcotError, match="none of the 1 queries of the run is judged"):
         evaluate({"1": {"d1": 1}}, {"301": _ranked("d1")}, ["AP"])
@@ -128,6 +137,7 @@ GRADED_QRELS = {"q1": {"d1": 2, "d2": 1, "d3": 2, "d4": 0, "d5": 2}, "q2": {"d7"
 GRADED_RUN = {"q1": _ranked("d2", "d1", "d4", "d3", "x"), "q2": _ranked("d7")}
 
 
+@pytest.mark.fast
 def test_graded_metrics_at_rel_2_by_hand_and_by_pytrec_eval():
     import pytrec_eval
 
@@ -149,6 +159,7 @@ def test_graded_metrics_at_rel_2_by_hand_and_by_pytrec_eval():
 
 # ------------------------------------------------------------------------------ radcot evaluate CLI
 
+@pytest.mark.fast
 def test_cli_reports_missing_judged_queries(tmp_path, capsys, caplog):
     from radcot.cli import main
     from radcot.data.readers import write_run
@@ -164,6 +175,7 @@ def test_cli_reports_missing_judged_queries(tmp_path, capsys, caplog):
     assert "11 of 13 judged queries are absent" in caplog.text
 
 
+@pytest.mark.fast
 def test_cli_unknown_metric_fails_before_reading(tmp_path, capsys):
     from radcot.cli import main
 

@@ -13,6 +13,7 @@ from radcot.records import DataFormatError, Query, RadcotError
 # ------------------------------------------------------------------------------------------- formulas
 
 
+@pytest.mark.fast
 def test_radcot_formula_hand_computed():
     # len("ab") = 2, len(cot) = 12 -> n = max(5, 6) = 6
     assert expand_text("ab", "cdefghijklmn", "radcot") == "ab ab ab ab ab ab  cdefghijklmn"
@@ -29,17 +30,20 @@ def test_radcot_formula_hand_computed():
     ("a", 1000, 1000),  # one-character query
     ("", 30, 5),       # empty query: no division by zero
 ])
+@pytest.mark.fast
 def test_radcot_repeat_count(q, cot_len, n):
     assert radcot_repeats(q, "x" * cot_len) == n
     assert expand_text(q, "x" * cot_len, "radcot") == (q + " ") * n + " " + "x" * cot_len
 
 
+@pytest.mark.fast
 def test_empty_cot_and_empty_query_literal():
     assert expand_text("q", "", "radcot") == "q q q q q  "
     assert expand_text("q", None, "query2doc") == "q q q q q  "
     assert expand_text("", "cot", "radcot") == "      cot"  # 5 * " " + " " + cot
 
 
+@pytest.mark.fast
 def test_non_ascii_counts_code_points():
     q = "né à Ærø"  # 8 code points (more bytes in UTF-8)
     cot = "日本語の説明文です。とても長い説明です。ここまで"  # 24 code points -> 24 // 8 = 3 -> n = 5
@@ -49,6 +53,7 @@ def test_non_ascii_counts_code_points():
     assert expand_text(q, cot2, "radcot") == f"{q} " * 9 + " " + cot2
 
 
+@pytest.mark.fast
 def test_ten_thousand_characters():
     cot = "abcdefghij" * 1000
     out = expand_text("query", cot, "radcot")  # n = 10000 // 5 = 2000
@@ -57,6 +62,7 @@ def test_ten_thousand_characters():
     assert expand_text("query", cot, "query2doc") == "query " * 5 + " " + cot
 
 
+@pytest.mark.fast
 def test_other_formulas():
     assert expand_text("what is bm25", "A ranking function.", "query2doc") == \
         "what is bm25 what is bm25 what is bm25 what is bm25 what is bm25  A ranking function."
@@ -66,6 +72,7 @@ def test_other_formulas():
         expand_text("q", "c", "hyde")
 
 
+@pytest.mark.fast
 def test_expand_queries_falls_back_and_counts(caplog):
     queries = [Query("1", "a b"), Query("2", "c"), Query("3", "d"), Query("4", "e")]
     cots = {"1": "x\ny", "3": "   ", "4": None}
@@ -75,6 +82,7 @@ def test_expand_queries_falls_back_and_counts(caplog):
     assert "3 of 4 queries have no usable CoT" in caplog.text
 
 
+@pytest.mark.fast
 def test_expansions_file_roundtrip(tmp_path):
     exp = {"1": "q q q q q  cot\twith tab", "b": "ünï  cöde ", "3": "plain"}
     path = tmp_path / "exp.tsv"
@@ -95,6 +103,7 @@ def _teacher_jsonl(path, records):
             f.write(json.dumps({"query_id": qid, "query": query, "text": text, "error": error}) + "\n")
 
 
+@pytest.mark.fast
 def test_expander_from_jsonl_tsv_and_dict(tmp_path):
     jl = tmp_path / "cots.jsonl"
     _teacher_jsonl(jl, [("1", "what is x", "Rationale: x is y. Answer: y.", None),
@@ -116,6 +125,7 @@ def test_expander_from_jsonl_tsv_and_dict(tmp_path):
         QueryExpander(42)
 
 
+@pytest.mark.fast
 def test_expander_from_teacher_backend(tmp_path):
     from radcot.data.world import make_world
     from radcot.teacher.kb import KBTeacher
@@ -132,6 +142,7 @@ def test_expander_from_teacher_backend(tmp_path):
     assert ex.last_missing == []
 
 
+@pytest.mark.fast
 def test_two_plain_strings_in_a_row_get_their_own_cot(tmp_path):
     """Issue 13: plain strings all had query id "0" and the second got the first one's cached CoT."""
     from radcot.data.world import make_world
@@ -165,6 +176,7 @@ class _HalfBroken:
         return HalfBroken()
 
 
+@pytest.mark.fast
 def test_teacher_failures_over_the_fraction_raise_below_it_warn(caplog):
     from radcot.expansion import TeacherUnavailable
 
@@ -181,6 +193,7 @@ def test_teacher_failures_over_the_fraction_raise_below_it_warn(caplog):
         strict.expand_all(qs)
 
 
+@pytest.mark.fast
 def test_openai_teacher_against_a_server_that_is_down():
     """Issue 9 class 5: a teacher server that is down must not give silently unexpanded queries."""
     import socket
@@ -200,6 +213,7 @@ def test_openai_teacher_against_a_server_that_is_down():
     assert ex._cots == {}  # nothing cached: a second call asks the teacher again
 
 
+@pytest.mark.fast
 def test_several_samples_from_files(tmp_path):
     a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
     a.write_text("1\tfirst\n2\tonly\n", encoding="utf-8")
@@ -292,6 +306,7 @@ def test_multi_sample_fusion_is_rrf_of_the_sample_runs(cranfield_bm25, cranfield
         assert [s for _, s in got] == pytest.approx([s for _, s in top])
 
 
+@pytest.mark.fast
 def test_expand_cli(tmp_path):
     from radcot.cli import main
     from radcot.data.readers import write_queries_tsv
@@ -308,6 +323,7 @@ def test_expand_cli(tmp_path):
     assert main(["expand", "--cots", str(tmp_path), "--queries", str(qfile), "--out", str(out), "--overwrite"]) == 1
 
 
+@pytest.mark.fast
 def test_limit_terms_keeps_the_query_and_cuts_the_tail():
     from radcot.expansion import limit_terms
 

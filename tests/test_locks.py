@@ -11,6 +11,8 @@ import pytest
 
 from radcot.locks import OutputLockedError, lock_path, output_lock
 
+pytestmark = pytest.mark.fast
+
 HOLD = """
 import sys, time
 from radcot.locks import output_lock

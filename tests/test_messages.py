@@ -94,6 +94,7 @@ def test_offline_student_model_message(tmp_path, monkeypatch, capsys):
     assert _check(msg, capsys) >= 3
 
 
+@pytest.mark.fast
 def test_missing_msmarco_dir_message(tmp_path, capsys):
     from radcot.data.registry import load_dataset
 
@@ -116,6 +117,7 @@ def test_missing_prebuilt_index_message(capsys):
     assert _check(msg, capsys) >= 2
 
 
+@pytest.mark.fast
 def test_preflight_and_schema_messages(demo_world, tmp_path, monkeypatch, capsys):
     from radcot.pipeline import Pipeline, PipelineError
 

@@ -61,6 +61,7 @@ BAD = [
 ]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("cmd,flag,value", BAD, ids=[f"{c} {f} {v}" for c, f, v in BAD])
 def test_bad_value_is_one_line_and_exit_2(cmd, flag, value, capsys):
     with pytest.raises(SystemExit) as e:
@@ -71,6 +72,7 @@ def test_bad_value_is_one_line_and_exit_2(cmd, flag, value, capsys):
     assert err.startswith(f"radcot {cmd}: error: argument {flag}") and repr(value) in err
 
 
+@pytest.mark.fast
 def test_every_numeric_flag_of_every_command_is_checked():
     """No parser of these commands keeps a bare int/float type (those accept 0, -1, nan)."""
     seen = []
@@ -103,6 +105,7 @@ def test_every_numeric_flag_of_every_command_is_checked():
     (_args.heap_size, "512m", ["512", "g", "0g", "-1g"]),
     (_args.port, "0", ["-1", "65536", "80.5", "http"]),
 ])
+@pytest.mark.fast
 def test_type_functions(parse, good, bad):
     parse(good)
     for value in bad:
@@ -116,6 +119,7 @@ def _radcot(*args: str, debug: bool = False) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.fast
 def test_user_mistakes_are_one_line_and_radcot_debug_shows_the_traceback(tmp_path):
     missing = tmp_path / "no-such-queries.tsv"
     argv = ("expand", "--cots", str(tmp_path / "c.tsv"), "--queries", str(missing), "--out", str(tmp_path / "e.tsv"))

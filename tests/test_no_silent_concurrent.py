@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,12 +43,15 @@ def _teach_args(server: FaultServer, queries: Path, out: Path) -> list[str]:
 
 
 def test_two_teach_processes_one_output(tmp_path):
-    server = FaultServer(delay=0.4)  # 40 queries, 2 in flight: the first run takes >= 8 s (slow starts under load)
+    server = FaultServer()
     try:
         queries = tmp_path / "q.tsv"
         queries.write_text("".join(f"{i}\tquery number {i}\n" for i in range(40)), encoding="utf-8")
         out = tmp_path / "cots.jsonl"
         env = {KEY_ENV: KEY}
+        # the server pauses (its requests wait in the listen queue) until the second run has been refused: the
+        # first run is still inside its work then however slowly either process starts (issue #26)
+        server.httpd.shutdown()
         first = _radcot(*_teach_args(server, queries, out), env=env)
         deadline = time.monotonic() + 60
         while not (lock_path(out).exists() and lock_path(out).read_text().startswith(f"{first.pid} ")):
@@ -55,10 +59,15 @@ def test_two_teach_processes_one_output(tmp_path):
             time.sleep(0.05)
         t0 = time.monotonic()
         second = _radcot(*_teach_args(server, queries, out), env=env)
-        _, err2 = second.communicate(timeout=60)
+        try:
+            _, err2 = second.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            second.kill()
+            pytest.fail("the second run was not refused: it waits for the paused server as the first does")
         assert first.poll() is None, "the first run should still be running when the second is refused"
         assert second.returncode == 1 and time.monotonic() - t0 < 30
         assert f"PID {first.pid}" in err2 and str(lock_path(out)) in err2 and "Traceback" not in err2
+        threading.Thread(target=server.httpd.serve_forever, daemon=True).start()  # the server answers again
         _, err1 = first.communicate(timeout=120)
         assert first.returncode == 0, err1
         ids = [json.loads(line)["query_id"] for line in out.read_text(encoding="utf-8").splitlines()]
@@ -78,6 +87,7 @@ def test_two_teach_processes_one_output(tmp_path):
     ["expand", "--cots", "C", "--queries", "Q", "--out", "{out}"],
     ["train", "--data", "D", "--model", "tiny-t5", "--out", "{out}"],
 ])
+@pytest.mark.fast
 def test_commands_refuse_an_output_another_process_writes(tmp_path, argv):
     out = tmp_path / "output"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
@@ -92,6 +102,7 @@ def test_commands_refuse_an_output_another_process_writes(tmp_path, argv):
         holder.wait()
 
 
+@pytest.mark.fast
 def test_readers_refuse_a_query_finished_twice(tmp_path):
     out = tmp_path / "cots.jsonl"
     with CoTWriter(out) as w:
@@ -108,6 +119,7 @@ def test_readers_refuse_a_query_finished_twice(tmp_path):
     assert not (tmp_path / "e.tsv").exists()
 
 
+@pytest.mark.fast
 def test_a_failure_then_a_success_is_one_record(tmp_path):
     """A merged file may carry a query's failure and its later success: the success wins, no error."""
     out = tmp_path / "cots.jsonl"
@@ -118,6 +130,7 @@ def test_a_failure_then_a_success_is_one_record(tmp_path):
     assert recs["1"]["text"] == "ok" and recs["2"]["error"] == "HTTP 503"
 
 
+@pytest.mark.fast
 def test_cot_record_round_trip():
     rec = CoTRecord("7", "q", "text", params={"k": 1}, extra={"doc_ids": ["a"]})
     d = rec.to_dict()
@@ -126,6 +139,7 @@ def test_cot_record_round_trip():
     assert CoTRecord("8", "q", "  ").empty is True and CoTRecord("9", error="x").empty is None
 
 
+@pytest.mark.fast
 def test_generate_refuses_a_busy_output_before_loading_the_student(tmp_path):
     out = tmp_path / "student-cots.jsonl"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)

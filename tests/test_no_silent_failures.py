@@ -27,6 +27,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.fast
 def test_teach_against_a_server_that_is_down_stops_and_says_why(tmp_path):
     queries, out = tmp_path / "q.tsv", tmp_path / "cots.jsonl"
     queries.write_text("".join(f"{i}\tquery {i}\n" for i in range(40)), encoding="utf-8")
@@ -67,6 +68,7 @@ def test_teach_with_some_failures_exits_1_naming_the_last_error(tmp_path):
     ["expand", "--cots", "{cots}", "--queries", "{empty}", "--out", "{tmp}/e.tsv"],
     ["search", "--index", "{tmp}", "--queries", "{empty}", "--run", "{tmp}/r.trec"],
 ])
+@pytest.mark.fast
 def test_empty_queries_are_an_error(tmp_path, argv, capsys):
     empty, cots = tmp_path / "empty.tsv", tmp_path / "c.tsv"
     empty.write_text("", encoding="utf-8")
@@ -78,6 +80,7 @@ def test_empty_queries_are_an_error(tmp_path, argv, capsys):
     assert not any(p.name in ("c.jsonl", "e.tsv", "r.trec") and p.stat().st_size for p in tmp_path.iterdir())
 
 
+@pytest.mark.fast
 def test_expand_with_no_usable_cot_writes_nothing(tmp_path, capsys):
     queries, cots, out = tmp_path / "q.tsv", tmp_path / "c.tsv", tmp_path / "e.tsv"
     queries.write_text("1\tab\n2\tcd\n3\tef\n", encoding="utf-8")
@@ -91,6 +94,7 @@ def test_expand_with_no_usable_cot_writes_nothing(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["unexpanded"] == 2
 
 
+@pytest.mark.fast
 def test_unset_api_key_env_is_a_usage_error(tmp_path):
     proc = _radcot("teach", "--backend", "openai", "--api-key-env", "RADCOT_TEST_UNSET_VARIABLE", "--queries",
                    str(tmp_path / "q.tsv"), "--out", str(tmp_path / "c.jsonl"),
@@ -99,6 +103,7 @@ def test_unset_api_key_env_is_a_usage_error(tmp_path):
     assert "RADCOT_TEST_UNSET_VARIABLE is not set" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.fast
 def test_train_resume_with_nothing_to_resume(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "d"), "--model", "tiny-t5", "--out", str(tmp_path / "run"),
                  "--resume"]) == 1
@@ -119,6 +124,7 @@ def test_train_config_file_errors_name_file_and_line(tmp_path, capsys, name, tex
     assert expected in err and "Traceback" not in err and not (tmp_path / "run").exists()
 
 
+@pytest.mark.fast
 def test_teacher_backend_missing_argument_is_one_line(tmp_path, capsys):
     (tmp_path / "q.tsv").write_text("1\twhere was it\n", encoding="utf-8")
     assert main(["expand", "--teacher", "kb", "--queries", str(tmp_path / "q.tsv"),

@@ -31,6 +31,7 @@ def test_teach_into_a_log_file_writes_periodic_lines_not_redraws(tmp_path):
     assert len(text) < 4000
 
 
+@pytest.mark.fast
 def test_log_progress_every_tenth_and_on_close(caplog):
     with caplog.at_level(logging.INFO, logger="radcot"):
         bar = LogProgress(total=100, desc="work", unit="doc", interval_s=3600)
@@ -44,6 +45,7 @@ def test_log_progress_every_tenth_and_on_close(caplog):
     assert msgs[-1].startswith("work: 100/100 doc (100%)")
 
 
+@pytest.mark.fast
 def test_log_progress_by_time_without_total(caplog, monkeypatch):
     clock = iter(range(0, 1000, 4))
     monkeypatch.setattr("radcot.utils.time.monotonic", lambda: next(clock))
@@ -55,6 +57,7 @@ def test_log_progress_by_time_without_total(caplog, monkeypatch):
     assert len(msgs) < 5  # not one per item
 
 
+@pytest.mark.fast
 def test_progress_chooses_by_tty_and_flag(monkeypatch, caplog):
     monkeypatch.setattr("radcot.utils._stderr_is_tty", lambda: False)
     assert isinstance(progress(range(3), show_progress=True), LogProgress)

@@ -19,6 +19,7 @@ def queries(tmp_path):
     return q
 
 
+@pytest.mark.fast
 def test_expand_replaces_its_own_output_only_with_overwrite(tmp_path, queries, capsys):
     cots, out = tmp_path / "c.tsv", tmp_path / "exp.tsv"
     cots.write_text("1\tcdefghijklmn\n2\tsome more words\n", encoding="utf-8")
@@ -36,6 +37,7 @@ def test_expand_replaces_its_own_output_only_with_overwrite(tmp_path, queries, c
     ["teach", "--backend", "kb", "--world", "{tmp}", "--queries", "{queries}", "--out", "{out}", "--overwrite"],
     ["search", "--index", "{tmp}/none", "--queries", "{queries}", "--run", "{out}", "--overwrite"],
 ])
+@pytest.mark.fast
 def test_a_file_radcot_did_not_write_is_never_replaced(tmp_path, queries, argv, capsys):
     cots, out = tmp_path / "c.tsv", tmp_path / "mine.txt"
     cots.write_text("1\tcdefghijklmn\n", encoding="utf-8")
@@ -47,6 +49,7 @@ def test_a_file_radcot_did_not_write_is_never_replaced(tmp_path, queries, argv, 
     assert out.read_text(encoding="utf-8") == "my notes, not radcot's\n"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
 def test_build_data_never_deletes_a_users_directory(tmp_path, queries, overwrite, capsys):
     user = tmp_path / "results"
@@ -62,6 +65,7 @@ def test_build_data_never_deletes_a_users_directory(tmp_path, queries, overwrite
     assert _tree(user) == before
 
 
+@pytest.mark.fast
 def test_make_world_and_index_refuse_a_users_directory(tmp_path, capsys):
     user = tmp_path / "mine"
     user.mkdir()

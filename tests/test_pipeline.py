@@ -11,12 +11,14 @@ from radcot.pipeline import Pipeline, PipelineError, apply_overrides
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("name", ["demo", "vaswani", "cranfield", "trec-dl-2019", "trec-dl-2020", "msmarco-dev"])
 def test_shipped_pipelines_parse(name):
     p = Pipeline.from_yaml(REPO / "pipelines" / f"{name}.yaml")
     assert p.rows and p.config["evaluation"]["baseline"] == p.rows[0].name
 
 
+@pytest.mark.fast
 def test_paper_pipelines_have_the_paper_rows():
     for name in ("trec-dl-2019", "trec-dl-2020", "msmarco-dev"):
         p = Pipeline.from_yaml(REPO / "pipelines" / f"{name}.yaml")
@@ -29,6 +31,7 @@ def test_paper_pipelines_have_the_paper_rows():
         assert p.cfg.student.n_context == 10 and p.cfg.student.generate.n_context == 50
 
 
+@pytest.mark.fast
 def test_overrides_and_params(tmp_path):
     cfg = {"experiment": "x", "params": {"data": "/nowhere"}, "dataset": {"path": "${data}/sub"},
            "rows": [{"name": "bm25"}]}
@@ -39,6 +42,7 @@ def test_overrides_and_params(tmp_path):
         apply_overrides(cfg, ["oops"])
 
 
+@pytest.mark.fast
 def test_bad_configs_name_the_problem(tmp_path):
     with pytest.raises(PipelineError, match="experiment"):
         Pipeline({"rows": [{"name": "a"}]})
@@ -216,6 +220,7 @@ def test_row_samples_fusion_and_limits_are_applied(demo_world, tmp_path):
         assert len({w.casefold() for w in re.findall(r"\w+", text)}) <= 6 and len(text) < len(full[qid])
 
 
+@pytest.mark.fast
 def test_samples_on_a_cots_row_is_refused():
     from radcot.experiment.schema import validate_config
     from radcot.pipeline import PipelineError

@@ -26,6 +26,7 @@ def _builder(calls: list, text: str = "1\t0\td1\t1\t2.0\trun\n"):
     return build
 
 
+@pytest.mark.fast
 def test_done_records_every_output_and_reuse_is_verified(tmp_path, caplog):
     store, calls = StageStore(tmp_path), []
     d, record, reused = store.run("search-bm25", KEY, _builder(calls))
@@ -93,6 +94,7 @@ def test_a_stage_outside_its_root_is_refused(tmp_path, name):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.fast
 def test_verify_run_file_refuses_a_changed_run(tmp_path):
     d, _, _ = StageStore(tmp_path).run("search-bm25", KEY, _builder([]))
     verify_run_file(d / "run.trec")
@@ -134,6 +136,7 @@ def test_two_processes_build_a_shared_stage_once(tmp_path):
     assert len((tmp_path / "builds.log").read_text().splitlines()) == 1
 
 
+@pytest.mark.fast
 def test_an_experiments_own_stage_fails_at_once_when_another_process_builds_it(tmp_path):
     from radcot.locks import OutputLockedError, output_lock
 
@@ -143,6 +146,7 @@ def test_an_experiments_own_stage_fails_at_once_when_another_process_builds_it(t
             store.run("search-bm25", KEY, _builder([]))
 
 
+@pytest.mark.fast
 def test_radcot_table_refuses_a_changed_run_file(tmp_path):
     """`radcot table` on an experiment whose cached run.trec was edited: exit 1, one line, no traceback."""
     qrels = tmp_path / "qrels.txt"

@@ -106,6 +106,7 @@ def test_preflight_lists_every_problem_in_seconds(demo_world, tmp_path, silent_u
     assert not (tmp_path / "runs" / "mistakes").exists() and not (tmp_path / "runs" / "_shared").exists()
 
 
+@pytest.mark.fast
 def test_the_model_in_the_cache_or_a_complete_directory_passes(demo_world, tmp_path, monkeypatch):
     from radcot.experiment.preflight import _model_problem
 
@@ -155,6 +156,7 @@ def test_check_cli_exit_codes(demo_world, tmp_path, silent_url):
     assert schema.returncode == 0 and "| `n_context` |" in schema.stdout
 
 
+@pytest.mark.fast
 def test_rows_without_the_baseline_and_teacher_rows_get_them(caplog):
     """--rows R brings the table's reference rows along (the table of an experiment with an
     evaluation.teacher_row failed after every stage had run when the teacher row was not selected)."""

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from radcot.data.readers import read_corpus, read_qrels, read_queries, read_run
 from radcot.records import DataFormatError, Doc, Qrel, Query, RadcotError
 
+pytestmark = pytest.mark.fast
+
 SETTINGS = settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 # pieces that make lines look like each format, plus the troublemakers: BOM, bad UTF-8, NUL, CR, nan...

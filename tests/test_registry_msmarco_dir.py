@@ -6,6 +6,8 @@ import pytest
 from radcot.data.registry import NAMED, load_dataset
 from radcot.records import OfflineResourceError
 
+pytestmark = pytest.mark.fast
+
 
 def _msmarco_dir(tmp_path, collection: bool = True):
     spec = NAMED["msmarco-passage/trec-dl-2019"]

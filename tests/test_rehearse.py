@@ -113,6 +113,7 @@ def test_student_standins_have_flan_t5_flags_and_grow_with_size(mini):
 
 # ------------------------------------------------------------------------------------------ swaps
 
+@pytest.mark.fast
 def test_standin_size_names():
     assert standin_size("google/flan-t5-small") == "small"
     assert standin_size("google/flan-t5-xxl") == "large"

@@ -90,6 +90,7 @@ def _ir_measures(qrels, run_file, metric):
         ir_measures.parse_measure(metric)]
 
 
+@pytest.mark.fast
 def test_gap_closed_matches_ir_measures(experiment):
     exp, qrels = experiment
     table = results_table(exp)
@@ -102,6 +103,7 @@ def test_gap_closed_matches_ir_measures(experiment):
     assert table.row("rm3").gap == {} and table.row("bm25").gap == {}  # rows that do not expand queries
 
 
+@pytest.mark.fast
 def test_gap_closed_function_and_teacher_override(experiment):
     exp, _ = experiment
     assert gap_closed(0.2384, 0.2040, 0.5240) == pytest.approx(0.1075, abs=1e-4)
@@ -112,6 +114,7 @@ def test_gap_closed_function_and_teacher_override(experiment):
         results_table(exp, teacher="nope")
 
 
+@pytest.mark.fast
 def test_markdown_csv_latex_carry_gaps_and_references(experiment):
     exp, _ = experiment
     table = results_table(exp)
@@ -132,6 +135,7 @@ def test_markdown_csv_latex_carry_gaps_and_references(experiment):
     assert "%" in latex.split("\\bottomrule")[0] and r"\%" in latex
 
 
+@pytest.mark.fast
 def test_reference_ships_in_package_and_keys_are_metric_names():
     """The reference file is package data, and its metric keys are names ir-measures parses (the tables use them)."""
     import ir_measures
@@ -170,6 +174,7 @@ def test_report_plots_without_switching_the_global_backend(experiment, tmp_path)
         assert matplotlib.get_backend() == before
 
 
+@pytest.mark.fast
 def test_table_cli_formats_and_answers_error(experiment, capsys):
     from radcot.cli import main
 

@@ -117,6 +117,7 @@ def test_dense_errors(tmp_path, dense_index):
 # ------------------------------------------------------------------------------------------------ fusion
 
 
+@pytest.mark.fast
 def test_rrf_hand_computed_example():
     from radcot.retrieval.fusion import reciprocal_rank_fusion
 

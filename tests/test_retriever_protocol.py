@@ -90,6 +90,7 @@ def test_faiss_thread_count_restored_after_search(dense, small_docs):
     assert faiss.omp_get_max_threads() == before
 
 
+@pytest.mark.fast
 def test_objects_without_the_methods_are_not_retrievers():
     class HalfRetriever:
         kind = "bm25"
@@ -103,6 +104,7 @@ def test_objects_without_the_methods_are_not_retrievers():
 # ------------------------------------------------------------------------------------------------ shared helpers
 
 
+@pytest.mark.fast
 def test_as_queries_accepts_every_documented_shape(tmp_path):
     expected = [Query("1", "lift"), Query("2", "drag")]
     assert as_queries({"1": "lift", "2": "drag"}) == expected
@@ -115,6 +117,7 @@ def test_as_queries_accepts_every_documented_shape(tmp_path):
         as_queries([1])
 
 
+@pytest.mark.fast
 def test_iter_docs_and_fingerprint(tmp_path):
     from radcot.retrieval.base import collection_fingerprint
 
@@ -224,6 +227,7 @@ def test_java_run_path_checks_empty_results(cranfield_bm25_index, monkeypatch):
     r.close()
 
 
+@pytest.mark.fast
 def test_malformed_java_run_line_is_named(tmp_path):
     from radcot.retrieval.bm25 import _read_java_run
     from radcot.retrieval.errors import RetrievalIndexError

@@ -7,6 +7,8 @@ import pytest
 
 from radcot.student.augment import CopyAugmenter
 
+pytestmark = pytest.mark.fast
+
 # 40 targets: "Rationale", "Answer", "born", "in", "was" are in every one (frequent); each name in one (rare)
 NAMES = [("Ann", "Oslo"), ("Bob", "Rome"), ("Cid", "Lima"), ("Dag", "Kiev")] * 10
 TARGETS = [f"Rationale: {p} was born in {t}. Answer: {t}." for p, t in NAMES]

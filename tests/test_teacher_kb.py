@@ -12,6 +12,8 @@ from radcot.teacher import get_backend, read_teacher_output, teach
 from radcot.teacher.base import GenerationParams, TeacherError, TeachItem
 from radcot.teacher.kb import KBTeacher
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):

@@ -208,6 +208,7 @@ def test_every_fault_retried_and_each_query_answered_once(server, key_env, tmp_p
     assert len(read_teacher_output(out)) == 30
 
 
+@pytest.mark.fast
 def test_failed_queries_recorded_then_retried_next_run(server, key_env, tmp_path):
     queries = [Query("a", "alpha"), Query("b", "beta [dead]"), Query("c", "gamma"), Query("d", "delta [dead]")]
     out = tmp_path / "cots.jsonl"
@@ -231,6 +232,7 @@ def test_failed_queries_recorded_then_retried_next_run(server, key_env, tmp_path
     assert_no_key(tmp_path)
 
 
+@pytest.mark.fast
 def test_non_retryable_error_fails_at_once_and_model_discovery(server, key_env, tmp_path):
     with backend(server, model=None) as be:
         assert be.model == MODEL  # discovered from GET /v1/models
@@ -242,6 +244,7 @@ def test_non_retryable_error_fails_at_once_and_model_discovery(server, key_env, 
     assert all(r["attempts"] == 1 and "HTTP 404" in r["error"] and "--model no-such-model" in r["error"] for r in recs)
 
 
+@pytest.mark.fast
 def test_wrong_key_is_reported_without_leaking_it(server, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY + "-wrong")
     out = tmp_path / "k.jsonl"
@@ -252,6 +255,7 @@ def test_wrong_key_is_reported_without_leaking_it(server, tmp_path, monkeypatch)
     assert KEY not in failed_path(out).read_text()
 
 
+@pytest.mark.fast
 def test_config_mismatch_refuses_to_mix_outputs(server, key_env, tmp_path):
     out = tmp_path / "cots.jsonl"
     qs = [Query("1", "one")]
@@ -265,6 +269,7 @@ def test_config_mismatch_refuses_to_mix_outputs(server, key_env, tmp_path):
         assert s.done == 1
 
 
+@pytest.mark.fast
 def test_corrupt_middle_line_is_an_error_naming_the_line(tmp_path):
     out = tmp_path / "c.jsonl"
     out.write_text('{"query_id": "1", "text": "x", "error": null}\nGARBAGE\n{"query_id": "2", "text": "y", "error": null}\n')
@@ -274,6 +279,7 @@ def test_corrupt_middle_line_is_an_error_naming_the_line(tmp_path):
         read_teacher_output(out)
 
 
+@pytest.mark.fast
 def test_parse_retry_after():
     assert parse_retry_after("3") == 3.0
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None

@@ -11,6 +11,8 @@ from radcot.teacher import get_backend, is_usable, read_teacher_output, teach
 from radcot.teacher.prompts import PROMPTS, get_prompt
 from radcot.teacher.runner import config_path, failed_path
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.fixture(scope="module")
 def davinci(msmarco_dir) -> Path:

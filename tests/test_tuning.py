@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
 
 
+@pytest.mark.fast
 def test_grid_validation_names_the_key():
     assert check_grid(None)["metric"] == "nDCG@10"
     with pytest.raises(TuningError, match=r"rows\[3\].tune.formula: \['rm3'\]"):

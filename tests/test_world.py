@@ -15,6 +15,7 @@ from radcot.utils import sha256_file
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.fast
 def test_regenerating_gives_identical_bytes(demo_world, tmp_path):
     """data/demo is what `radcot make-world --out data/demo` writes, byte for byte (seed 13, scale 1)."""
     manifest = json.loads((demo_world / "MANIFEST.json").read_text())
@@ -26,6 +27,7 @@ def test_regenerating_gives_identical_bytes(demo_world, tmp_path):
         assert sha256_file(demo_world / name) == digest, f"{name} does not match MANIFEST.json"
 
 
+@pytest.mark.fast
 def test_seed_changes_the_world(tmp_path):
     a = make_world(tmp_path / "a", seed=1, scale=0.1)
     b = make_world(tmp_path / "b", seed=2, scale=0.1)
@@ -34,6 +36,7 @@ def test_seed_changes_the_world(tmp_path):
     assert a["files"]["corpus.jsonl"] != b["files"]["corpus.jsonl"]
 
 
+@pytest.mark.fast
 def test_scale_and_sizes(tmp_path):
     m = make_world(tmp_path / "w", seed=3, scale=0.1, n_test=15, train_paraphrases=2)
     s = m["sizes"]
@@ -47,6 +50,7 @@ def test_scale_and_sizes(tmp_path):
         WorldConfig(surname_share=0.5)
 
 
+@pytest.mark.fast
 def test_beir_layout_is_readable_and_consistent(demo_world):
     manifest = json.loads((demo_world / "MANIFEST.json").read_text())
     docs = {d.doc_id: d for d in read_corpus(demo_world)}
@@ -74,6 +78,7 @@ def test_beir_layout_is_readable_and_consistent(demo_world):
     assert not test_facts & train_facts
 
 
+@pytest.mark.fast
 def test_judged_passages_avoid_the_query_wording(demo_world):
     """Lexical mismatch: the words a query uses besides the entity name are (almost) never in its judged passages."""
     import re
@@ -131,6 +136,7 @@ def test_kb_cot_bridges_the_vocabulary_mismatch(demo_world, demo_bm25):
     assert results["query2doc"]["nDCG@10"] > plain + 0.2
 
 
+@pytest.mark.fast
 def test_make_world_cli(tmp_path):
     from radcot.cli import main
 
@@ -141,6 +147,7 @@ def test_make_world_cli(tmp_path):
     assert main(["make-world", "--out", str(out), "--scale", "0.1", "--no-overwrite"]) == 1
 
 
+@pytest.mark.fast
 def test_bytes_do_not_depend_on_the_hash_seed(demo_world, tmp_path):
     """No set/dict-order leaks: another PYTHONHASHSEED in a fresh process writes the shipped bytes."""
     import os
