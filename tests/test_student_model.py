@@ -221,7 +221,6 @@ DAMAGE = ["truncated-weights", "missing-encoder-keys", "unexpected-keys", "shape
           "truncated-config"]
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("case", DAMAGE)
 def test_a_damaged_model_dir_is_one_error_naming_file_and_fix(tiny_t5, tmp_path, case):
     """Never a random init or a silent empty tokenizer: each damage is a DataFormatError naming the file, what is
@@ -267,7 +266,6 @@ def _t5_state(path):
     return load_file(str(path / "model.safetensors"))
 
 
-@pytest.mark.fast
 def test_hub_style_checkpoints_keep_loading(untied_t5, tmp_path):
     """What transformers itself fills in is not "missing": a transformers-4.x-style pytorch_model.bin with every
     tied copy (shared, encoder/decoder embed_tokens), and an original-T5 (tied head) checkpoint without lm_head."""
@@ -296,7 +294,6 @@ def test_hub_style_checkpoints_keep_loading(untied_t5, tmp_path):
     assert torch.equal(t5.lm_head.weight, sd["shared.weight"])
 
 
-@pytest.mark.fast
 def test_from_pretrained_checks_argument_types(tiny_t5):
     from radcot.student.model import FiDConfig, FiDStudent
 

@@ -227,7 +227,6 @@ def test_every_checkpoint_carries_the_student_profile(cranfield_distill, cranfie
 # ------------------------------------------------------------------------------------------ weight decay
 
 
-@pytest.mark.fast
 def test_weight_decay_groups(untied_t5):
     """Default: layer norms (and biases) exempt, exactly the rule radcot always used; [] decays every parameter as
     the official code (AdamW(model.parameters(), weight_decay=...))."""
