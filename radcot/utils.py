@@ -100,6 +100,26 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def cache_dir() -> Path:
+    """radcot's cache (topics converted from pyserini, exported ir_datasets data, file fingerprints).
+
+    ``$RADCOT_CACHE``, else ``$XDG_CACHE_HOME/radcot``, else ``~/.cache/radcot``. Deleting it only costs time.
+    """
+    if os.environ.get("RADCOT_CACHE"):
+        return Path(os.environ["RADCOT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "radcot"
+
+
+def state_dir() -> Path:
+    """radcot's state: the record of the outputs it wrote (:mod:`radcot.cli._args`), kept out of output folders.
+
+    ``$RADCOT_STATE_DIR``, else ``$XDG_STATE_HOME/radcot``, else ``~/.local/state/radcot``.
+    """
+    if os.environ.get("RADCOT_STATE_DIR"):
+        return Path(os.environ["RADCOT_STATE_DIR"])
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "radcot"
+
+
 def config_hash(obj: Any, n: int = 12) -> str:
     """Short stable hash of a JSON-serialisable config."""
     blob = json.dumps(obj, sort_keys=True, default=str, ensure_ascii=False).encode()

@@ -122,7 +122,26 @@ def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | 
         name_or_path: a name from :data:`NAMED` or a directory (BEIR layout).
         data_dir: for named datasets, a directory holding the topics/qrels files (offline use).
         index: an index directory (or pyserini prebuilt name) to use instead of the default.
+
+    Raises:
+        IndexCollectionMismatchError: ``index`` is a radcot index built from other documents than the dataset's
+            corpus (compared by content fingerprint).
+        OfflineResourceError: a named dataset's files are missing and cannot be downloaded; says what to fetch.
     """
+    dataset = _resolve(name_or_path, data_dir, index)
+    _check_index_matches_corpus(dataset)
+    return dataset
+
+
+def _check_index_matches_corpus(dataset: Dataset) -> None:
+    """A local index given for a dataset with a corpus must have been built from that corpus (by content)."""
+    if dataset.corpus is not None and dataset.index and Path(dataset.index).is_dir():
+        from radcot.data.fingerprint import check_index_collection
+
+        check_index_collection(dataset.index, dataset.corpus)
+
+
+def _resolve(name_or_path: str | os.PathLike, data_dir, index) -> Dataset:
     name = str(name_or_path)
     if name in NAMED:
         return _load_named(name, data_dir, index)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
+from radcot.data.fingerprint import INDEX_META_FILE
 from radcot.records import Doc, Query, RadcotError, ScoredDoc
 
 logger = logging.getLogger(__name__)
@@ -33,8 +34,8 @@ logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 Run = dict[str, dict[str, float]]
 
-#: written into every index directory radcot builds (kind, build settings, completeness); ``load_retriever`` reads it
-META_FILE = "radcot_index.json"
+#: written into every index directory radcot builds (kind, build settings, collection, files); ``load_retriever`` reads it
+META_FILE = INDEX_META_FILE
 
 
 @runtime_checkable
@@ -129,24 +130,16 @@ def iter_docs(collection: PathLike | Iterable[Doc]) -> Iterable[Doc]:
 
 
 def collection_fingerprint(collection: PathLike | Iterable[Doc]) -> str | None:
-    """Path, size and mtime of a collection's files (cheap; a changed collection means a rebuild).
+    """A content fingerprint of a collection's files (:func:`radcot.data.fingerprint.collection_fingerprint`).
 
     ``None`` for an in-memory iterable (it cannot be fingerprinted without reading it).
 
     Raises:
         FileNotFoundError: the path does not exist.
     """
-    if not isinstance(collection, (str, os.PathLike)):
-        return None
-    path = Path(collection)
-    if not path.exists():
-        raise FileNotFoundError(f"collection {path} does not exist (expected a BEIR directory, a JsonCollection "
-                                f"directory/file or an MS MARCO collection.tsv)")
-    from radcot.data.readers import _corpus_files
-    from radcot.utils import config_hash
+    from radcot.data.fingerprint import collection_fingerprint as fingerprint
 
-    files = _corpus_files(path)
-    return config_hash([(str(p.resolve()), p.stat().st_size, int(p.stat().st_mtime)) for p in files], n=16)
+    return fingerprint(collection)
 
 
 # ---------------------------------------------------------------------------------------------- retrieve + fetch

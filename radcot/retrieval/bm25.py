@@ -31,11 +31,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from radcot.data.fingerprint import read_index_meta, same_collection
 from radcot.records import DataFormatError, Doc, Query, RadcotError, ScoredDoc
 from radcot.retrieval.base import (META_FILE, PathLike, Run, as_queries, build_temp_prefix, collection_fingerprint,
                                    iter_docs, remove_own_build_dirs, remove_stale_build_dirs, rmtree_retry,
                                    run_interruptibly, sigterm_as_interrupt)
 from radcot.retrieval.errors import RetrievalIndexError
+from radcot.retrieval.meta import IndexDamagedError, check_index_files, damaged, index_files, rebuild_hint
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +124,7 @@ class BM25Retriever:
                                     f"`radcot index --collection PATH --index {self.index_dir}`")
         if not any(p.name.startswith("segments_") for p in self.index_dir.iterdir()):
             raise RetrievalIndexError(f"{self.index_dir} is not a Lucene index (no segments_N file); build it with "
-                              f"`radcot index --collection PATH --index {self.index_dir}`")
+                                      f"`radcot index --collection PATH --index {self.index_dir}`")
         if rm3 and rocchio:
             raise ValueError("choose one of rm3 and rocchio, not both")
         if not (k1 >= 0 and 0 <= b <= 1):
@@ -144,6 +146,7 @@ class BM25Retriever:
         self.max_query_terms = int(max_query_terms)
         self.heap = heap
         self.meta = self._read_meta(self.index_dir)
+        check_index_files(self.index_dir, self.meta)
         self._lock = threading.Lock()
         self._j: dict[str, Any] | None = None      # Java objects for the fast path, opened lazily
         self._simple = None                         # io.anserini.search.SimpleSearcher, opened lazily
@@ -154,14 +157,7 @@ class BM25Retriever:
 
     @staticmethod
     def _read_meta(index_dir: Path) -> dict:
-        path = index_dir / META_FILE
-        if not path.is_file():
-            return {}
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataFormatError(path, e.lineno, "a JSON object (radcot index metadata)", e.msg,
-                                  "Rebuild the index with `radcot index`") from None
+        return read_index_meta(index_dir)
 
     @property
     def config(self) -> dict:
@@ -217,7 +213,7 @@ class BM25Retriever:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         fingerprint = collection_fingerprint(collection)
-        if cls._reusable(index_dir, fingerprint, overwrite):
+        if cls._reusable(index_dir, collection, overwrite):
             return cls(index_dir, heap=heap, **params)
         from radcot.java import start_jvm
 
@@ -245,21 +241,30 @@ class BM25Retriever:
         return cls(index_dir, heap=heap, **params)
 
     @classmethod
-    def _reusable(cls, index_dir: Path, fingerprint: str | None, overwrite: bool) -> bool:
-        """Whether ``index_dir`` is a complete index of the same collection; refuses to replace foreign files."""
-        if index_dir.exists() and not overwrite and fingerprint is not None:
-            meta = cls._read_meta(index_dir) if index_dir.is_dir() else {}
-            if meta.get("kind") == cls.kind and meta.get("collection_fingerprint") == fingerprint and meta.get("complete"):
-                logger.info("reusing BM25 index %s (built %s from the same collection)", index_dir, meta.get("created"))
-                return True
+    def _reusable(cls, index_dir: Path, collection, overwrite: bool) -> bool:
+        """Whether ``index_dir`` is a complete, undamaged index of the same collection (by content).
+
+        Refuses to replace files radcot did not write.
+        """
         if index_dir.exists() and not index_dir.is_dir():
             raise FileExistsError(f"{index_dir} exists and is not a directory; choose another --index path")
         if index_dir.is_dir() and not overwrite and any(index_dir.iterdir()) and not (index_dir / META_FILE).is_file():
             raise FileExistsError(f"{index_dir} exists and was not built by radcot; refusing to replace it. "
                                   f"Choose another --index path, or pass overwrite=True (--overwrite)")
-        if index_dir.is_dir() and (index_dir / META_FILE).is_file() and not overwrite:
-            logger.info("rebuilding %s: the collection or its files changed since it was built", index_dir)
-        return False
+        if overwrite or not index_dir.is_dir() or not (index_dir / META_FILE).is_file():
+            return False
+        meta = cls._read_meta(index_dir)
+        if not isinstance(collection, (str, os.PathLike)) or meta.get("kind") != cls.kind:
+            return False
+        if not same_collection(meta.get("collection_fingerprint"), collection):
+            logger.info("rebuilding %s: it was built from other documents than %s", index_dir, collection)
+            return False
+        why = damaged(index_dir, meta)
+        if why:
+            logger.warning("rebuilding %s: %s", index_dir, why)
+            return False
+        logger.info("reusing BM25 index %s (built %s from the same documents)", index_dir, meta.get("created"))
+        return True
 
     @classmethod
     def _index_collection(cls, collection, coll_dir: Path, index_dir: Path, n: int, threads: int, heap: str | None,
@@ -284,12 +289,14 @@ class BM25Retriever:
                 raise RetrievalIndexError(f"Anserini IndexCollection failed on {index_dir} ({type(e).__name__}: {e}); "
                                           "if it ran out of memory, raise the heap (--heap 4g / RADCOT_JAVA_HEAP)") from e
             meta = _index_meta(cls.kind, indexer.getCounters(), collection, n, threads, fingerprint, index_dir, t0)
+            meta["files"] = index_files(out)
             (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         return meta["num_docs"]
 
     # ------------------------------------------------------------------------------------------ Java side
 
     def _java(self) -> dict[str, Any]:
+        """The Lucene reader and searcher, opened once (after checking every index file) and the query tools."""
         if self._j is not None:
             return self._j
         with self._lock:
@@ -298,12 +305,10 @@ class BM25Retriever:
             from radcot.java import autoclass, ensure_max_clause_count, start_jvm
 
             start_jvm(self.heap)
-            from jnius import cast
+            from jnius import JavaException, cast
 
             ensure_max_clause_count(self.max_query_terms + 1024)
-            Paths = autoclass("java.nio.file.Paths")
-            FSDirectory = autoclass("org.apache.lucene.store.FSDirectory")
-            reader = autoclass("org.apache.lucene.index.DirectoryReader").open(FSDirectory.open(Paths.get(str(self.index_dir.resolve()))))
+            reader = _open_lucene_reader(self.index_dir, self.meta)
             searcher = autoclass("org.apache.lucene.search.IndexSearcher")(cast("org.apache.lucene.index.IndexReader", reader))
             searcher.setSimilarity(autoclass("org.apache.lucene.search.similarities.BM25Similarity")(self.k1, self.b))
             self._j = {
@@ -313,7 +318,7 @@ class BM25Retriever:
                 "generator": autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")(),
                 "sort": autoclass("io.anserini.search.SearchCollection").BREAK_SCORE_TIES_BY_DOCID,
                 "to_string": autoclass("org.apache.commons.lang3.builder.ReflectionToStringBuilder"),
-                "JavaException": __import__("jnius").JavaException,
+                "JavaException": JavaException,
             }
             return self._j
 
@@ -321,13 +326,20 @@ class BM25Retriever:
         """Anserini's ``SimpleSearcher`` (what pyserini's ``LuceneSearcher`` wraps), configured like this retriever."""
         if self._simple is not None:
             return self._simple
+        self._java()  # checks the index files once, naming a damaged one (before taking the lock it takes too)
         with self._lock:
             if self._simple is None:
                 from radcot.java import autoclass, ensure_max_clause_count, start_jvm
 
                 start_jvm(self.heap)
                 ensure_max_clause_count(self.max_query_terms + 1024)
-                s = autoclass("io.anserini.search.SimpleSearcher")(str(self.index_dir.resolve()))
+                from jnius import JavaException
+
+                try:
+                    s = autoclass("io.anserini.search.SimpleSearcher")(str(self.index_dir.resolve()))
+                except JavaException as e:
+                    raise IndexDamagedError(f"Anserini cannot open the index {self.index_dir} ({_java_message(e)}); "
+                                            f"rebuild it: {rebuild_hint(self.index_dir, self.meta)}") from None
                 s.set_bm25(self.k1, self.b)
                 if self.rm3 or self.rocchio:
                     if not s.reader.getTermVectors(0):
@@ -692,6 +704,54 @@ class BM25Retriever:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def _java_message(e) -> str:
+    """A pyjnius ``JavaException`` in one short line: the Java class and its message."""
+    cls = str(getattr(e, "classname", "") or "").rsplit(".", 1)[-1]
+    msg = " ".join(str(getattr(e, "innermessage", None) or e).split())
+    return f"{cls}: {msg}"[:300] if cls else msg[:300]
+
+
+def _open_lucene_reader(index_dir: Path, meta: dict):
+    """A ``DirectoryReader`` on ``index_dir`` after checking that no file of its latest commit is damaged.
+
+    Each file's Lucene footer (magic and checksum header, written last) is read with the public
+    ``CodecUtil.retrieveChecksum``: a truncated or overwritten file fails here, named, instead of in the middle of
+    a search. This is a few small reads per file (not a full ``CheckIndex``).
+
+    Raises:
+        IndexDamagedError: the commit or a file cannot be read; names it and the rebuild command.
+    """
+    from jnius import JavaException
+
+    from radcot.java import autoclass
+
+    Paths = autoclass("java.nio.file.Paths")
+    directory = autoclass("org.apache.lucene.store.FSDirectory").open(Paths.get(str(index_dir.resolve())))
+    hint = rebuild_hint(index_dir, meta)
+    try:
+        infos = autoclass("org.apache.lucene.index.SegmentInfos").readLatestCommit(directory)
+    except JavaException as e:
+        raise IndexDamagedError(f"Lucene cannot read the commit point (segments_N) of {index_dir} ({_java_message(e)});"
+                                f" rebuild the index: {hint}") from None
+    CodecUtil = autoclass("org.apache.lucene.codecs.CodecUtil")
+    READONCE = autoclass("org.apache.lucene.store.IOContext").READONCE
+    for name in sorted(str(n) for n in infos.files(True).toArray()):
+        try:
+            stream = directory.openInput(name, READONCE)
+            try:
+                CodecUtil.retrieveChecksum(stream)
+            finally:
+                stream.close()
+        except JavaException as e:
+            raise IndexDamagedError(f"index file {index_dir / name} is damaged ({_java_message(e)}); rebuild the "
+                                    f"index: {hint}") from None
+    try:
+        return autoclass("org.apache.lucene.index.DirectoryReader").open(directory)
+    except JavaException as e:
+        raise IndexDamagedError(f"Lucene cannot open the index {index_dir} ({_java_message(e)}); rebuild the index: "
+                                f"{hint}") from None
 
 
 def _parse_java_args(args_obj, argv: list[str]) -> None:
