@@ -39,8 +39,8 @@ def _start_index(collection: Path, index: Path) -> subprocess.Popen:
 
 
 def _leftovers(index: Path) -> list[str]:
-    """Temporary files/dirs beside ``index``; not its empty ``.<name>.lock`` (flock lock files stay by design:
-    deleting one while another process waits on it would let two writers in)."""
+    """Temporary files/dirs beside ``index``; not its ``.<name>.lock`` (a SIGKILLed writer cannot delete its lock
+    file; the next writer takes it over and deletes it: radcot.locks)."""
     from radcot.locks import lock_path
 
     return sorted(p.name for p in index.parent.iterdir()
