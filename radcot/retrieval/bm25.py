@@ -45,6 +45,15 @@ logger = logging.getLogger(__name__)
 CONTENTS_FIELD = "contents"
 #: the first ``max_query_terms`` unique terms are kept; raw query text longer than twice this is truncated
 DEFAULT_MAX_QUERY_TERMS = 8192
+#: indexing threads of a build
+DEFAULT_BUILD_THREADS = 2
+#: BM25 parameters (Anserini's defaults)
+DEFAULT_K1, DEFAULT_B = 0.9, 0.4
+#: RM3 parameters (Anserini's defaults)
+RM3_DEFAULTS = {"fb_terms": 10, "fb_docs": 10, "original_query_weight": 0.5, "filter_terms": True}
+#: Rocchio parameters (Anserini's defaults)
+ROCCHIO_DEFAULTS = {"top_fb_terms": 10, "top_fb_docs": 10, "bottom_fb_terms": 10, "bottom_fb_docs": 10,
+                    "alpha": 1.0, "beta": 0.75, "gamma": 0.0, "use_negative": False}
 
 _HIT = re.compile(r"doc=(\d+) score=(\S+) shardIndex=-?\d+ fields=\[[^,\]]*, \[([0-9a-f ]*)\]\]")
 
@@ -114,7 +123,7 @@ class BM25Retriever:
 
     kind = "bm25"
 
-    def __init__(self, index_dir: PathLike, k1: float = 0.9, b: float = 0.4, rm3: bool = False,
+    def __init__(self, index_dir: PathLike, k1: float = DEFAULT_K1, b: float = DEFAULT_B, rm3: bool = False,
                  rm3_params: Mapping[str, Any] | None = None, rocchio: bool = False,
                  rocchio_params: Mapping[str, Any] | None = None,
                  max_query_terms: int = DEFAULT_MAX_QUERY_TERMS, heap: str | None = None):
@@ -133,11 +142,8 @@ class BM25Retriever:
             raise ValueError(f"max_query_terms must be >= 1, got {max_query_terms}")
         self.k1, self.b = float(k1), float(b)
         self.rm3, self.rocchio = bool(rm3), bool(rocchio)
-        self.rm3_params = {"fb_terms": 10, "fb_docs": 10, "original_query_weight": 0.5, "filter_terms": True}
-        self.rm3_params.update(rm3_params or {})
-        self.rocchio_params = {"top_fb_terms": 10, "top_fb_docs": 10, "bottom_fb_terms": 10, "bottom_fb_docs": 10,
-                               "alpha": 1.0, "beta": 0.75, "gamma": 0.0, "use_negative": False}
-        self.rocchio_params.update(rocchio_params or {})
+        self.rm3_params = {**RM3_DEFAULTS, **(rm3_params or {})}
+        self.rocchio_params = {**ROCCHIO_DEFAULTS, **(rocchio_params or {})}
         for name, params, allowed in (("rm3_params", rm3_params, self.rm3_params),
                                       ("rocchio_params", rocchio_params, self.rocchio_params)):
             unknown = set(params or {}) - set(allowed)
@@ -182,7 +188,7 @@ class BM25Retriever:
     # ------------------------------------------------------------------------------------------ building
 
     @classmethod
-    def build(cls, collection: PathLike | Iterable[Doc], index_dir: PathLike, threads: int = 2,
+    def build(cls, collection: PathLike | Iterable[Doc], index_dir: PathLike, threads: int = DEFAULT_BUILD_THREADS,
               show_progress: bool | None = True, heap: str | None = None, overwrite: bool = False,
               **params) -> "BM25Retriever":
         """Index a collection with Anserini's ``IndexCollection`` (positions, docvectors, raw documents).

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_ENCODER, "all-MiniLM-L6-v2", "all-minilm-l6-v2", "default"}
 INDEX_TYPES = ("flat", "hnsw")
+#: query-encoding batch size, and HNSW search breadth, when searching
+DEFAULT_BATCH_SIZE, DEFAULT_EF_SEARCH = 64, 128
 
 
 def resolve_encoder(name: str | None) -> tuple[str, str]:
@@ -110,8 +112,8 @@ class DenseRetriever:
 
     kind = "dense"
 
-    def __init__(self, index_dir: PathLike, encoder: str | None = None, device: str = "cpu", batch_size: int = 64,
-                 ef_search: int = 128):
+    def __init__(self, index_dir: PathLike, encoder: str | None = None, device: str = "cpu",
+                 batch_size: int = DEFAULT_BATCH_SIZE, ef_search: int = DEFAULT_EF_SEARCH):
         self.index_dir = Path(index_dir)
         meta_path = self.index_dir / META_FILE
         if not meta_path.is_file():
@@ -151,7 +153,8 @@ class DenseRetriever:
 
     @classmethod
     def build(cls, collection: PathLike | Iterable[Doc], index_dir: PathLike, encoder: str | None = None,
-              index_type: str = "flat", hnsw_m: int = 32, ef_construction: int = 200, batch_size: int = 64,
+              index_type: str = "flat", hnsw_m: int = 32, ef_construction: int = 200,
+              batch_size: int = DEFAULT_BATCH_SIZE,
               chunk_size: int = 4096, device: str = "cpu", normalize: bool = True, max_seq_length: int | None = None,
               show_progress: bool | None = True, overwrite: bool = False, **params) -> "DenseRetriever":
         """Encode a collection and write a FAISS index (resumable; atomic).
