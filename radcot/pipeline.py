@@ -366,7 +366,7 @@ class Pipeline:
         dense = DenseRetriever(self._dense_index())
         if name == "dense":
             return dense
-        from radcot.student.data import FusedRetriever
+        from radcot.retrieval.fusion import FusedRetriever
 
         return FusedRetriever([self.retriever(), dense])
 

@@ -45,7 +45,7 @@ def atomic_dir(path: str | os.PathLike):
     """Yield a temp directory that replaces ``path`` (renamed) when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # the PID in the name lets a later build remove what a killed one left (radcot.retrieval.base)
+    # the PID in the name lets a later build remove what a killed one left (radcot.retrieval.process)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

@@ -8,9 +8,11 @@ same as pyserini's ``LuceneSearcher`` with the same parameters.
 Fast path. ``SimpleSearcher`` loads every hit's stored document (raw JSON included) to read its id and
 pyserini then converts each hit from Java one attribute at a time: at ``k=1000`` that costs far more than
 the search itself. :meth:`BM25Retriever.run` runs the same Lucene query with the same similarity and the
-same score-then-doc-id sort, reads the ids from the sort values (doc values, no stored fields), brings all
-hits of a query to Python as one string, and applies Anserini's score-tie adjustment, so rankings and
-scores equal ``batch_search``'s (checked by the tests and ``bench/bm25_run_generation.py``).
+same score-then-doc-id sort through Lucene's public API, reads the ids from the sort values (doc values, no
+stored fields), brings all hits of a query to Python in one call (Jackson's JSON of Lucene's public ``TopDocs``
+fields, parsed by field name and checked against Lucene's hit count on every query), and applies Anserini's
+score-tie adjustment, so rankings and scores equal ``batch_search``'s (checked by the tests and
+``bench/bm25_run_generation.py``).
 
 Example:
     >>> from radcot.retrieval.bm25 import BM25Retriever
@@ -21,10 +23,10 @@ Example:
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -33,11 +35,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from radcot.data.fingerprint import read_index_meta, same_collection
 from radcot.records import DataFormatError, Doc, Query, RadcotError, ScoredDoc
-from radcot.retrieval.base import (META_FILE, PathLike, Run, as_queries, build_temp_prefix, collection_fingerprint,
-                                   iter_docs, remove_own_build_dirs, remove_stale_build_dirs, rmtree_retry,
-                                   run_interruptibly, sigterm_as_interrupt)
+from radcot.retrieval.base import META_FILE, PathLike, Run, as_queries, collection_fingerprint, iter_docs
 from radcot.retrieval.errors import RetrievalIndexError
 from radcot.retrieval.meta import IndexDamagedError, check_index_files, damaged, index_files, rebuild_hint
+from radcot.retrieval.process import (build_temp_prefix, remove_own_build_dirs, remove_stale_build_dirs, rmtree_retry,
+                                      run_interruptibly, sigterm_as_interrupt)
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,6 @@ RM3_DEFAULTS = {"fb_terms": 10, "fb_docs": 10, "original_query_weight": 0.5, "fi
 ROCCHIO_DEFAULTS = {"top_fb_terms": 10, "top_fb_docs": 10, "bottom_fb_terms": 10, "bottom_fb_docs": 10,
                     "alpha": 1.0, "beta": 0.75, "gamma": 0.0, "use_negative": False}
 
-_HIT = re.compile(r"doc=(\d+) score=(\S+) shardIndex=-?\d+ fields=\[[^,\]]*, \[([0-9a-f ]*)\]\]")
 
 
 def _heap_mb(heap: str) -> int:
@@ -323,7 +324,9 @@ class BM25Retriever:
                 "analyzer": autoclass("io.anserini.analysis.DefaultEnglishAnalyzer").newDefaultInstance(),
                 "generator": autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")(),
                 "sort": autoclass("io.anserini.search.SearchCollection").BREAK_SCORE_TIES_BY_DOCID,
-                "to_string": autoclass("org.apache.commons.lang3.builder.ReflectionToStringBuilder"),
+                # Jackson writes a TopDocs' public fields as JSON (declared type TopDocs: not the sort description)
+                "top_docs_json": autoclass("com.fasterxml.jackson.databind.ObjectMapper")().writerFor(
+                    autoclass("java.lang.Class").forName("org.apache.lucene.search.TopDocs")),
                 "JavaException": JavaException,
             }
             return self._j
@@ -375,54 +378,66 @@ class BM25Retriever:
             text = text[:cut if cut > 0 else limit]
         return text
 
-    #: one hit in Lucene's ``TopFieldDocs.toString`` (Lucene 9.9): doc number, score, hex bytes of the id sort value
-    _hit_pattern = _HIT
-
     def _search_fast(self, query_id: str, text: str, k: int) -> list[tuple[str, float]]:
-        """One query through Lucene directly; ids from sort values, all hits in one string. BM25 only.
+        """One query through Lucene's public search API; all hits to Python in one call. BM25 only.
 
-        The string is Lucene's ``toString`` of the hits, parsed by :attr:`_hit_pattern`. So that a change of that
-        format can never pass for "no results": the parsed hits must number what Lucene counted, and the first
-        query with hits is compared with Anserini's own ``SimpleSearcher`` (:meth:`_check_fast_path`).
+        Lucene returns the hits as ``TopFieldDocs`` (public fields: ``totalHits``, ``scoreDocs`` of ``FieldDoc`` with
+        ``doc``, ``score`` and the sort values, the second being the external id's ``BytesRef``). Reading them one
+        Java object at a time costs more than the search; instead Jackson (Anserini's JSON library) serialises the
+        ``TopDocs`` to JSON in one call, which :meth:`_read_top_docs` parses by field name. Checked on every query:
+        the hits must number what Lucene counted (a serialisation that changed shape raises, it never passes for
+        "no results"); the first query with hits is also compared with Anserini's ``SimpleSearcher``.
 
         Raises:
-            RetrievalIndexError: the parsed hits disagree with Lucene's count or with ``SimpleSearcher``.
+            RetrievalIndexError: the hits disagree with Lucene's count or with ``SimpleSearcher``.
         """
         j = self._java()
         text = self._prepare(query_id, text)
         try:
             query = j["generator"].buildQuery(CONTENTS_FIELD, j["analyzer"], text)
             top = j["searcher"].search(query, int(k), j["sort"], True)
-            dump = j["to_string"].toString(top)
-            total = top.totalHits  # TotalHits: "N hits" (exact) or "N+ hits" (a lower bound)
-            total_n, exact = int(total.value), not str(total.toString()).endswith("+ hits")
+            payload = j["top_docs_json"].writeValueAsString(top)
         except j["JavaException"] as e:
-            raise RadcotError(f"Lucene failed on query {query_id} ({len(text)} characters): {e}") from e
-        hits = self._parse_hits(dump)
-        expected = min(int(k), total_n)
+            raise RadcotError(f"Lucene failed on query {query_id} ({len(text)} characters): {_java_message(e)}") from e
+        hits, total, exact = self._read_top_docs(payload)
+        expected = min(int(k), total)
         if len(hits) < expected or (exact and len(hits) != expected):
             raise RetrievalIndexError(
                 f"BM25 fast path on {self.index_dir}: read {len(hits)} hits for query {query_id!r} where Lucene found "
-                f"{expected} (k={k}); the format of Lucene's TopFieldDocs.toString has changed (Lucene "
-                f"{_lucene_version()}). Use batch_search(..., fast=False) and report this to radcot")
+                f"{expected} (k={k}); Lucene's TopDocs as JSON has changed shape (Lucene {_lucene_version()}). Use "
+                f"batch_search(..., fast=False) and report this to radcot")
         ranked = self._hits_to_ids(hits)
         if ranked and not self._fast_checked:
             self._check_fast_path(query_id, text, ranked)
         return ranked
 
-    def _parse_hits(self, dump: str) -> list[tuple[str, str, str]]:
-        """``(lucene doc number, score, hex id bytes)`` of each hit in Lucene's ``toString`` of the top docs."""
-        return self._hit_pattern.findall(dump)
+    def _read_top_docs(self, payload: str) -> tuple[list[tuple[int, float, dict]], int, bool]:
+        """``(hits, total, exact)`` from Jackson's JSON of a ``TopFieldDocs``: each hit is ``(Lucene doc number,
+        score, BytesRef of the id)``; ``total`` is Lucene's hit count, ``exact`` whether it is exact.
 
-    def _hits_to_ids(self, hits: list[tuple[str, str, str]]) -> list[tuple[str, float]]:
+        Raises:
+            RetrievalIndexError: a field is missing (Lucene's public fields were renamed).
+        """
+        try:
+            top = json.loads(payload)
+            total = top["totalHits"]
+            hits = [(h["doc"], h["score"], h["fields"][1]) for h in top["scoreDocs"]]
+            return hits, int(total["value"]), total["relation"] == "EQUAL_TO"
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise RetrievalIndexError(
+                f"BM25 fast path on {self.index_dir}: Lucene's TopDocs as JSON lacks {type(e).__name__} {e} (Lucene "
+                f"{_lucene_version()}: its public fields changed?). Use batch_search(..., fast=False) and report this "
+                f"to radcot") from None
+
+    def _hits_to_ids(self, hits: list[tuple[int, float, dict]]) -> list[tuple[str, float]]:
         ids = self._ids
         docids = []
-        for lucene_doc, _, hexid in hits:
-            n = int(lucene_doc)
-            did = ids.get(n)
+        for lucene_doc, _, ref in hits:
+            did = ids.get(lucene_doc)
             if did is None:
-                did = bytes(int(h, 16) for h in hexid.split()).decode("utf-8")
-                ids[n] = did
+                start = int(ref["offset"])
+                did = base64.b64decode(ref["bytes"])[start:start + int(ref["length"])].decode("utf-8")
+                ids[lucene_doc] = did
             docids.append(did)
         scores = _adjust_ties([float(s) for _, s, _ in hits])
         return list(zip(docids, scores))
@@ -441,8 +456,8 @@ class BM25Retriever:
         if not same:
             raise RetrievalIndexError(
                 f"BM25 fast path on {self.index_dir} disagrees with Anserini's SimpleSearcher on query {query_id!r}: "
-                f"fast {mine[:3]}... vs SimpleSearcher {reference[:3]}...; Lucene's TopFieldDocs.toString format "
-                f"has probably changed (Lucene {_lucene_version()}). Use batch_search(..., fast=False) and report this")
+                f"fast {mine[:3]}... vs SimpleSearcher {reference[:3]}...; Lucene's TopDocs or its JSON form has "
+                f"probably changed (Lucene {_lucene_version()}). Use batch_search(..., fast=False) and report this")
         self._fast_checked = True
 
     def _lucene_count(self, text: str) -> int:

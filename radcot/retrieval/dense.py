@@ -28,10 +28,10 @@ from typing import Iterable, Mapping, Sequence
 
 from radcot.data.fingerprint import legacy_fingerprint, read_index_meta
 from radcot.records import DataFormatError, Doc, OfflineResourceError, Query, ScoredDoc
-from radcot.retrieval.base import (META_FILE, PathLike, Run, as_queries, collection_fingerprint, iter_docs,
-                                   remove_own_build_dirs, remove_stale_build_dirs, sigterm_as_interrupt)
+from radcot.retrieval.base import META_FILE, PathLike, Run, as_queries, collection_fingerprint, iter_docs
 from radcot.retrieval.errors import RetrievalIndexError
 from radcot.retrieval.meta import IndexDamagedError, check_index_files, damaged, index_files, rebuild_hint
+from radcot.retrieval.process import remove_own_build_dirs, remove_stale_build_dirs, sigterm_as_interrupt
 
 logger = logging.getLogger(__name__)
 
