@@ -128,6 +128,6 @@ def test_export_follows_changes_in_the_ir_datasets_cache(shared_data, tmp_path):
 
 def test_ids_that_are_not_datasets_say_what_would_be(tmp_path):
     proc, _ = _load('load_dataset("no-such-collection/test")', tmp_path / "irds", tmp_path)
-    assert "is neither a name radcot knows" in proc.stderr and "an ir_datasets id" in proc.stderr
+    assert "is neither a known name" in proc.stderr and "an ir_datasets id" in proc.stderr
     proc, _ = _load('load_dataset("vaswani", data_dir="/data")', tmp_path / "irds", tmp_path)
     assert "data_dir is for radcot's own MS MARCO names" in proc.stderr

@@ -165,7 +165,7 @@ def _resolve(name_or_path: str | os.PathLike, data_dir, index) -> Dataset:
         return _load_local(path, index)
     if explicit or irds.is_irds_id(name):
         return _load_irds(name, data_dir, index)
-    raise RadcotError(f"dataset {name!r} is neither a name radcot knows ({', '.join(NAMED)}), an ir_datasets id "
+    raise RadcotError(f"dataset {name!r} is neither a known name ({', '.join(NAMED)}), an ir_datasets id "
                       f"(https://ir-datasets.com; pip install ir_datasets), nor an existing directory")
 
 
