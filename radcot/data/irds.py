@@ -263,12 +263,12 @@ def ensure_local(name: str, handlers: Iterable[Any]) -> list[Path]:
 
 
 @contextlib.contextmanager
-def bounded_downloads(name: str, missing_hint: Iterable[Any] = ()) -> Iterator[None]:
-    """ir_datasets calls with one try per file and a socket timeout, their failures turned into one line."""
+def bounded_downloads(name: str) -> Iterator[None]:
+    """ir_datasets calls with a socket timeout (no silent server holds them), their failures turned into one line."""
     from radcot.net import network_timeout
 
     try:
-        with _env("IR_DATASETS_DL_TRIES", os.environ.get("IR_DATASETS_DL_TRIES", "1")), network_timeout(30):
+        with network_timeout(30):
             yield
     except (RadcotError, KeyboardInterrupt):
         raise
