@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     from radcot.retrieval import index_kind
 
     queries = _queries(args)  # input errors first, each naming its file and line
+    check_output(args.run, args.overwrite, "run file")
     kind = index_kind(args.index)
     _refuse_other_kind(p, args, kind)
-    check_output(args.run, args.overwrite, "run file")
     from radcot.locks import output_lock
 
     with output_lock(args.run, "run file"):
