@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from itertools import islice
 from pathlib import Path
 
@@ -76,6 +77,9 @@ def test_fingerprint_is_remembered_by_file_identity(tmp_path, monkeypatch):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"_id": "d1", "text": "x"}\n')
     first = fp.collection_fingerprint(corpus)
+    assert not list((tmp_path / "radcot-cache").rglob("*.json"))  # just written: too recent to remember
+    monkeypatch.setattr(fp, "RACY_SECONDS", 0.0)  # as if it had been written long ago
+    assert fp.collection_fingerprint(corpus) == first
     assert list((tmp_path / "radcot-cache" / "fingerprints").glob("*.json"))
     fp._memo.clear()  # a new process: only the on-disk memo is left
 
@@ -84,6 +88,7 @@ def test_fingerprint_is_remembered_by_file_identity(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fp, "_hash", no_hashing)
     assert fp.collection_fingerprint(corpus) == first
+    time.sleep(0.05)  # past the kernel's coarse file clock tick
     os.utime(corpus)  # touched: its inode change time moves, so it is hashed again
     with pytest.raises(AssertionError, match="hashed again"):
         fp.collection_fingerprint(corpus)

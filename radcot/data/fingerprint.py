@@ -13,7 +13,9 @@ plus the size, milliseconds every time) was rejected: 64 blocks of 64 KiB cover 
 nearly every edit of a single passage -- exactly the silent reuse the fingerprint exists to prevent.
 
 Memo: in memory for the process, and on disk in :func:`radcot.utils.cache_dir` ``/fingerprints`` (one small
-JSON file per file identity; deleting it only costs a re-hash).
+JSON file per file identity; deleting it only costs a re-hash). As git does with "racily clean" files, a file
+changed less than :data:`RACY_SECONDS` before it was hashed is never remembered: the kernel's file clock is
+coarse (milliseconds), so an edit right after a write could keep every field of the identity.
 
 Example:
     >>> from radcot.data.fingerprint import collection_fingerprint
@@ -27,6 +29,7 @@ import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from radcot.records import RadcotError
@@ -39,6 +42,9 @@ PathLike = str | os.PathLike
 INDEX_META_FILE = "radcot_index.json"
 #: prefix of content fingerprints (older radcot versions recorded path+size+mtime hashes without it)
 PREFIX = "sha256:"
+
+#: a file whose inode changed less than this many seconds before hashing is not remembered (see above)
+RACY_SECONDS = 2.0
 
 _memo: dict[tuple, str] = {}
 _memo_lock = threading.Lock()
@@ -65,7 +71,9 @@ def file_digest(path: PathLike) -> str:
     with _memo_lock:
         if key in _memo:
             return _memo[key]
-    digest = _disk_memo_get(key) or _hash(path, key)
+    digest = _disk_memo_get(key)
+    if digest is None:
+        return _hash(path, key)
     with _memo_lock:
         _memo[key] = digest
     return digest
@@ -74,9 +82,11 @@ def file_digest(path: PathLike) -> str:
 def _hash(path: Path, key: tuple) -> str:
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
-    if _identity(path) != key:  # written while we read it: do not remember a digest of mixed bytes
-        return digest
+    if _identity(path) != key or time.time_ns() - key[4] < RACY_SECONDS * 1e9:
+        return digest  # written while we read it, or so recently that a next write could keep its identity
     _disk_memo_put(key, path, digest)
+    with _memo_lock:
+        _memo[key] = digest
     return digest
 
 
