@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from radcot.analysis import context_recall
     from radcot.retrieval.bm25 import BM25Retriever
     from radcot.retrieval.dense import DenseRetriever
-    from radcot.student.data import FusedRetriever
+    from radcot.retrieval.fusion import FusedRetriever
 
     world = Path(args.world)
     if not Path(args.bm25_index).exists():

@@ -1,14 +1,20 @@
-"""One writer per output: an exclusive advisory lock beside every file or directory radcot writes.
+"""One writer per output: an exclusive advisory lock on every file or directory radcot writes.
 
 Every command that writes a resumable output or a directory (teach, generate, train, build-data, index,
-run, the pipeline's stages) holds :func:`output_lock` on it while it writes. A second writer fails at once
-with :class:`OutputLockedError`, naming the holder's PID, its command line and the lock file, instead of
+search, run, the pipeline's stages) holds :func:`output_lock` on it while it writes. A second writer fails at
+once with :class:`OutputLockedError`, naming the holder's PID, its command line and the lock file, instead of
 appending the same records a second time.
 
-The lock is ``fcntl.flock`` on a hidden file beside the output (``.<name>.lock``): the kernel releases it
-when the holder exits, however it exits (SIGKILL included), so a stale lock file never blocks a rerun.
-The file itself is left in place (deleting a lock file another process may have open is racy); it holds
-the last holder's PID for the message.
+The lock is on the output's identity, not on the spelling of its path: the path is resolved first (symbolic
+links, ``..``), so two writers that reach one file through a link and through its real name exclude each
+other. (Two hard links to one file are two names for the kernel too and are not detected.)
+
+The lock is ``fcntl.flock`` on a hidden file beside the real output, ``.<name>.lock``, which exists only while
+a writer holds it: the holder deletes it before releasing it, so nothing is left next to the output after the
+command exits. The kernel releases the lock however its holder ends (SIGKILL included); a lock file left by a
+killed writer never blocks a rerun, which takes it over and deletes it in turn. A writer that finds the lock
+file replaced or deleted after it locked it (its holder was just releasing it) starts over, so two writers
+never both hold "the" lock.
 
 Example:
     >>> from radcot.locks import output_lock
@@ -36,8 +42,8 @@ class OutputLockedError(RadcotError, RuntimeError):
 
 
 def lock_path(output: str | os.PathLike) -> Path:
-    """The lock file guarding ``output``: ``.<name>.lock`` in the same directory."""
-    p = Path(output).absolute()
+    """The lock file guarding ``output``: ``.<name>.lock`` beside the file ``output`` resolves to (links followed)."""
+    p = Path(os.path.realpath(output))
     return p.parent / f".{p.name}.lock"
 
 
@@ -103,16 +109,38 @@ def _exclusive(path: Path, output: str | os.PathLike, what: str) -> Iterator[Pat
         finally:
             lock.release()
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _acquire(path, output, what)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputLockedError(
-                f"{what} {output} is being written by {_holder(path)} (lock {path}); wait for it to finish "
-                f"or stop it, then run again (one writer per output)") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {' '.join(sys.argv)[:200]}\n".encode("utf-8", "replace"))
         yield path
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # while still holding it: a waiting writer then sees the file gone and starts over
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def _acquire(path: Path, output: str | os.PathLike, what: str) -> int:
+    """A descriptor holding ``flock`` on the file now at ``path`` (retrying when it was deleted meanwhile)."""
+    for _ in range(100):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputLockedError(
+                f"{what} {output} is being written by {_holder(path)} (lock {path}); wait for it to finish "
+                f"or stop it, then run again (one writer per output)") from None
+        if _same_file(fd, path):
+            return fd
+        os.close(fd)  # we locked a file its last holder had just deleted: lock the current one
+    raise OutputLockedError(f"could not lock {what} {output}: {path} keeps being replaced by other processes")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)

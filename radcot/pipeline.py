@@ -452,7 +452,7 @@ class Pipeline:
         dense = DenseRetriever(self._dense_index(s.dense_encoder))
         if name == "dense":
             return dense
-        from radcot.student.data import FusedRetriever
+        from radcot.retrieval.fusion import FusedRetriever
 
         return FusedRetriever([self.retriever(), dense], depth=s.fusion_depth)
 

@@ -45,7 +45,7 @@ def atomic_dir(path: str | os.PathLike):
     """Yield a temp directory that replaces ``path`` (renamed) when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # the PID in the name lets a later build remove what a killed one left (radcot.retrieval.base)
+    # the PID in the name lets a later build remove what a killed one left (radcot.retrieval.process)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
@@ -98,6 +98,26 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
             while block := f.read(chunk):
                 h.update(block)
     return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    """radcot's cache (topics converted from pyserini, exported ir_datasets data, file fingerprints).
+
+    ``$RADCOT_CACHE``, else ``$XDG_CACHE_HOME/radcot``, else ``~/.cache/radcot``. Deleting it only costs time.
+    """
+    if os.environ.get("RADCOT_CACHE"):
+        return Path(os.environ["RADCOT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "radcot"
+
+
+def state_dir() -> Path:
+    """radcot's state: the record of the outputs it wrote (:mod:`radcot.cli._args`), kept out of output folders.
+
+    ``$RADCOT_STATE_DIR``, else ``$XDG_STATE_HOME/radcot``, else ``~/.local/state/radcot``.
+    """
+    if os.environ.get("RADCOT_STATE_DIR"):
+        return Path(os.environ["RADCOT_STATE_DIR"])
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "radcot"
 
 
 def config_hash(obj: Any, n: int = 12) -> str:

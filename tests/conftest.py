@@ -4,6 +4,7 @@ Tests that need a collection skip with a reason when it is absent (users' machin
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -16,6 +17,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# radcot keeps "written by radcot" records and content-hash memos under RADCOT_STATE_DIR / RADCOT_CACHE (default:
+# the user's ~/.local/state/radcot and ~/.cache/radcot): a test session keeps its own, inherited by every subprocess
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="radcot-test-home-"))
+atexit.register(shutil.rmtree, _SESSION_HOME, True)
+for _var, _sub in (("RADCOT_STATE_DIR", "state"), ("RADCOT_CACHE", "cache")):
+    os.environ.setdefault(_var, str(_SESSION_HOME / _sub))
 
 
 def _shared_data() -> Path:

@@ -169,7 +169,7 @@ def test_retriever_classes_check_their_index_before_loading_anything(tmp_path):
 @pytest.mark.fast
 def test_fusion():
     a, b = {"q": {"x": 3.0, "y": 1.0}}, {"q": {"y": 9.0}}
-    assert radcot.reciprocal_rank_fusion([a, b], k=0) == {"q": {"y": 1 / 2 + 1 / 1, "x": 1 / 1}}
+    assert radcot.reciprocal_rank_fusion([a, b], rrf_constant=0) == {"q": {"y": 1 / 2 + 1 / 1, "x": 1 / 1}}
 
 
 # ------------------------------------------------------------------------------------------------ expansion

@@ -1,4 +1,5 @@
-"""radcot.locks: a second writer of the same output fails at once, naming the holder; the lock dies with its holder."""
+"""radcot.locks: a second writer of the same output fails at once, naming the holder; the lock dies with its holder,
+is taken on the output's identity (links resolved), and leaves no file behind."""
 from __future__ import annotations
 
 import os
@@ -47,8 +48,61 @@ def test_lock_released_when_holder_is_killed(tmp_path):
     proc = _holder(out)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert lock_path(out).is_file()  # kill -9 leaves the file, but not the lock
     with output_lock(out):  # the kernel dropped the dead holder's lock
         assert lock_path(out).is_file()
+    assert not lock_path(out).exists()  # the rerun cleaned up after the killed writer
+
+
+@pytest.mark.parametrize("ending", ["normal", "error"])
+def test_no_lock_file_is_left_beside_the_output(tmp_path, ending):
+    out = tmp_path / "runs" / "bm25.trec"
+    with pytest.raises(RuntimeError) if ending == "error" else _nothing():
+        with output_lock(out, "run file"):
+            out.write_text("x\n")
+            if ending == "error":
+                raise RuntimeError("boom")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["bm25.trec"]
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def test_second_writer_through_a_symlink_is_refused(tmp_path):
+    real = tmp_path / "data" / "cot.jsonl"
+    real.parent.mkdir()
+    real.write_text("")
+    link = tmp_path / "link-to-cot.jsonl"
+    link.symlink_to(real)
+    dir_link = tmp_path / "data-link"
+    dir_link.symlink_to(real.parent)
+    proc = _holder(real)
+    try:
+        for alias in (link, dir_link / "cot.jsonl", tmp_path / "data" / ".." / "data" / "cot.jsonl"):
+            with pytest.raises(OutputLockedError, match=f"PID {proc.pid}"):
+                with output_lock(alias, "teacher output"):
+                    pass
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_lock_file_deleted_by_its_releasing_holder_is_not_the_lock(tmp_path):
+    from radcot.locks import _same_file
+
+    path = lock_path(tmp_path / "out")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)  # a writer opened it just before the holder released it ...
+    try:
+        assert _same_file(fd, path)
+        os.unlink(path)  # ... and the holder deleted it: locking this descriptor would lock nothing
+        assert not _same_file(fd, path)
+        with output_lock(tmp_path / "out"):  # the next writer locks the file now at the path
+            assert path.is_file()
+    finally:
+        os.close(fd)
 
 
 def test_sequential_writers_in_one_process(tmp_path):

@@ -83,7 +83,7 @@ def test_two_teach_processes_one_output(tmp_path):
 @pytest.mark.parametrize("argv", [
     ["build-data", "--queries", "Q", "--teacher-out", "C", "--index", "I", "--out", "{out}"],
     ["index", "--collection", "C", "--index", "{out}"],
-    ["search", "--index", "I", "--queries", "Q", "--run", "{out}"],
+    ["search", "--index", "{index}", "--queries", "{queries}", "--run", "{out}"],  # inputs are read before the lock
     ["expand", "--cots", "C", "--queries", "Q", "--out", "{out}"],
     ["train", "--data", "D", "--model", "tiny-t5", "--out", "{out}"],
 ])
@@ -93,7 +93,11 @@ def test_commands_refuse_an_output_another_process_writes(tmp_path, argv):
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        proc = _radcot(*[a.replace("{out}", str(out)) for a in argv])
+        (tmp_path / "q.tsv").write_text("1\tan existing query\n")  # search reads its inputs first
+        (tmp_path / "I").mkdir()
+        (tmp_path / "I" / "segments_1").write_bytes(b"")  # what makes a directory a Lucene index to index_kind
+        fill = {"{out}": str(out), "{queries}": str(tmp_path / "q.tsv"), "{index}": str(tmp_path / "I")}
+        proc = _radcot(*[fill.get(a, a) for a in argv])
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 1, err
         assert f"PID {holder.pid}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -56,8 +56,12 @@ def world(tmp_path_factory) -> dict[str, Path]:
     w["IDX"] = root / "index"
     w["IDX"].mkdir()
     (w["IDX"] / "segments_1").write_bytes(b"\0")
-    (w["IDX"] / "radcot_index.json").write_text(json.dumps({"kind": "bm25", "collection_fingerprint": "abc",
-                                                            "num_docs": 6}))
+    from radcot.data.fingerprint import collection_fingerprint
+
+    # an index of DATA's corpus (the pipeline refuses an index of another collection)
+    (w["IDX"] / "radcot_index.json").write_text(json.dumps({
+        "kind": "bm25", "collection_fingerprint": collection_fingerprint(w["DATA"] / "corpus.jsonl"), "num_docs": 6,
+        "complete": True}))
     w["RUNS"] = root / "runs"
     return w
 
@@ -220,8 +224,12 @@ def test_a_given_index_is_keyed_by_its_collection_not_its_path(world, tmp_path):
     moved = tmp_path / "elsewhere" / "index"
     shutil.copytree(world["IDX"], moved)
     assert _keys(world, ["dataset.index={IDX}"]) == _keys(world, [f"dataset.index={moved}"])
-    (moved / "radcot_index.json").write_text(json.dumps({"kind": "bm25", "collection_fingerprint": "other"}))
-    assert _keys(world, ["dataset.index={IDX}"])["search-bm25"] != _keys(world, [f"dataset.index={moved}"])["search-bm25"]
+    (moved / "radcot_index.json").write_text(json.dumps({"kind": "bm25", "collection_fingerprint": "other",
+                                                         "complete": True}))
+    from radcot.data.fingerprint import IndexCollectionMismatchError
+
+    with pytest.raises(IndexCollectionMismatchError, match="built from another collection"):
+        _keys(world, [f"dataset.index={moved}"])  # an index of another collection: refused, not searched
 
 
 def test_generation_reads_its_own_n_context_with_training_s_as_default(world):

@@ -123,14 +123,14 @@ def test_rrf_hand_computed_example():
 
     a = {"q1": {"d1": 10.0, "d2": 9.0, "d3": 8.0}, "q2": {"x": 1.0}}
     b = {"q1": {"d3": 0.9, "d1": 0.8, "d4": 0.1}}
-    fused = reciprocal_rank_fusion([a, b], k=60)
+    fused = reciprocal_rank_fusion([a, b], rrf_constant=60)
     # d1: 1/61 + 1/62; d3: 1/63 + 1/61; d2: 1/62; d4: 1/63
     expected = {"d1": 1 / 61 + 1 / 62, "d3": 1 / 63 + 1 / 61, "d2": 1 / 62, "d4": 1 / 63}
     assert list(fused["q1"]) == ["d1", "d3", "d2", "d4"]
     assert fused["q1"] == pytest.approx(expected)
     assert fused["q2"] == pytest.approx({"x": 1 / 61})
     # depth: only each run's top-1 counts; max_docs caps the output
-    top1 = reciprocal_rank_fusion([a, b], k=60, depth=1, max_docs=10)
+    top1 = reciprocal_rank_fusion([a, b], rrf_constant=60, depth=1, max_docs=10)
     assert top1["q1"] == pytest.approx({"d1": 1 / 61, "d3": 1 / 61})
     assert list(top1["q1"]) == ["d1", "d3"]  # tie broken by doc id
     assert len(reciprocal_rank_fusion([a, b], max_docs=2)["q1"]) == 2
@@ -138,7 +138,7 @@ def test_rrf_hand_computed_example():
     from radcot.records import ScoredDoc
 
     c = {"q1": [ScoredDoc("q1", "d4", 5.0), ScoredDoc("q1", "d2", 7.0)]}
-    assert list(reciprocal_rank_fusion([c], k=0)["q1"]) == ["d2", "d4"]
+    assert list(reciprocal_rank_fusion([c], rrf_constant=0)["q1"]) == ["d2", "d4"]
     with pytest.raises(ValueError):
         reciprocal_rank_fusion([])
 
@@ -154,7 +154,7 @@ def test_rrf_of_bm25_and_dense(dense_index, cran_docs, cranfield_bm25_index):
     bm25 = {q: {d: s for d, s in hits.items() if d in ids}
             for q, hits in BM25Retriever(cranfield_bm25_index).run(queries, k=1000, show_progress=False).items()}
     dense = DenseRetriever(dense_index).run(queries, k=N_DOCS)
-    fused = reciprocal_rank_fusion([bm25, dense], k=60, depth=100)
+    fused = reciprocal_rank_fusion([bm25, dense], rrf_constant=60, depth=100)
     assert set(fused) == {q.query_id for q in queries}
     assert sum(next(iter(fused[q.query_id])) == q.query_id for q in queries) >= 8
 

@@ -39,8 +39,8 @@ def _start_index(collection: Path, index: Path) -> subprocess.Popen:
 
 
 def _leftovers(index: Path) -> list[str]:
-    """Temporary files/dirs beside ``index``; not its empty ``.<name>.lock`` (flock lock files stay by design:
-    deleting one while another process waits on it would let two writers in)."""
+    """Temporary files/dirs beside ``index``; not its ``.<name>.lock`` (a SIGKILLed writer cannot delete its lock
+    file; the next writer takes it over and deletes it: radcot.locks)."""
     from radcot.locks import lock_path
 
     return sorted(p.name for p in index.parent.iterdir()
@@ -78,7 +78,7 @@ def test_interrupted_index_removes_its_temp_dirs(big_collection, tmp_path, sig, 
 
 def test_killed_build_leftovers_removed_by_the_next_build(big_collection, cranfield, tmp_path):
     """SIGKILL cannot be cleaned up; the next build of the same index removes the dead build's temp dirs."""
-    from radcot.retrieval.base import remove_stale_build_dirs
+    from radcot.retrieval.process import remove_stale_build_dirs
     from radcot.retrieval.bm25 import BM25Retriever
 
     index = tmp_path / "idx"
@@ -111,7 +111,7 @@ def test_failed_build_removes_its_temp_dirs(tmp_path):
 
 
 def test_sigterm_handler_is_restored(tmp_path):
-    from radcot.retrieval.base import sigterm_as_interrupt
+    from radcot.retrieval.process import sigterm_as_interrupt
 
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     with pytest.raises(KeyboardInterrupt):

@@ -175,36 +175,46 @@ def test_fast_path_checked_against_simple_searcher_once(cranfield_bm25_index, cr
 
 @pytest.mark.java
 def test_fast_path_format_change_fails_loudly(cranfield_bm25_index):
-    """A Lucene whose toString the pattern no longer matches: an error naming the cause, never empty results."""
-    import re
-
+    """A Lucene whose public TopDocs fields were renamed: an error naming the cause, never empty results."""
     from radcot.retrieval.bm25 import BM25Retriever
     from radcot.retrieval.errors import RetrievalIndexError
 
-    class NewFormat(BM25Retriever):  # as if Lucene renamed "shardIndex" in TopFieldDocs.toString
-        _hit_pattern = re.compile(r"doc=(\d+) score=(\S+) shard=-?\d+ fields=\[[^,\]]*, \[([0-9a-f ]*)\]\]")
+    class Renamed(BM25Retriever):  # as if Lucene renamed TopDocs.scoreDocs
+        def _read_top_docs(self, payload):
+            return super()._read_top_docs(payload.replace('"scoreDocs"', '"hits"'))
 
-    r = NewFormat(cranfield_bm25_index)
-    with pytest.raises(RetrievalIndexError, match=r"read 0 hits .* Lucene found 10 .*toString"):
+    r = Renamed(cranfield_bm25_index)
+    with pytest.raises(RetrievalIndexError, match=r"TopDocs as JSON lacks KeyError 'scoreDocs'.*fast=False"):
         r.search("boundary layer transition", k=10)
-    with pytest.raises(RetrievalIndexError, match="read 0 hits"):
+    with pytest.raises(RetrievalIndexError, match="lacks KeyError"):
         r.batch_search({"1": "boundary layer", "2": "heat transfer"}, k=10, threads=2)
+    r.close()
+
+    class Lost(BM25Retriever):  # a serialisation that loses hits is caught by Lucene's own count, on every query
+        def _read_top_docs(self, payload):
+            hits, total, exact = super()._read_top_docs(payload)
+            return hits[:-1], total, exact
+
+    r = Lost(cranfield_bm25_index)
+    for query in ("boundary layer transition", "heat transfer", "wing flutter"):
+        with pytest.raises(RetrievalIndexError, match=r"read 9 hits .* Lucene found 10"):
+            r.search(query, k=10)
     assert r.search("the of and", k=10) == []  # stopwords only: Lucene too finds nothing, so no error
     r.close()
 
 
 @pytest.mark.java
 def test_fast_path_disagreeing_with_anserini_fails_loudly(cranfield_bm25_index):
-    """Hits parsed in the wrong order (or with wrong ids) are caught by the first-use comparison."""
+    """Hits read in the wrong order (or with wrong ids) are caught by the first-use comparison."""
     from radcot.retrieval.bm25 import BM25Retriever
     from radcot.retrieval.errors import RetrievalIndexError
 
-    class Misparsed(BM25Retriever):
-        def _parse_hits(self, dump):
-            hits = super()._parse_hits(dump)
-            return hits[1:2] + hits[:1] + hits[2:]  # first two hits swapped (scores swapped with them)
+    class Misread(BM25Retriever):
+        def _read_top_docs(self, payload):
+            hits, total, exact = super()._read_top_docs(payload)
+            return hits[1:2] + hits[:1] + hits[2:], total, exact  # first two hits swapped (scores swapped with them)
 
-    r = Misparsed(cranfield_bm25_index)
+    r = Misread(cranfield_bm25_index)
     with pytest.raises(RetrievalIndexError, match="disagrees with Anserini's SimpleSearcher"):
         r.search("boundary layer transition", k=10)
     r.close()

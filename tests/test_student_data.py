@@ -162,7 +162,7 @@ def test_pipeline_context_retrievers_dense_and_fused(cranfield, tmp_path):
     from radcot.pipeline import Pipeline, PipelineError
     from radcot.records import Query
     from radcot.retrieval.base import retrieve_passages
-    from radcot.student.data import FusedRetriever
+    from radcot.retrieval.fusion import FusedRetriever
 
     data = _small_collection(cranfield, tmp_path / "small")
     p = Pipeline({"experiment": "ctx", "dataset": {"path": str(data)}, "rows": [{"name": "bm25"}],

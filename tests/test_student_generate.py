@@ -212,7 +212,7 @@ def test_fused_student_reads_both_recorded_or_given_indexes(trained_student, cra
     from radcot.retrieval import load_retriever
     from radcot.retrieval.base import as_queries
     from radcot.retrieval.dense import DenseRetriever
-    from radcot.student.data import FusedRetriever
+    from radcot.retrieval.fusion import FusedRetriever
     from radcot.student.profile import Inference, RetrieverRecord, StudentProfile
 
     dense_dir = tmp_path / "dense"

@@ -4,8 +4,11 @@ A bad number or id is refused at the CLI boundary: argparse prints ``radcot X: e
 must be an integer >= 1, got '0'`` and exits 2, before any index is opened or model loaded.
 
 The output rule (:func:`check_output`): never delete or replace anything radcot did not create, and
-replace radcot's own earlier output only with ``--overwrite``. Radcot marks what it wrote with a hidden
-``.<name>.radcot`` file beside it (:func:`mark_output`), or knows it by its config sidecar/metadata.
+replace radcot's own earlier output only with ``--overwrite``. Radcot knows a directory it wrote by its
+metadata file inside it; it records every file it wrote (:func:`mark_output`) in its state directory
+(:func:`radcot.utils.state_dir`, ``~/.local/state/radcot/outputs``), never beside the output: the record
+names the real path and the file's identity (inode, size, modification time), so a file changed or replaced
+since radcot wrote it is no longer treated as radcot's.
 
 Example:
     >>> import argparse
@@ -148,23 +151,61 @@ class OutputExistsError(RadcotError, FileExistsError):
 
 
 def marker_path(output: str | os.PathLike) -> Path:
-    """The hidden file that says radcot wrote ``output``: ``.<name>.radcot`` beside it."""
+    """Where radcot records that it wrote ``output``: a JSON file in its state directory, keyed by the real path."""
+    import hashlib
+
+    from radcot.utils import state_dir
+
+    real = os.path.realpath(output)
+    return state_dir() / "outputs" / f"{hashlib.sha256(real.encode('utf-8', 'surrogateescape')).hexdigest()[:32]}.json"
+
+
+def _legacy_marker(output: str | os.PathLike) -> Path:
+    """The hidden ``.<name>.radcot`` file radcot < 0.3 left beside its outputs (still honoured, then removed)."""
     p = Path(output).absolute()
     return p.parent / f".{p.name}.radcot"
+
+
+def _identity(path: Path) -> dict:
+    st = path.stat()
+    return {"inode": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def mark_output(output: str | os.PathLike, command: str) -> None:
     """Record that radcot wrote ``output`` (so ``--overwrite`` may replace it later)."""
     from radcot.utils import write_json
 
-    write_json(marker_path(output), {"command": command, "argv": sys.argv[1:], "pid": os.getpid(),
-                                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    out = Path(output)
+    write_json(marker_path(out), {"path": os.path.realpath(out), "command": command, "argv": sys.argv[1:],
+                                  "pid": os.getpid(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                  "identity": _identity(out) if out.is_file() else None})
+    legacy = _legacy_marker(out)
+    if legacy.is_file():
+        legacy.unlink()
 
 
-def _is_radcot_output(output: Path, own_files: Iterable[str]) -> bool:
-    if marker_path(output).exists():
-        return True
-    return output.is_dir() and any((output / name).exists() for name in own_files)
+def _radcot_record(output: Path) -> tuple[bool, str]:
+    """``(written by radcot, why not)`` from the state directory's record of ``output``."""
+    import json
+
+    try:
+        record = json.loads(marker_path(output).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False, ""
+    if record.get("path") != os.path.realpath(output):
+        return False, ""
+    if record.get("identity") and output.is_file() and record["identity"] != _identity(output):
+        return False, (f" (radcot's `{record.get('command')}` wrote it at {record.get('time')}, but it has been "
+                       f"changed or replaced since)")
+    return True, ""
+
+
+def _is_radcot_output(output: Path, own_files: Iterable[str]) -> tuple[bool, str]:
+    if _legacy_marker(output).exists():
+        return True, ""
+    if output.is_dir() and any((output / name).exists() for name in own_files):
+        return True, ""
+    return _radcot_record(output)
 
 
 def check_output(output: str | os.PathLike, overwrite: bool, what: str, *, own_files: Iterable[str] = ()) -> None:
@@ -183,13 +224,14 @@ def check_output(output: str | os.PathLike, overwrite: bool, what: str, *, own_f
         return
     if out.is_dir() and not any(out.iterdir()):
         return
-    if not _is_radcot_output(out, own_files):
+    ours, why = _is_radcot_output(out, own_files)
+    if not ours:
         kind = "directory" if out.is_dir() else "file"
-        raise OutputExistsError(f"{what} {out} is an existing {kind} that radcot did not write; radcot never replaces "
-                           f"or deletes it: choose another path (or move it away yourself)")
+        raise OutputExistsError(f"{what} {out} is an existing {kind} that radcot did not write{why}; radcot never "
+                                f"replaces or deletes it: choose another path (or move it away yourself)")
     if not overwrite:
         raise OutputExistsError(f"{what} {out} already exists (written by an earlier radcot run): pass --overwrite to "
-                           f"replace it, or choose another path")
+                                f"replace it, or choose another path")
 
 
 def check_resumable(output: str | os.PathLike, what: str) -> None:

@@ -1,8 +1,11 @@
 """Readers and writers for the IR ecosystem's file formats, streaming and strict.
 
-Formats: BEIR layout (``corpus.jsonl``, ``queries.jsonl``, ``qrels/*.tsv``), pyserini JsonCollection
-(``{"id", "contents"}``), MS MARCO TSV (``pid \\t text``, ``qid \\t text``), TREC qrels, TREC topics
-(TSV and ``<top>`` SGML), TREC runs. ``.gz`` files are read transparently.
+Formats: BEIR layout (``corpus.jsonl``, ``queries.jsonl``, ``qrels/*.tsv``), pyserini/Anserini JsonCollection
+(``{"id", "contents"}``; a directory is read recursively, as Anserini does; a ``.json`` file may also hold one
+JSON object or a JSON array), MS MARCO TSV (``pid \\t text``, ``qid \\t text``), TREC qrels, TREC topics (TSV,
+``<top>`` SGML as in TREC ad hoc/Robust, and ``<topic number="..."><query>`` XML as in the TREC Web/COVID
+tracks), TREC runs. Gzip-compressed files are read transparently, recognised by their content (a gzip file
+without ``.gz`` is read too; a ``.gz`` file that is not gzip is refused).
 
 Rules shared by every reader:
 
@@ -15,6 +18,10 @@ Rules shared by every reader:
 - Query and document ids are non-empty and hold no whitespace (TREC runs and qrels are whitespace-separated,
   so such an id could not be written back); scores in runs are finite numbers; relevance is an integer.
 - An input with no records (empty file, only blank lines) is an error, not an empty result.
+- A TSV collection or queries file whose first line is a column header (``id \\t text``, ``pid \\t passage``,
+  ``qid \\t query``, ``docid \\t title \\t text``...) has that line skipped, with a warning: it is not a record.
+- A directory, a dangling symbolic link, or a zip/bzip2/xz/zstd file given where a text file is expected is
+  named as such, with the fix.
 
 Example:
     >>> from radcot.data.readers import read_queries
@@ -28,6 +35,7 @@ import logging
 import math
 import os
 import re
+import xml.etree.ElementTree as ET
 import zlib
 from collections import defaultdict
 from pathlib import Path
@@ -94,15 +102,71 @@ class TextFile:
         return "\n".join(self)
 
 
-def _open_binary(path: Path):
-    if path.is_dir():
-        raise DataFormatError(path, None, "a file", "a directory")
+#: leading bytes of compressed formats: gzip is read; the others are named, with the fix
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"PK\x03\x04", "zip"),
+          (b"\x28\xb5\x2f\xfd", "zstd"))
+
+
+def not_a_file(path: PathLike) -> str | None:
+    """What ``path`` is when it is not a regular file radcot can read (``None`` when it is one).
+
+    Example:
+        >>> not_a_file("/")
+        'a directory'
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        return f"a symbolic link to {os.readlink(path)}, which does not exist"
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
+        return "nothing (no such file)"
+    if path.is_dir():
+        return "a directory"
+    if not path.is_file():
+        return "not a regular file (a pipe, socket or device)"
+    return None
+
+
+def require_file(path: PathLike, what: str = "") -> Path:
+    """``path`` if it is a regular file; else an error naming what it is instead.
+
+    Raises:
+        FileNotFoundError: nothing is there, or a dangling symbolic link (the message names its target).
+        DataFormatError: a directory or a special file.
+    """
+    path = Path(path)
+    found = not_a_file(path)
+    if found is None:
+        return path
+    name = f"{what} file" if what else "file"
+    if not path.exists():
+        raise FileNotFoundError(f"{name} {path} is {found}" if path.is_symlink() else f"{name} {path} does not exist")
+    raise DataFormatError(path, None, f"a {name}", found, "Point at the file itself" if found == "a directory" else "")
+
+
+def _compression(path: Path) -> str | None:
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+
+
+def _open_binary(path: Path):
+    """The raw bytes of ``path``; gzip (by content, whatever the name) decompressed on the fly."""
+    require_file(path)
     try:
-        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+        kind = _compression(path)
+        if kind == "gzip":
+            if not path.name.endswith(".gz"):
+                logger.info("%s is gzip-compressed (its name has no .gz); reading it decompressed", path)
+            return gzip.open(path, "rb")
     except PermissionError:
         raise RadcotError(f"{path}: permission denied; check the file's permissions") from None
+    if kind is not None:
+        raise DataFormatError(path, None, "a text file (plain or gzip-compressed)", f"a {kind} file",
+                              f"Decompress it first{' (unzip)' if kind == 'zip' else ''} and point at the result")
+    if path.name.endswith(".gz"):
+        raise DataFormatError(path, None, "a gzip-compressed file (its name ends in .gz)", "plain bytes (no gzip "
+                              "header)", f"Rename it without .gz ({path.name[:-3]}) or compress it")
+    return open(path, "rb")
 
 
 def open_text(path: PathLike) -> TextFile:
@@ -176,29 +240,49 @@ def _check_ids_unique(path, kind: str, records: Iterable[tuple[int, str]]) -> No
 
 # ----------------------------------------------------------------------------------------------- corpus
 
+#: files of a collection directory: Anserini's JsonCollection suffixes (.json, .jsonl, .gz) and TSV
 _CORPUS_FILE_RE = re.compile(r"\.(jsonl?|tsv)(\.gz)?$")
 _NOT_CORPUS_RE = re.compile(r"^(queries|topics|qrels)\b", re.I)
 
 
 def _corpus_files(path: Path) -> list[Path]:
     """The files holding a collection's documents (one for BEIR/MS MARCO, several for a JsonCollection)."""
-    if path.is_file():
-        return [path]
     if not path.is_dir():
-        raise FileNotFoundError(f"collection {path} does not exist (expected a BEIR directory, a JsonCollection "
-                                f"directory/file or an MS MARCO collection.tsv)")
+        if path.exists() and not path.is_file():
+            require_file(path, "collection")
+        if path.is_symlink() and not path.exists():
+            raise FileNotFoundError(f"collection {path} is {not_a_file(path)}")
+        if not path.exists():
+            raise FileNotFoundError(f"collection {path} does not exist (expected a BEIR directory, a JsonCollection "
+                                    f"directory/file or an MS MARCO collection.tsv)")
+        return [path]
     for name in ("corpus.jsonl", "corpus.jsonl.gz"):
-        if (path / name).is_file():
-            return [path / name]
+        if (path / name).exists() or (path / name).is_symlink():
+            return [require_file(path / name, "corpus")]
     names = sorted(p.name for p in path.iterdir())
     if (path / "qrels").is_dir() or any(_NOT_CORPUS_RE.match(n) for n in names):
         raise DataFormatError(path, None, "corpus.jsonl in this BEIR-layout directory (it has queries/qrels)",
                               f"no corpus file among {names[:10]}", "Add corpus.jsonl or point at the corpus file")
-    files = [path / n for n in names if (path / n).is_file() and _CORPUS_FILE_RE.search(n)]
+    files = _collection_dir_files(path)
     if not files:
-        raise DataFormatError(path, None, "corpus.jsonl (BEIR) or *.jsonl/*.json/*.tsv collection files",
-                              f"none among {names[:10]}")
+        raise DataFormatError(path, None, "corpus.jsonl (BEIR) or *.jsonl/*.json/*.tsv collection files (in it or "
+                              "its subdirectories)", f"none among {names[:10]}")
     return files
+
+
+def _collection_dir_files(root: Path) -> list[Path]:
+    """A JsonCollection directory's files, recursively (as Anserini's collection walk), in path order.
+
+    Symbolic links to directories are not followed (as Anserini's); a matching name that is not a readable
+    file (a dangling link) is an error, not a silent skip.
+    """
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if _CORPUS_FILE_RE.search(name):
+                files.append(require_file(Path(dirpath) / name, "collection"))
+    return sorted(files, key=lambda f: f.relative_to(root).parts)
 
 
 def read_corpus(path: PathLike, check_duplicates: bool = True) -> Iterator[Doc]:
@@ -237,8 +321,59 @@ def _remember_doc(seen: dict[str, tuple[str, int]], file: Path, lineno: int, doc
 
 
 def _read_jsonl_docs(file: Path) -> Iterator[tuple[int, Doc]]:
-    for lineno, line in _lines(file):
+    """One JSON object per line; or, as Anserini's JsonCollection also accepts, a file holding one JSON object
+    (possibly spread over lines) or a JSON array of them."""
+    lines = _lines(file)
+    first = next(lines, None)
+    if first is None:
+        return
+    if not _json_object_line(first[1]):
+        whole = _whole_json(file)
+        if whole is not None:
+            yield from _json_file_docs(file, whole)
+            return
+    for lineno, line in _chain(first, lines):
         yield lineno, _json_doc(file, lineno, _json_line(file, lineno, line))
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _json_object_line(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
+#: larger files are never parsed whole (a JSONL file with a broken first line must not be loaded into memory)
+_WHOLE_JSON_LIMIT = 256 << 20
+
+
+def _whole_json(file: Path):
+    """The file parsed as one JSON document, or ``None`` when it is not one (then it is read line by line)."""
+    if file.stat().st_size > _WHOLE_JSON_LIMIT:
+        return None
+    with open_text(file) as f:
+        text = f.read()
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, (dict, list)) else None
+
+
+def _json_file_docs(file: Path, value) -> Iterator[tuple[int, Doc]]:
+    if isinstance(value, dict):
+        yield 1, _json_doc(file, 1, value)
+        return
+    for i, obj in enumerate(value, 1):
+        if not isinstance(obj, dict):
+            raise DataFormatError(file, None, "a JSON array of document objects", f"item {i}: a JSON "
+                                  f"{type(obj).__name__}")
+        yield 1, _json_doc(file, 1, obj)
 
 
 def _json_doc(file: Path, lineno: int, obj: dict) -> Doc:
@@ -253,9 +388,38 @@ def _json_doc(file: Path, lineno: int, obj: dict) -> Doc:
     return Doc(doc_id, text, _check_text(file, lineno, "title", obj.get("title") or ""))
 
 
-def _read_tsv_docs(file: Path) -> Iterator[tuple[int, Doc]]:
+#: first-column and second-column names that make a TSV's first line a header, not a record
+_ID_COLUMNS = {"id", "_id", "pid", "docid", "doc_id", "doc-id", "did", "passage_id", "passageid", "corpus-id",
+               "corpus_id", "qid", "query_id", "query-id", "queryid", "topic", "topic_id"}
+_TEXT_COLUMNS = {"text", "passage", "contents", "content", "title", "body", "document", "doc", "query",
+                 "question", "topic", "description"}
+
+
+def _tsv_records(file: Path) -> Iterator[tuple[int, str, list[str]]]:
+    """``(line, line text, tab-separated fields)`` of the non-blank lines, a column-header first line skipped.
+
+    MS MARCO's own files have no header, and neither Anserini nor ir_datasets skip one: a header would become
+    a document or query named ``id``. A first line whose first two fields are column names (``pid \\t passage``,
+    ``qid \\t query``, ``docid \\t title \\t text``...) is therefore skipped, with a warning.
+    """
+    first = True
     for lineno, line in _lines(file):
         parts = line.split("\t")
+        if first and _is_header(parts):
+            logger.warning("%s, line %d: skipped the column header %r (not a record)", file, lineno, line[:80])
+            first = False
+            continue
+        first = False
+        yield lineno, line, parts
+
+
+def _is_header(parts: list[str]) -> bool:
+    return (len(parts) >= 2 and parts[0].strip().lower() in _ID_COLUMNS
+            and parts[1].strip().lower() in _TEXT_COLUMNS)
+
+
+def _read_tsv_docs(file: Path) -> Iterator[tuple[int, Doc]]:
+    for lineno, line, parts in _tsv_records(file):
         if len(parts) == 2:
             doc_id, text, title = parts[0], parts[1], ""
         elif len(parts) == 3:  # pid \t title \t text
@@ -271,19 +435,18 @@ def _read_tsv_docs(file: Path) -> Iterator[tuple[int, Doc]]:
 def _queries_file(path: Path) -> Path:
     if path.is_dir():
         for name in ("queries.jsonl", "queries.jsonl.gz", "queries.tsv", "topics.tsv", "topics.txt"):
-            if (path / name).is_file():
-                return path / name
+            if (path / name).exists() or (path / name).is_symlink():
+                return require_file(path / name, "queries")
         raise DataFormatError(path, None, "queries.jsonl (BEIR layout) in the directory",
                               f"{sorted(p.name for p in path.iterdir())[:10]}")
-    if not path.exists():
-        raise FileNotFoundError(f"queries file {path} does not exist")
-    return path
+    return require_file(path, "queries")
 
 
 def read_queries(path: PathLike) -> list[Query]:
-    """Read queries from a BEIR directory/``queries.jsonl``, a ``qid \\t text`` TSV or TREC ``<top>`` topics.
+    """Read queries from a BEIR directory/``queries.jsonl``, a ``qid \\t text`` TSV, TREC ``<top>`` topics or
+    TREC XML topics (``<topic number="..."><query>``).
 
-    TREC topics use the ``<title>`` field. In a TSV, fields after the text are ignored (e.g. the released
+    TREC ``<top>`` topics use the ``<title>`` field; XML topics their ``<query>``. In a TSV, fields after the text are ignored (e.g. the released
     ``qid \\t query \\t cot`` files).
 
     Returns:
@@ -302,10 +465,16 @@ def read_queries(path: PathLike) -> list[Query]:
 
 
 def _queries_format(file: Path) -> str:
-    """``sgml``, ``jsonl`` or ``tsv``, from the first non-blank line."""
+    """``sgml`` (``<top>``), ``xml`` (``<topic number=...>``), ``jsonl`` or ``tsv``, from the file's start."""
     first = next((line.lstrip() for _, line in _lines(file)), "")
-    if first[:5].lower() == "<top>" or first[:7].lower() == "<topics":
-        return "sgml"
+    if first.startswith("<"):
+        with open_text(file) as f:
+            head = "\n".join(line for _, line in zip(range(200), f))
+        if re.search(r"<top>", head, re.I):
+            return "sgml"
+        if re.search(r"<topic[\s>]", head) or first.startswith("<?xml"):
+            return "xml"
+        return "sgml"  # e.g. <topics> wrapping <top> blocks further down: the SGML reader says what it misses
     return "jsonl" if first.startswith("{") else "tsv"
 
 
@@ -324,8 +493,7 @@ def _read_jsonl_queries(file: Path) -> list[tuple[int, Query]]:
 
 def _read_tsv_queries(file: Path) -> list[tuple[int, Query]]:
     out = []
-    for lineno, line in _lines(file):
-        parts = line.split("\t")
+    for lineno, line, parts in _tsv_records(file):
         if len(parts) < 2:
             raise DataFormatError(file, lineno, "2 tab-separated fields (query-id, text)",
                                   f"{len(parts)} field: {line[:80]!r}", "Separate the id and the text with a tab")
@@ -341,6 +509,9 @@ _TITLE_RE = re.compile(r"<title>\s*(?:Topic:)?\s*(.*?)\s*(?=<desc>|<narr>|<con>|
 def _read_sgml_topics(file: Path) -> list[tuple[int, Query]]:
     with open_text(file) as f:
         text = f.read()
+    if not re.search(r"<top>", text, re.I):
+        raise DataFormatError(file, None, "TREC topics: <top> blocks with <num> and <title>, or XML <topic "
+                              'number="..."> elements', f"neither (starts {text.strip()[:60]!r})")
     out = []
     for lineno, block in _sgml_blocks(file, text):
         num, title = _NUM_RE.search(block), _TITLE_RE.search(block)
@@ -366,8 +537,36 @@ def _sgml_blocks(file: Path, text: str) -> Iterator[tuple[int, str]]:
         yield lineno, text[start + len("<top>"):end]
 
 
+def _read_xml_topics(file: Path) -> list[tuple[int, Query]]:
+    """TREC XML topics (Web 2009-14, COVID, ...): each ``<topic number="N">``'s ``<query>`` (else ``<title>``).
+
+    As ir_datasets' ``TrecXmlQueries`` and Anserini's web/COVID topic readers read them.
+    """
+    with open_text(file) as f:
+        text = f.read()
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as e:
+        raise DataFormatError(file, e.position[0], "well-formed XML topics", f"an XML error ({e})") from None
+    topics = [root] if root.tag == "topic" else list(root.iter("topic"))
+    lines = [text.count("\n", 0, m.start()) + 1 for m in re.finditer(r"<topic[\s>]", text)]
+    out = []
+    for i, topic in enumerate(topics):
+        lineno = lines[i] if i < len(lines) else None
+        qid, query = topic.get("number") or topic.get("id"), topic.find("query")
+        if query is None:
+            query = topic.find("title")
+        if qid is None or query is None:
+            raise DataFormatError(file, lineno, '<topic number="..."> holding a <query> (or <title>)',
+                                  f"attributes {dict(topic.attrib)} and elements {[c.tag for c in topic][:6]}")
+        qtext = " ".join("".join(query.itertext()).split())
+        out.append((lineno, Query(_check_id(file, lineno, "query", qid.strip()),
+                                  _check_text(file, lineno, f"<{query.tag}>", qtext, False))))
+    return out
+
+
 _QUERY_READERS: dict[str, Callable[[Path], list[tuple[int, Query]]]] = {
-    "sgml": _read_sgml_topics, "jsonl": _read_jsonl_queries, "tsv": _read_tsv_queries}
+    "sgml": _read_sgml_topics, "xml": _read_xml_topics, "jsonl": _read_jsonl_queries, "tsv": _read_tsv_queries}
 
 
 # ------------------------------------------------------------------------------------------------ qrels
@@ -379,13 +578,11 @@ def _qrels_file(path: Path, split: str | None = None) -> Path:
     if path.is_dir():
         qdir = path / "qrels" if (path / "qrels").is_dir() else path
         for s in ([split] if split else _BEIR_QRELS_SPLITS):
-            if (qdir / f"{s}.tsv").is_file():
-                return qdir / f"{s}.tsv"
+            if (qdir / f"{s}.tsv").exists() or (qdir / f"{s}.tsv").is_symlink():
+                return require_file(qdir / f"{s}.tsv", "qrels")
         raise DataFormatError(path, None, f"qrels/{split or 'test'}.tsv (BEIR layout)",
                               f"{sorted(p.name for p in qdir.iterdir())[:10]}")
-    if not path.exists():
-        raise FileNotFoundError(f"qrels file {path} does not exist")
-    return path
+    return require_file(path, "qrels")
 
 
 def read_qrels(path: PathLike, split: str | None = None) -> list[Qrel]:

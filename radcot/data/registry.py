@@ -1,24 +1,35 @@
 """Named datasets and local directories, resolved to files (corpus, queries, qrels) and an index.
 
-Named datasets (MS MARCO passage, with pyserini's prebuilt ``msmarco-v1-passage`` index):
+A dataset is named in one of three ways, tried in this order:
 
-====================================  =========================  ===============================
-name                                   pyserini topics/qrels      local file names (``data_dir``)
-====================================  =========================  ===============================
-``msmarco-passage/dev-subset``         ``msmarco-passage-dev-subset``  ``topics.msmarco-passage.dev-subset.txt``, ``qrels.msmarco-passage.dev-subset.txt``
-``msmarco-passage/trec-dl-2019``       ``dl19-passage``           ``topics.dl19-passage.txt``, ``qrels.dl19-passage.txt``
-``msmarco-passage/trec-dl-2020``       ``dl20``                   ``topics.dl20.txt``, ``qrels.dl20-passage.txt``
-====================================  =========================  ===============================
+1. radcot's own MS MARCO names (with pyserini's prebuilt ``msmarco-v1-passage`` index):
 
-Resolution order for a named dataset: an explicit ``data_dir`` (or ``$RADCOT_MSMARCO_DIR``) holding the
-files above; else pyserini's bundled topics/qrels (online). A ``data_dir`` may also hold MS MARCO's
-``collection.tsv`` (``pid \t passage``) and ``queries.train.tsv``: they become the dataset's corpus and
-training queries. The index: an explicit ``index`` directory (or ``$RADCOT_MSMARCO_INDEX``); else, when
-``data_dir`` holds ``collection.tsv``, none (the pipeline builds a BM25 index from that collection); else
-pyserini's prebuilt ``msmarco-v1-passage`` (downloaded once, ~2 GB). Offline without them, :class:`~radcot.records.OfflineResourceError` says what to download and
-where to put it.
+   ====================================  ===============================  ===============================
+   name                                   pyserini topics/qrels            local file names (``data_dir``)
+   ====================================  ===============================  ===============================
+   ``msmarco-passage/dev-subset``         ``msmarco-passage-dev-subset``   ``topics.msmarco-passage.dev-subset.txt``, ``qrels.msmarco-passage.dev-subset.txt``
+   ``msmarco-passage/trec-dl-2019``       ``dl19-passage``                 ``topics.dl19-passage.txt``, ``qrels.dl19-passage.txt``
+   ``msmarco-passage/trec-dl-2020``       ``dl20``                         ``topics.dl20.txt``, ``qrels.dl20-passage.txt``
+   ====================================  ===============================  ===============================
 
-Any local directory in BEIR layout (``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``) is a dataset too.
+   Resolution: an explicit ``data_dir`` (or ``$RADCOT_MSMARCO_DIR``) holding the files above; else pyserini's
+   bundled topics/qrels (online). A ``data_dir`` may also hold MS MARCO's ``collection.tsv`` (``pid \\t passage``)
+   and ``queries.train.tsv``: they become the dataset's corpus and training queries. The index: an explicit
+   ``index`` directory (or ``$RADCOT_MSMARCO_INDEX``); else, when ``data_dir`` holds ``collection.tsv``, none (the
+   pipeline builds a BM25 index from that collection); else pyserini's prebuilt ``msmarco-v1-passage``
+   (downloaded once, ~2 GB). Offline without them, :class:`~radcot.records.OfflineResourceError` says what to
+   download and where to put it.
+
+2. a local path: a directory in BEIR layout (``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``), or a
+   queries file.
+
+3. any ir_datasets id (``vaswani``, ``beir/scifact/test``, ``msmarco-passage/trec-dl-2019/judged``...; ``irds:ID``
+   forces this route, e.g. for the names of 1.), through ir_datasets' cache and checksums
+   (:mod:`radcot.data.irds`).
+
+An ``index`` given for a dataset with a corpus must have been built from that corpus: a radcot index records
+its collection's content fingerprint, and another collection's index is refused
+(:class:`~radcot.data.fingerprint.IndexCollectionMismatchError`) instead of scoring the wrong documents.
 
 Example:
     >>> from radcot.data.registry import load_dataset
@@ -116,19 +127,65 @@ class Dataset:
 
 def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                  index: str | os.PathLike | None = None) -> Dataset:
-    """Resolve a named dataset or a local BEIR-layout directory to a :class:`Dataset`.
+    """Resolve a named dataset, a local BEIR-layout directory or an ir_datasets id to a :class:`Dataset`.
 
     Args:
-        name_or_path: a name from :data:`NAMED` or a directory (BEIR layout).
+        name_or_path: a name from :data:`NAMED`, a directory (BEIR layout), or an ir_datasets id (``irds:`` prefix
+            optional).
         data_dir: for named datasets, a directory holding the topics/qrels files (offline use).
         index: an index directory (or pyserini prebuilt name) to use instead of the default.
+
+    Raises:
+        IndexCollectionMismatchError: ``index`` is a radcot index built from other documents than the dataset's
+            corpus (compared by content fingerprint).
+        OfflineResourceError: a named dataset's files are missing and cannot be downloaded; says what to fetch.
     """
+    dataset = _resolve(name_or_path, data_dir, index)
+    _check_index_matches_corpus(dataset)
+    return dataset
+
+
+def _check_index_matches_corpus(dataset: Dataset) -> None:
+    """A local index given for a dataset with a corpus must have been built from that corpus (by content)."""
+    if dataset.corpus is not None and dataset.index and Path(dataset.index).is_dir():
+        from radcot.data.fingerprint import check_index_collection
+
+        check_index_collection(dataset.index, dataset.corpus)
+
+
+def _resolve(name_or_path: str | os.PathLike, data_dir, index) -> Dataset:
+    from radcot.data import irds
+
     name = str(name_or_path)
+    _, explicit = irds.strip_prefix(name)
     if name in NAMED:
         return _load_named(name, data_dir, index)
     path = Path(name_or_path)
-    if not path.exists():
-        raise RadcotError(f"dataset {name!r} is neither a known name ({', '.join(NAMED)}) nor an existing directory")
+    if not explicit and (path.exists() or path.is_symlink()):
+        return _load_local(path, index)
+    if explicit or irds.is_irds_id(name):
+        return _load_irds(name, data_dir, index)
+    raise RadcotError(f"dataset {name!r} is neither a known name ({', '.join(NAMED)}), an ir_datasets id "
+                      f"(https://ir-datasets.com; pip install ir_datasets), nor an existing directory")
+
+
+def _load_irds(name: str, data_dir, index) -> Dataset:
+    from radcot.data import irds
+
+    if data_dir:
+        raise RadcotError(f"dataset {name}: data_dir is for radcot's own MS MARCO names; ir_datasets ids are read from "
+                          f"ir_datasets' cache ($IR_DATASETS_HOME, now {irds.home()})")
+    files = irds.load(name, str(index) if index else None)
+    return Dataset(name=files.name, queries_path=files.queries, qrels_path=files.qrels, corpus=files.corpus,
+                   index=files.index)
+
+
+def _load_local(path: Path, index) -> Dataset:
+    """A BEIR-layout directory (or a single queries file)."""
+    from radcot.data.readers import not_a_file
+
+    if path.is_symlink() and not path.exists():
+        raise RadcotError(f"dataset {path} is {not_a_file(path)}")
     if path.is_file():
         return Dataset(name=path.stem, queries_path=path, qrels_path=None, index=str(index) if index else None)
     corpus = path / "corpus.jsonl" if (path / "corpus.jsonl").is_file() else None
@@ -178,7 +235,9 @@ def _pyserini_files(spec: NamedSpec) -> tuple[Path, Path]:
     start_jvm()
     from pyserini.search import get_qrels_file, get_topics  # noqa: E402 (needs the JVM started our way)
 
-    cache = Path(os.environ.get("RADCOT_CACHE", Path.home() / ".cache" / "radcot")) / "topics"
+    from radcot.utils import cache_dir
+
+    cache = cache_dir() / "topics"
     topics_path = cache / spec.topics_file
     if not topics_path.is_file():
         topics = get_topics(spec.pyserini_topics)

@@ -2,7 +2,8 @@
 
 - :class:`~radcot.retrieval.bm25.BM25Retriever`: BM25 (+ RM3/Rocchio) on a Lucene index (Anserini/JVM).
 - :class:`~radcot.retrieval.dense.DenseRetriever`: a sentence-transformers encoder + FAISS.
-- :func:`~radcot.retrieval.fusion.reciprocal_rank_fusion` of runs.
+- :func:`~radcot.retrieval.fusion.reciprocal_rank_fusion` of runs, and
+  :class:`~radcot.retrieval.fusion.FusedRetriever` (RRF of several retrievers behind the same contract).
 
 Both retrievers implement one contract, :class:`~radcot.retrieval.base.Retriever` (a ``typing.Protocol``):
 ``search(query, k)``, ``batch_search(queries, k, threads) -> {qid: [ScoredDoc]}``,
@@ -25,14 +26,15 @@ from radcot._deps import lazy_exports
 from radcot.retrieval.base import META_FILE
 from radcot.retrieval.errors import RetrievalIndexError
 
-__all__ = ["BM25Retriever", "DenseRetriever", "Retriever", "load_retriever", "index_kind", "reciprocal_rank_fusion",
-           "RetrievalIndexError"]
+__all__ = ["BM25Retriever", "DenseRetriever", "FusedRetriever", "Retriever", "load_retriever", "index_kind",
+           "reciprocal_rank_fusion", "RetrievalIndexError"]
 
 _LAZY = {
     "BM25Retriever": "radcot.retrieval.bm25",
     "DenseRetriever": "radcot.retrieval.dense",
     "Retriever": "radcot.retrieval.base",
     "reciprocal_rank_fusion": "radcot.retrieval.fusion",
+    "FusedRetriever": "radcot.retrieval.fusion",
 }
 
 

@@ -1,9 +1,10 @@
-"""The retriever contract (:class:`Retriever`) and the helpers every retrieval backend shares.
+"""The retriever contract (:class:`Retriever`) and passage retrieval (:func:`retrieve_passages`).
 
 Both :class:`~radcot.retrieval.bm25.BM25Retriever` and :class:`~radcot.retrieval.dense.DenseRetriever`
-implement :class:`Retriever`; code that only searches and reads documents (distillation data, student
-generation, expansion, the pipeline) should accept any object that does. Nothing here imports the JVM,
-torch or FAISS.
+implement :class:`Retriever` (:class:`~radcot.retrieval.fusion.FusedRetriever` its searching part); code that
+only searches and reads documents (distillation data, student generation, expansion, the pipeline) should
+accept any object that does. Index builds' process plumbing (temporary directories, signals, Java calls in threads) lives in
+:mod:`radcot.retrieval.process`. Nothing here imports the JVM, torch or FAISS.
 
 Example:
     >>> from radcot.retrieval.base import Retriever, as_queries
@@ -14,18 +15,12 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import re
-import shutil
-import signal
-import sys
-import threading
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
+from radcot.data.fingerprint import INDEX_META_FILE
 from radcot.records import Doc, Query, RadcotError, ScoredDoc
 
 logger = logging.getLogger(__name__)
@@ -33,8 +28,8 @@ logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 Run = dict[str, dict[str, float]]
 
-#: written into every index directory radcot builds (kind, build settings, completeness); ``load_retriever`` reads it
-META_FILE = "radcot_index.json"
+#: written into every index directory radcot builds (kind, build settings, collection, files); ``load_retriever`` reads it
+META_FILE = INDEX_META_FILE
 
 
 @runtime_checkable
@@ -129,24 +124,16 @@ def iter_docs(collection: PathLike | Iterable[Doc]) -> Iterable[Doc]:
 
 
 def collection_fingerprint(collection: PathLike | Iterable[Doc]) -> str | None:
-    """Path, size and mtime of a collection's files (cheap; a changed collection means a rebuild).
+    """A content fingerprint of a collection's files (:func:`radcot.data.fingerprint.collection_fingerprint`).
 
     ``None`` for an in-memory iterable (it cannot be fingerprinted without reading it).
 
     Raises:
         FileNotFoundError: the path does not exist.
     """
-    if not isinstance(collection, (str, os.PathLike)):
-        return None
-    path = Path(collection)
-    if not path.exists():
-        raise FileNotFoundError(f"collection {path} does not exist (expected a BEIR directory, a JsonCollection "
-                                f"directory/file or an MS MARCO collection.tsv)")
-    from radcot.data.readers import _corpus_files
-    from radcot.utils import config_hash
+    from radcot.data.fingerprint import collection_fingerprint as fingerprint
 
-    files = _corpus_files(path)
-    return config_hash([(str(p.resolve()), p.stat().st_size, int(p.stat().st_mtime)) for p in files], n=16)
+    return fingerprint(collection)
 
 
 # ---------------------------------------------------------------------------------------------- retrieve + fetch
@@ -185,125 +172,3 @@ def _passage(retriever: Retriever, q: Query, sd: ScoredDoc, error: type[Exceptio
         raise error(f"the index {getattr(retriever, 'index_dir', '')} returned doc id {sd.doc_id!r} for query "
                     f"{q.query_id!r} but holds no stored text for it; rebuild it with `radcot index` (stores documents)")
     return {"doc_id": doc.doc_id, "title": doc.title or "", "text": doc.text, "score": float(sd.score)}
-
-
-# ---------------------------------------------------------------------------------------------- interrupted builds
-
-#: temporary directories radcot's index builds make beside ``index_dir``; group 1 is the builder's PID
-_TEMP_PATTERNS = (r"\.{name}\.jsoncoll-(\d+)-.+", r"\.{name}\.(\d+)-.+\.tmp")
-
-
-def build_temp_prefix(index_dir: PathLike, what: str) -> str:
-    """The name prefix of a build's temporary directory beside ``index_dir``: hidden, with this process's PID.
-
-    The PID lets a later build tell a dead build's leftovers (removed by :func:`remove_stale_build_dirs`)
-    from a live one's.
-    """
-    return f".{Path(index_dir).name}.{what}-{os.getpid()}-"
-
-
-def remove_stale_build_dirs(index_dir: PathLike) -> list[Path]:
-    """Remove temporary directories of builds of ``index_dir`` whose process is gone (e.g. killed by SIGKILL).
-
-    Only directories of radcot's own naming (``.<index>.jsoncoll-<pid>-*``, ``.<index>.<pid>-*.tmp``) whose
-    PID no longer runs are removed; returns them.
-    """
-    index_dir = Path(index_dir)
-    parent = index_dir.parent
-    if not parent.is_dir():
-        return []
-    patterns = [re.compile(p.format(name=re.escape(index_dir.name))) for p in _TEMP_PATTERNS]
-    removed = []
-    for entry in parent.iterdir():
-        m = next((m for p in patterns if (m := p.fullmatch(entry.name))), None)
-        if m is None or not entry.is_dir() or _pid_alive(int(m.group(1))):
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        logger.info("removed %s, left behind by an interrupted build (process %s is gone)", entry, m.group(1))
-        removed.append(entry)
-    return removed
-
-
-def remove_own_build_dirs(index_dir: PathLike) -> None:
-    """Remove this process's temporary build directories of ``index_dir`` (after an interrupted build).
-
-    Retries while a writer thread that is being abandoned (the JVM's indexer) may still add files.
-    """
-    index_dir = Path(index_dir)
-    if not index_dir.parent.is_dir():
-        return
-    patterns = [re.compile(p.format(name=re.escape(index_dir.name))) for p in _TEMP_PATTERNS]
-    for entry in index_dir.parent.iterdir():
-        m = next((m for p in patterns if (m := p.fullmatch(entry.name))), None)
-        if m is not None and int(m.group(1)) == os.getpid():
-            rmtree_retry(entry)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def rmtree_retry(path: PathLike, attempts: int = 20) -> None:
-    """``shutil.rmtree`` that retries while another thread (e.g. a JVM writer being stopped) adds files."""
-    path = Path(path)
-    for _ in range(attempts):
-        shutil.rmtree(path, ignore_errors=True)
-        if not path.exists():
-            return
-        time.sleep(0.1)
-    logger.warning("could not remove %s; delete it by hand", path)
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`KeyboardInterrupt` (so ``finally`` clean-ups run); restored after.
-
-    Only in the main thread and only when SIGTERM has its default action (a caller's own handler is kept).
-    """
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-
-    def _raise(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
-
-    signal.signal(signal.SIGTERM, _raise)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def run_interruptibly(fn: Callable[[], Any], name: str = "radcot-java") -> Any:
-    """Run a long blocking call (a Java method) in a worker thread so that Ctrl-C/SIGTERM reach Python at once.
-
-    The main thread waits in short steps; a :class:`KeyboardInterrupt` there propagates (the caller's clean-up
-    then runs) while the worker, a daemon thread, is abandoned. The worker's own exception is re-raised.
-    """
-    result: dict[str, Any] = {}
-
-    def work():
-        try:
-            result["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
-            result["error"] = e
-        finally:
-            if "jnius" in sys.modules:  # a thread that called Java must detach from the JVM (pyjnius requires it)
-                with contextlib.suppress(Exception):
-                    sys.modules["jnius"].detach()
-
-    worker = threading.Thread(target=work, name=name, daemon=True)
-    worker.start()
-    while worker.is_alive():
-        worker.join(0.1)
-    if "error" in result:
-        raise result["error"]
-    return result.get("value")

@@ -8,9 +8,11 @@ same as pyserini's ``LuceneSearcher`` with the same parameters.
 Fast path. ``SimpleSearcher`` loads every hit's stored document (raw JSON included) to read its id and
 pyserini then converts each hit from Java one attribute at a time: at ``k=1000`` that costs far more than
 the search itself. :meth:`BM25Retriever.run` runs the same Lucene query with the same similarity and the
-same score-then-doc-id sort, reads the ids from the sort values (doc values, no stored fields), brings all
-hits of a query to Python as one string, and applies Anserini's score-tie adjustment, so rankings and
-scores equal ``batch_search``'s (checked by the tests and ``bench/bm25_run_generation.py``).
+same score-then-doc-id sort through Lucene's public API, reads the ids from the sort values (doc values, no
+stored fields), brings all hits of a query to Python in one call (Jackson's JSON of Lucene's public ``TopDocs``
+fields, parsed by field name and checked against Lucene's hit count on every query), and applies Anserini's
+score-tie adjustment, so rankings and scores equal ``batch_search``'s (checked by the tests and
+``bench/bm25_run_generation.py``).
 
 Example:
     >>> from radcot.retrieval.bm25 import BM25Retriever
@@ -21,21 +23,23 @@ Example:
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from radcot.data.fingerprint import read_index_meta, same_collection
 from radcot.records import DataFormatError, Doc, Query, RadcotError, ScoredDoc
-from radcot.retrieval.base import (META_FILE, PathLike, Run, as_queries, build_temp_prefix, collection_fingerprint,
-                                   iter_docs, remove_own_build_dirs, remove_stale_build_dirs, rmtree_retry,
-                                   run_interruptibly, sigterm_as_interrupt)
+from radcot.retrieval.base import META_FILE, PathLike, Run, as_queries, collection_fingerprint, iter_docs
 from radcot.retrieval.errors import RetrievalIndexError
+from radcot.retrieval.meta import IndexDamagedError, check_index_files, damaged, index_files, rebuild_hint
+from radcot.retrieval.process import (build_temp_prefix, remove_own_build_dirs, remove_stale_build_dirs, rmtree_retry,
+                                      run_interruptibly, sigterm_as_interrupt)
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +47,16 @@ logger = logging.getLogger(__name__)
 CONTENTS_FIELD = "contents"
 #: the first ``max_query_terms`` unique terms are kept; raw query text longer than twice this is truncated
 DEFAULT_MAX_QUERY_TERMS = 8192
+#: indexing threads of a build
+DEFAULT_BUILD_THREADS = 2
+#: BM25 parameters (Anserini's defaults)
+DEFAULT_K1, DEFAULT_B = 0.9, 0.4
+#: RM3 parameters (Anserini's defaults)
+RM3_DEFAULTS = {"fb_terms": 10, "fb_docs": 10, "original_query_weight": 0.5, "filter_terms": True}
+#: Rocchio parameters (Anserini's defaults)
+ROCCHIO_DEFAULTS = {"top_fb_terms": 10, "top_fb_docs": 10, "bottom_fb_terms": 10, "bottom_fb_docs": 10,
+                    "alpha": 1.0, "beta": 0.75, "gamma": 0.0, "use_negative": False}
 
-_HIT = re.compile(r"doc=(\d+) score=(\S+) shardIndex=-?\d+ fields=\[[^,\]]*, \[([0-9a-f ]*)\]\]")
 
 
 def _heap_mb(heap: str) -> int:
@@ -112,7 +124,7 @@ class BM25Retriever:
 
     kind = "bm25"
 
-    def __init__(self, index_dir: PathLike, k1: float = 0.9, b: float = 0.4, rm3: bool = False,
+    def __init__(self, index_dir: PathLike, k1: float = DEFAULT_K1, b: float = DEFAULT_B, rm3: bool = False,
                  rm3_params: Mapping[str, Any] | None = None, rocchio: bool = False,
                  rocchio_params: Mapping[str, Any] | None = None,
                  max_query_terms: int = DEFAULT_MAX_QUERY_TERMS, heap: str | None = None):
@@ -122,7 +134,7 @@ class BM25Retriever:
                                     f"`radcot index --collection PATH --index {self.index_dir}`")
         if not any(p.name.startswith("segments_") for p in self.index_dir.iterdir()):
             raise RetrievalIndexError(f"{self.index_dir} is not a Lucene index (no segments_N file); build it with "
-                              f"`radcot index --collection PATH --index {self.index_dir}`")
+                                      f"`radcot index --collection PATH --index {self.index_dir}`")
         if rm3 and rocchio:
             raise ValueError("choose one of rm3 and rocchio, not both")
         if not (k1 >= 0 and 0 <= b <= 1):
@@ -131,11 +143,8 @@ class BM25Retriever:
             raise ValueError(f"max_query_terms must be >= 1, got {max_query_terms}")
         self.k1, self.b = float(k1), float(b)
         self.rm3, self.rocchio = bool(rm3), bool(rocchio)
-        self.rm3_params = {"fb_terms": 10, "fb_docs": 10, "original_query_weight": 0.5, "filter_terms": True}
-        self.rm3_params.update(rm3_params or {})
-        self.rocchio_params = {"top_fb_terms": 10, "top_fb_docs": 10, "bottom_fb_terms": 10, "bottom_fb_docs": 10,
-                               "alpha": 1.0, "beta": 0.75, "gamma": 0.0, "use_negative": False}
-        self.rocchio_params.update(rocchio_params or {})
+        self.rm3_params = {**RM3_DEFAULTS, **(rm3_params or {})}
+        self.rocchio_params = {**ROCCHIO_DEFAULTS, **(rocchio_params or {})}
         for name, params, allowed in (("rm3_params", rm3_params, self.rm3_params),
                                       ("rocchio_params", rocchio_params, self.rocchio_params)):
             unknown = set(params or {}) - set(allowed)
@@ -144,6 +153,7 @@ class BM25Retriever:
         self.max_query_terms = int(max_query_terms)
         self.heap = heap
         self.meta = self._read_meta(self.index_dir)
+        check_index_files(self.index_dir, self.meta)
         self._lock = threading.Lock()
         self._j: dict[str, Any] | None = None      # Java objects for the fast path, opened lazily
         self._simple = None                         # io.anserini.search.SimpleSearcher, opened lazily
@@ -154,14 +164,7 @@ class BM25Retriever:
 
     @staticmethod
     def _read_meta(index_dir: Path) -> dict:
-        path = index_dir / META_FILE
-        if not path.is_file():
-            return {}
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataFormatError(path, e.lineno, "a JSON object (radcot index metadata)", e.msg,
-                                  "Rebuild the index with `radcot index`") from None
+        return read_index_meta(index_dir)
 
     @property
     def config(self) -> dict:
@@ -186,7 +189,7 @@ class BM25Retriever:
     # ------------------------------------------------------------------------------------------ building
 
     @classmethod
-    def build(cls, collection: PathLike | Iterable[Doc], index_dir: PathLike, threads: int = 2,
+    def build(cls, collection: PathLike | Iterable[Doc], index_dir: PathLike, threads: int = DEFAULT_BUILD_THREADS,
               show_progress: bool | None = True, heap: str | None = None, overwrite: bool = False,
               **params) -> "BM25Retriever":
         """Index a collection with Anserini's ``IndexCollection`` (positions, docvectors, raw documents).
@@ -217,7 +220,7 @@ class BM25Retriever:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         fingerprint = collection_fingerprint(collection)
-        if cls._reusable(index_dir, fingerprint, overwrite):
+        if cls._reusable(index_dir, collection, overwrite):
             return cls(index_dir, heap=heap, **params)
         from radcot.java import start_jvm
 
@@ -245,21 +248,30 @@ class BM25Retriever:
         return cls(index_dir, heap=heap, **params)
 
     @classmethod
-    def _reusable(cls, index_dir: Path, fingerprint: str | None, overwrite: bool) -> bool:
-        """Whether ``index_dir`` is a complete index of the same collection; refuses to replace foreign files."""
-        if index_dir.exists() and not overwrite and fingerprint is not None:
-            meta = cls._read_meta(index_dir) if index_dir.is_dir() else {}
-            if meta.get("kind") == cls.kind and meta.get("collection_fingerprint") == fingerprint and meta.get("complete"):
-                logger.info("reusing BM25 index %s (built %s from the same collection)", index_dir, meta.get("created"))
-                return True
+    def _reusable(cls, index_dir: Path, collection, overwrite: bool) -> bool:
+        """Whether ``index_dir`` is a complete, undamaged index of the same collection (by content).
+
+        Refuses to replace files radcot did not write.
+        """
         if index_dir.exists() and not index_dir.is_dir():
             raise FileExistsError(f"{index_dir} exists and is not a directory; choose another --index path")
         if index_dir.is_dir() and not overwrite and any(index_dir.iterdir()) and not (index_dir / META_FILE).is_file():
             raise FileExistsError(f"{index_dir} exists and was not built by radcot; refusing to replace it. "
                                   f"Choose another --index path, or pass overwrite=True (--overwrite)")
-        if index_dir.is_dir() and (index_dir / META_FILE).is_file() and not overwrite:
-            logger.info("rebuilding %s: the collection or its files changed since it was built", index_dir)
-        return False
+        if overwrite or not index_dir.is_dir() or not (index_dir / META_FILE).is_file():
+            return False
+        meta = cls._read_meta(index_dir)
+        if not isinstance(collection, (str, os.PathLike)) or meta.get("kind") != cls.kind:
+            return False
+        if not same_collection(meta.get("collection_fingerprint"), collection):
+            logger.info("rebuilding %s: it was built from other documents than %s", index_dir, collection)
+            return False
+        why = damaged(index_dir, meta)
+        if why:
+            logger.warning("rebuilding %s: %s", index_dir, why)
+            return False
+        logger.info("reusing BM25 index %s (built %s from the same documents)", index_dir, meta.get("created"))
+        return True
 
     @classmethod
     def _index_collection(cls, collection, coll_dir: Path, index_dir: Path, n: int, threads: int, heap: str | None,
@@ -284,12 +296,14 @@ class BM25Retriever:
                 raise RetrievalIndexError(f"Anserini IndexCollection failed on {index_dir} ({type(e).__name__}: {e}); "
                                           "if it ran out of memory, raise the heap (--heap 4g / RADCOT_JAVA_HEAP)") from e
             meta = _index_meta(cls.kind, indexer.getCounters(), collection, n, threads, fingerprint, index_dir, t0)
+            meta["files"] = index_files(out)
             (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         return meta["num_docs"]
 
     # ------------------------------------------------------------------------------------------ Java side
 
     def _java(self) -> dict[str, Any]:
+        """The Lucene reader and searcher, opened once (after checking every index file) and the query tools."""
         if self._j is not None:
             return self._j
         with self._lock:
@@ -298,12 +312,10 @@ class BM25Retriever:
             from radcot.java import autoclass, ensure_max_clause_count, start_jvm
 
             start_jvm(self.heap)
-            from jnius import cast
+            from jnius import JavaException, cast
 
             ensure_max_clause_count(self.max_query_terms + 1024)
-            Paths = autoclass("java.nio.file.Paths")
-            FSDirectory = autoclass("org.apache.lucene.store.FSDirectory")
-            reader = autoclass("org.apache.lucene.index.DirectoryReader").open(FSDirectory.open(Paths.get(str(self.index_dir.resolve()))))
+            reader = _open_lucene_reader(self.index_dir, self.meta)
             searcher = autoclass("org.apache.lucene.search.IndexSearcher")(cast("org.apache.lucene.index.IndexReader", reader))
             searcher.setSimilarity(autoclass("org.apache.lucene.search.similarities.BM25Similarity")(self.k1, self.b))
             self._j = {
@@ -312,8 +324,10 @@ class BM25Retriever:
                 "analyzer": autoclass("io.anserini.analysis.DefaultEnglishAnalyzer").newDefaultInstance(),
                 "generator": autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")(),
                 "sort": autoclass("io.anserini.search.SearchCollection").BREAK_SCORE_TIES_BY_DOCID,
-                "to_string": autoclass("org.apache.commons.lang3.builder.ReflectionToStringBuilder"),
-                "JavaException": __import__("jnius").JavaException,
+                # Jackson writes a TopDocs' public fields as JSON (declared type TopDocs: not the sort description)
+                "top_docs_json": autoclass("com.fasterxml.jackson.databind.ObjectMapper")().writerFor(
+                    autoclass("java.lang.Class").forName("org.apache.lucene.search.TopDocs")),
+                "JavaException": JavaException,
             }
             return self._j
 
@@ -321,13 +335,20 @@ class BM25Retriever:
         """Anserini's ``SimpleSearcher`` (what pyserini's ``LuceneSearcher`` wraps), configured like this retriever."""
         if self._simple is not None:
             return self._simple
+        self._java()  # checks the index files once, naming a damaged one (before taking the lock it takes too)
         with self._lock:
             if self._simple is None:
                 from radcot.java import autoclass, ensure_max_clause_count, start_jvm
 
                 start_jvm(self.heap)
                 ensure_max_clause_count(self.max_query_terms + 1024)
-                s = autoclass("io.anserini.search.SimpleSearcher")(str(self.index_dir.resolve()))
+                from jnius import JavaException
+
+                try:
+                    s = autoclass("io.anserini.search.SimpleSearcher")(str(self.index_dir.resolve()))
+                except JavaException as e:
+                    raise IndexDamagedError(f"Anserini cannot open the index {self.index_dir} ({_java_message(e)}); "
+                                            f"rebuild it: {rebuild_hint(self.index_dir, self.meta)}") from None
                 s.set_bm25(self.k1, self.b)
                 if self.rm3 or self.rocchio:
                     if not s.reader.getTermVectors(0):
@@ -357,54 +378,66 @@ class BM25Retriever:
             text = text[:cut if cut > 0 else limit]
         return text
 
-    #: one hit in Lucene's ``TopFieldDocs.toString`` (Lucene 9.9): doc number, score, hex bytes of the id sort value
-    _hit_pattern = _HIT
-
     def _search_fast(self, query_id: str, text: str, k: int) -> list[tuple[str, float]]:
-        """One query through Lucene directly; ids from sort values, all hits in one string. BM25 only.
+        """One query through Lucene's public search API; all hits to Python in one call. BM25 only.
 
-        The string is Lucene's ``toString`` of the hits, parsed by :attr:`_hit_pattern`. So that a change of that
-        format can never pass for "no results": the parsed hits must number what Lucene counted, and the first
-        query with hits is compared with Anserini's own ``SimpleSearcher`` (:meth:`_check_fast_path`).
+        Lucene returns the hits as ``TopFieldDocs`` (public fields: ``totalHits``, ``scoreDocs`` of ``FieldDoc`` with
+        ``doc``, ``score`` and the sort values, the second being the external id's ``BytesRef``). Reading them one
+        Java object at a time costs more than the search; instead Jackson (Anserini's JSON library) serialises the
+        ``TopDocs`` to JSON in one call, which :meth:`_read_top_docs` parses by field name. Checked on every query:
+        the hits must number what Lucene counted (a serialisation that changed shape raises, it never passes for
+        "no results"); the first query with hits is also compared with Anserini's ``SimpleSearcher``.
 
         Raises:
-            RetrievalIndexError: the parsed hits disagree with Lucene's count or with ``SimpleSearcher``.
+            RetrievalIndexError: the hits disagree with Lucene's count or with ``SimpleSearcher``.
         """
         j = self._java()
         text = self._prepare(query_id, text)
         try:
             query = j["generator"].buildQuery(CONTENTS_FIELD, j["analyzer"], text)
             top = j["searcher"].search(query, int(k), j["sort"], True)
-            dump = j["to_string"].toString(top)
-            total = top.totalHits  # TotalHits: "N hits" (exact) or "N+ hits" (a lower bound)
-            total_n, exact = int(total.value), not str(total.toString()).endswith("+ hits")
+            payload = j["top_docs_json"].writeValueAsString(top)
         except j["JavaException"] as e:
-            raise RadcotError(f"Lucene failed on query {query_id} ({len(text)} characters): {e}") from e
-        hits = self._parse_hits(dump)
-        expected = min(int(k), total_n)
+            raise RadcotError(f"Lucene failed on query {query_id} ({len(text)} characters): {_java_message(e)}") from e
+        hits, total, exact = self._read_top_docs(payload)
+        expected = min(int(k), total)
         if len(hits) < expected or (exact and len(hits) != expected):
             raise RetrievalIndexError(
                 f"BM25 fast path on {self.index_dir}: read {len(hits)} hits for query {query_id!r} where Lucene found "
-                f"{expected} (k={k}); the format of Lucene's TopFieldDocs.toString has changed (Lucene "
-                f"{_lucene_version()}). Use batch_search(..., fast=False) and report this to radcot")
+                f"{expected} (k={k}); Lucene's TopDocs as JSON has changed shape (Lucene {_lucene_version()}). Use "
+                f"batch_search(..., fast=False) and report this to radcot")
         ranked = self._hits_to_ids(hits)
         if ranked and not self._fast_checked:
             self._check_fast_path(query_id, text, ranked)
         return ranked
 
-    def _parse_hits(self, dump: str) -> list[tuple[str, str, str]]:
-        """``(lucene doc number, score, hex id bytes)`` of each hit in Lucene's ``toString`` of the top docs."""
-        return self._hit_pattern.findall(dump)
+    def _read_top_docs(self, payload: str) -> tuple[list[tuple[int, str, dict]], int, bool]:
+        """``(hits, total, exact)`` from Jackson's JSON of a ``TopFieldDocs``: each hit is ``(Lucene doc number,
+        score as written, BytesRef of the id)``; ``total`` is Lucene's hit count, ``exact`` whether it is exact.
 
-    def _hits_to_ids(self, hits: list[tuple[str, str, str]]) -> list[tuple[str, float]]:
+        Raises:
+            RetrievalIndexError: a field is missing (Lucene's public fields were renamed).
+        """
+        try:
+            top = json.loads(payload, parse_float=str)  # 5x faster than json's own float parsing; float() below
+            total = top["totalHits"]
+            hits = [(h["doc"], h["score"], h["fields"][1]) for h in top["scoreDocs"]]
+            return hits, int(total["value"]), total["relation"] == "EQUAL_TO"
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise RetrievalIndexError(
+                f"BM25 fast path on {self.index_dir}: Lucene's TopDocs as JSON lacks {type(e).__name__} {e} (Lucene "
+                f"{_lucene_version()}: its public fields changed?). Use batch_search(..., fast=False) and report this "
+                f"to radcot") from None
+
+    def _hits_to_ids(self, hits: list[tuple[int, str, dict]]) -> list[tuple[str, float]]:
         ids = self._ids
         docids = []
-        for lucene_doc, _, hexid in hits:
-            n = int(lucene_doc)
-            did = ids.get(n)
+        for lucene_doc, _, ref in hits:
+            did = ids.get(lucene_doc)
             if did is None:
-                did = bytes(int(h, 16) for h in hexid.split()).decode("utf-8")
-                ids[n] = did
+                start = int(ref["offset"])
+                did = base64.b64decode(ref["bytes"])[start:start + int(ref["length"])].decode("utf-8")
+                ids[lucene_doc] = did
             docids.append(did)
         scores = _adjust_ties([float(s) for _, s, _ in hits])
         return list(zip(docids, scores))
@@ -423,8 +456,8 @@ class BM25Retriever:
         if not same:
             raise RetrievalIndexError(
                 f"BM25 fast path on {self.index_dir} disagrees with Anserini's SimpleSearcher on query {query_id!r}: "
-                f"fast {mine[:3]}... vs SimpleSearcher {reference[:3]}...; Lucene's TopFieldDocs.toString format "
-                f"has probably changed (Lucene {_lucene_version()}). Use batch_search(..., fast=False) and report this")
+                f"fast {mine[:3]}... vs SimpleSearcher {reference[:3]}...; Lucene's TopDocs or its JSON form has "
+                f"probably changed (Lucene {_lucene_version()}). Use batch_search(..., fast=False) and report this")
         self._fast_checked = True
 
     def _lucene_count(self, text: str) -> int:
@@ -692,6 +725,54 @@ class BM25Retriever:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def _java_message(e) -> str:
+    """A pyjnius ``JavaException`` in one short line: the Java class and its message."""
+    cls = str(getattr(e, "classname", "") or "").rsplit(".", 1)[-1]
+    msg = " ".join(str(getattr(e, "innermessage", None) or e).split())
+    return f"{cls}: {msg}"[:300] if cls else msg[:300]
+
+
+def _open_lucene_reader(index_dir: Path, meta: dict):
+    """A ``DirectoryReader`` on ``index_dir`` after checking that no file of its latest commit is damaged.
+
+    Each file's Lucene footer (magic and checksum header, written last) is read with the public
+    ``CodecUtil.retrieveChecksum``: a truncated or overwritten file fails here, named, instead of in the middle of
+    a search. This is a few small reads per file (not a full ``CheckIndex``).
+
+    Raises:
+        IndexDamagedError: the commit or a file cannot be read; names it and the rebuild command.
+    """
+    from jnius import JavaException
+
+    from radcot.java import autoclass
+
+    Paths = autoclass("java.nio.file.Paths")
+    directory = autoclass("org.apache.lucene.store.FSDirectory").open(Paths.get(str(index_dir.resolve())))
+    hint = rebuild_hint(index_dir, meta)
+    try:
+        infos = autoclass("org.apache.lucene.index.SegmentInfos").readLatestCommit(directory)
+    except JavaException as e:
+        raise IndexDamagedError(f"Lucene cannot read the commit point (segments_N) of {index_dir} ({_java_message(e)});"
+                                f" rebuild the index: {hint}") from None
+    CodecUtil = autoclass("org.apache.lucene.codecs.CodecUtil")
+    READONCE = autoclass("org.apache.lucene.store.IOContext").READONCE
+    for name in sorted(str(n) for n in infos.files(True).toArray()):
+        try:
+            stream = directory.openInput(name, READONCE)
+            try:
+                CodecUtil.retrieveChecksum(stream)
+            finally:
+                stream.close()
+        except JavaException as e:
+            raise IndexDamagedError(f"index file {index_dir / name} is damaged ({_java_message(e)}); rebuild the "
+                                    f"index: {hint}") from None
+    try:
+        return autoclass("org.apache.lucene.index.DirectoryReader").open(directory)
+    except JavaException as e:
+        raise IndexDamagedError(f"Lucene cannot open the index {index_dir} ({_java_message(e)}); rebuild the index: "
+                                f"{hint}") from None
 
 
 def _parse_java_args(args_obj, argv: list[str]) -> None:

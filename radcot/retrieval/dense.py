@@ -26,16 +26,20 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from radcot.data.fingerprint import legacy_fingerprint, read_index_meta
 from radcot.records import DataFormatError, Doc, OfflineResourceError, Query, ScoredDoc
-from radcot.retrieval.base import (META_FILE, PathLike, Run, as_queries, collection_fingerprint, iter_docs,
-                                   remove_own_build_dirs, remove_stale_build_dirs, sigterm_as_interrupt)
+from radcot.retrieval.base import META_FILE, PathLike, Run, as_queries, collection_fingerprint, iter_docs
 from radcot.retrieval.errors import RetrievalIndexError
+from radcot.retrieval.meta import IndexDamagedError, check_index_files, damaged, index_files, rebuild_hint
+from radcot.retrieval.process import remove_own_build_dirs, remove_stale_build_dirs, sigterm_as_interrupt
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_ENCODER, "all-MiniLM-L6-v2", "all-minilm-l6-v2", "default"}
 INDEX_TYPES = ("flat", "hnsw")
+#: query-encoding batch size, and HNSW search breadth, when searching
+DEFAULT_BATCH_SIZE, DEFAULT_EF_SEARCH = 64, 128
 
 
 def resolve_encoder(name: str | None) -> tuple[str, str]:
@@ -108,24 +112,22 @@ class DenseRetriever:
 
     kind = "dense"
 
-    def __init__(self, index_dir: PathLike, encoder: str | None = None, device: str = "cpu", batch_size: int = 64,
-                 ef_search: int = 128):
+    def __init__(self, index_dir: PathLike, encoder: str | None = None, device: str = "cpu",
+                 batch_size: int = DEFAULT_BATCH_SIZE, ef_search: int = DEFAULT_EF_SEARCH):
         self.index_dir = Path(index_dir)
         meta_path = self.index_dir / META_FILE
         if not meta_path.is_file():
             raise FileNotFoundError(f"dense index {self.index_dir} has no {META_FILE}; build it with "
                                     f"`radcot index --dense --collection PATH --index {self.index_dir}`")
-        try:
-            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataFormatError(meta_path, e.lineno, "a JSON object (radcot index metadata)", e.msg,
-                                  "Rebuild the index with `radcot index --dense`") from None
+        self.meta = read_index_meta(self.index_dir)
         if self.meta.get("kind") != self.kind:
             raise RetrievalIndexError(f"{self.index_dir} is a {self.meta.get('kind')!r} index, not a dense one; "
                                       "open it with radcot.retrieval.load_retriever")
         for name in ("index.faiss", "docids.txt"):
             if not (self.index_dir / name).is_file():
-                raise RetrievalIndexError(f"dense index {self.index_dir} lacks {name}; rebuild it with `radcot index --dense`")
+                raise IndexDamagedError(f"dense index {self.index_dir} lacks {name}; rebuild it: "
+                                        f"{rebuild_hint(self.index_dir, self.meta, dense=True)}")
+        check_index_files(self.index_dir, self.meta, dense=True)
         self.encoder_name = encoder or self.meta["encoder"]
         self.dims = int(self.meta["dims"])
         self.normalize = bool(self.meta.get("normalize", True))
@@ -151,7 +153,8 @@ class DenseRetriever:
 
     @classmethod
     def build(cls, collection: PathLike | Iterable[Doc], index_dir: PathLike, encoder: str | None = None,
-              index_type: str = "flat", hnsw_m: int = 32, ef_construction: int = 200, batch_size: int = 64,
+              index_type: str = "flat", hnsw_m: int = 32, ef_construction: int = 200,
+              batch_size: int = DEFAULT_BATCH_SIZE,
               chunk_size: int = 4096, device: str = "cpu", normalize: bool = True, max_seq_length: int | None = None,
               show_progress: bool | None = True, overwrite: bool = False, **params) -> "DenseRetriever":
         """Encode a collection and write a FAISS index (resumable; atomic).
@@ -189,10 +192,12 @@ class DenseRetriever:
         faiss = require("faiss", "dense retrieval", extra="dense")
         index_dir = Path(index_dir)
         recorded, _ = resolve_encoder(encoder)
+        fingerprint = collection_fingerprint(collection)
         settings = {"encoder": recorded, "normalize": bool(normalize), "max_seq_length": max_seq_length,
-                    "collection": collection_fingerprint(collection), "chunk_size": int(chunk_size)}
+                    "collection": fingerprint, "chunk_size": int(chunk_size)}
         key = config_hash(settings)
-        if cls._reusable(index_dir, settings, key, index_type, overwrite):
+        keys = {key, config_hash({**settings, "collection": legacy_fingerprint(collection)})} if fingerprint else {key}
+        if cls._reusable(index_dir, fingerprint, keys, index_type, overwrite):
             return cls(index_dir, device=device, **params)
         remove_stale_build_dirs(index_dir)
         work = index_dir.parent / f".{index_dir.name}.partial"
@@ -210,6 +215,7 @@ class DenseRetriever:
                         "index_type": index_type, "metric": "inner_product", "normalize": bool(normalize),
                         "num_docs": n, "max_seq_length": int(model.max_seq_length), "build_key": key,
                         "collection": str(collection) if isinstance(collection, (str, os.PathLike)) else None,
+                        "collection_fingerprint": fingerprint,
                         "hnsw_m": int(hnsw_m) if index_type == "hnsw" else None,
                         "ef_construction": int(ef_construction) if index_type == "hnsw" else None,
                         "seconds": round(time.time() - t0, 2),
@@ -228,20 +234,24 @@ class DenseRetriever:
         return retriever
 
     @classmethod
-    def _reusable(cls, index_dir: Path, settings: dict, key: str, index_type: str, overwrite: bool) -> bool:
-        """Whether ``index_dir`` is a complete index with the same build key; refuses to replace foreign files."""
-        if index_dir.is_dir() and not overwrite and settings["collection"] is not None:
-            meta_path = index_dir / META_FILE
-            if meta_path.is_file():
-                meta = json.loads(meta_path.read_text(encoding="utf-8"))
-                if meta.get("build_key") == key and meta.get("index_type") == index_type and meta.get("complete"):
-                    logger.info("reusing dense index %s (same collection and encoder)", index_dir)
-                    return True
+    def _reusable(cls, index_dir: Path, fingerprint: str | None, keys: set[str], index_type: str,
+                  overwrite: bool) -> bool:
+        """Whether ``index_dir`` is a complete, undamaged index with the same build key (collection content,
+        encoder, settings); refuses to replace files radcot did not write."""
         if index_dir.is_dir() and not overwrite and any(index_dir.iterdir()) and not (index_dir / META_FILE).is_file():
             raise FileExistsError(f"{index_dir} exists and was not built by radcot; refusing to replace it. "
                                   f"Choose another --index path, or pass overwrite=True (--overwrite)")
-        return False
-
+        if overwrite or fingerprint is None or not (index_dir / META_FILE).is_file():
+            return False
+        meta = read_index_meta(index_dir)
+        if meta.get("build_key") not in keys or meta.get("index_type") != index_type:
+            return False
+        why = damaged(index_dir, meta)
+        if why:
+            logger.warning("rebuilding %s: %s", index_dir, why)
+            return False
+        logger.info("reusing dense index %s (same collection and encoder)", index_dir)
+        return True
 
     # ------------------------------------------------------------------------------------------ loading
 
@@ -254,7 +264,12 @@ class DenseRetriever:
             from radcot._deps import require
 
             faiss = require("faiss", "dense retrieval", extra="dense")
-            index = faiss.read_index(str(self.index_dir / "index.faiss"))
+            try:
+                index = faiss.read_index(str(self.index_dir / "index.faiss"))
+            except RuntimeError as e:  # FAISS reports unreadable/truncated files as RuntimeError with C++ context
+                raise IndexDamagedError(f"index file {self.index_dir / 'index.faiss'} is damaged ("
+                                        f"{str(e).strip().splitlines()[-1][:200]}); rebuild the index: "
+                                        f"{rebuild_hint(self.index_dir, self.meta, dense=True)}") from None
             if index.d != self.dims:
                 raise RetrievalIndexError(f"{self.index_dir}/index.faiss has {index.d} dimensions but the metadata says "
                                           f"{self.dims}; rebuild the index")
@@ -355,7 +370,12 @@ class DenseRetriever:
         if self._row_of is None:
             with self._lock:
                 if self._row_of is None:
-                    self._offsets = np.load(self.index_dir / "doc_offsets.npy")
+                    try:
+                        self._offsets = np.load(self.index_dir / "doc_offsets.npy")
+                    except (OSError, ValueError) as e:
+                        raise IndexDamagedError(f"index file {self.index_dir / 'doc_offsets.npy'} is damaged ({e}); "
+                                                f"rebuild the index: {rebuild_hint(self.index_dir, self.meta, True)}"
+                                                ) from None
                     self._row_of = {d: i for i, d in enumerate(self._docids)}
         row = self._row_of.get(str(doc_id))
         if row is None:
@@ -478,6 +498,7 @@ def _write_index(faiss, index, work: Path, index_dir: Path, meta: dict) -> None:
         faiss.write_index(index, str(out / "index.faiss"))
         for name in ("docids.txt", "docs.jsonl", "doc_offsets.npy"):
             shutil.copyfile(work / name, out / name)
+        meta["files"] = index_files(out)
         (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

@@ -136,51 +136,6 @@ def _dev_ids(path_or_ids) -> set[str]:
     return {str(x.query_id if isinstance(x, Query) else x) for x in path_or_ids}
 
 
-class FusedRetriever:
-    """Reciprocal rank fusion of several retrievers behind the one retriever shape (``batch_search``, ``doc``).
-
-    Used for a student's context (``student.context_retriever: fused``): BM25 and dense hits fused by
-    :func:`radcot.retrieval.reciprocal_rank_fusion`; documents come from the first retriever that stores them.
-
-    Args:
-        retrievers: objects with ``batch_search(queries, k) -> {qid: [ScoredDoc]}`` and ``doc(doc_id)``.
-        depth: hits taken from each retriever before fusing (at least ``k``).
-        rrf_k: the RRF constant (60 as in the paper and pyserini).
-
-    Example:
-        >>> fused = FusedRetriever([bm25, dense])  # doctest: +SKIP
-        >>> fused.batch_search([Query("q1", "who taught Velkor")], k=5)["q1"][0].doc_id  # doctest: +SKIP
-    """
-
-    kind = "fused"
-
-    def __init__(self, retrievers: Sequence[Any], depth: int = 100, rrf_k: int = 60):
-        if len(retrievers) < 2:
-            raise ValueError(f"FusedRetriever needs at least two retrievers, got {len(retrievers)}")
-        self.retrievers, self.depth, self.rrf_k = list(retrievers), int(depth), int(rrf_k)
-
-    @property
-    def config(self) -> dict:
-        return {"kind": self.kind, "depth": self.depth, "rrf_k": self.rrf_k,
-                "retrievers": [_retriever_info(r, None) for r in self.retrievers]}
-
-    def batch_search(self, queries, k: int = 10, threads: int | None = None, **_) -> dict:
-        from radcot.records import ScoredDoc
-        from radcot.retrieval.fusion import reciprocal_rank_fusion
-
-        depth = max(self.depth, int(k))
-        runs = [r.batch_search(queries, depth) for r in self.retrievers]
-        fused = reciprocal_rank_fusion(runs, k=self.rrf_k, depth=depth, max_docs=int(k))
-        return {qid: [ScoredDoc(qid, d, s) for d, s in docs.items()] for qid, docs in fused.items()}
-
-    def doc(self, doc_id: str):
-        for r in self.retrievers:
-            d = r.doc(doc_id)
-            if d is not None:
-                return d
-        return None
-
-
 _QUERIES = "Query records, (query_id, text) pairs, a {query_id: text} mapping or a queries file"
 _TEACHER = "a teacher output (radcot teach JSONL, or a TSV) or a {query_id: record} mapping"
 

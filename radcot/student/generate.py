@@ -501,7 +501,7 @@ def _fused(indexes: Mapping[str, Any]):
     try:
         from radcot.retrieval.fusion import FusedRetriever
     except ImportError:  # radcot <= 0.2 kept it beside the student's data
-        from radcot.student.data import FusedRetriever
+        from radcot.retrieval.fusion import FusedRetriever
     bad = sorted(set(indexes) - {"bm25", "dense"})
     if bad:
         raise ProfileError(f"index mapping keys must be 'bm25' and 'dense', got {bad}")

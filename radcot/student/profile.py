@@ -125,7 +125,7 @@ class RetrieverRecord:
         if kind == "fused":
             parts = [cls.of(r) for r in retriever.retrievers]
             return cls("fused", tuple(i for p in parts for i in p.indexes),
-                       {"depth": retriever.depth, "rrf_k": retriever.rrf_k, **{p.kind: dict(p.params) for p in parts}})
+                       {"depth": retriever.depth, "rrf_constant": retriever.rrf_constant, **{p.kind: dict(p.params) for p in parts}})
         index_dir = getattr(retriever, "index_dir", None)
         if kind not in ("bm25", "dense") or index_dir is None:
             raise ProfileError(f"cannot record a {type(retriever).__name__} as a student's retriever (radcot records "
@@ -294,12 +294,19 @@ class StudentProfile:
             return None if index is None else _open_index(_as_mapping(index, None))
         dirs = self._index_dirs(index, force)
         if self.retriever.kind == "fused":
-            from radcot.student.data import FusedRetriever
+            from radcot.retrieval.fusion import FusedRetriever
 
             return FusedRetriever([_open_index({k: dirs[k]}, self.retriever.params.get(k)) for k in ("bm25", "dense")],
                                   depth=int(self.retriever.params.get("depth", 100)),
-                                  rrf_k=int(self.retriever.params.get("rrf_k", 60)))
+                                  rrf_constant=self._rrf_constant())
         return _open_index(dirs, self.retriever.params)
+
+    def _rrf_constant(self) -> float:
+        """The recorded RRF constant (``rrf_k`` in profiles written before it was renamed)."""
+        from radcot.retrieval.fusion import DEFAULT_RRF_CONSTANT
+
+        params = self.retriever.params
+        return float(params.get("rrf_constant", params.get("rrf_k", DEFAULT_RRF_CONSTANT)))
 
     def _index_dirs(self, index: Any, force: bool) -> dict[str, str]:
         recorded = {r.kind: r for r in self.retriever.indexes}

@@ -1,0 +1,104 @@
+"""No hidden sidecar outlives a command (#23): radcot's record of what it wrote lives in its state directory,
+keyed by the real path and the file's identity; locks vanish with their holder. Both guarantees stay: one
+writer per output, and only radcot's own unchanged outputs are replaced (with --overwrite)."""
+from __future__ import annotations
+
+import pytest
+
+from radcot.cli._args import OutputExistsError, check_output, mark_output, marker_path
+
+
+@pytest.fixture(autouse=True)
+def _state(tmp_path, monkeypatch):
+    monkeypatch.setenv("RADCOT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("RADCOT_CACHE", str(tmp_path / "cache"))
+
+
+def _entries(d):
+    return sorted(p.name for p in d.iterdir())
+
+
+@pytest.mark.fast
+def test_the_record_of_an_output_is_not_beside_it(tmp_path):
+    out = tmp_path / "runs" / "bm25.trec"
+    out.parent.mkdir()
+    out.write_text("1 Q0 d 1 1.0 t\n")
+    mark_output(out, "search")
+    assert _entries(out.parent) == ["bm25.trec"]
+    assert marker_path(out).is_file() and (tmp_path / "state") in marker_path(out).parents
+    with pytest.raises(OutputExistsError, match="already exists .* pass --overwrite"):
+        check_output(out, False, "run file")
+    check_output(out, True, "run file")  # radcot's own: may be replaced
+
+
+@pytest.mark.fast
+def test_an_output_changed_since_radcot_wrote_it_is_not_replaced(tmp_path):
+    out = tmp_path / "bm25.trec"
+    out.write_text("1 Q0 d 1 1.0 t\n")
+    mark_output(out, "search")
+    with open(out, "a") as f:
+        f.write("my own line\n")
+    with pytest.raises(OutputExistsError, match="radcot did not write .*changed or replaced since"):
+        check_output(out, True, "run file")
+
+
+@pytest.mark.fast
+def test_an_output_reached_through_a_symlink_is_recognised(tmp_path):
+    out = tmp_path / "real" / "bm25.trec"
+    out.parent.mkdir()
+    out.write_text("x\n")
+    mark_output(out, "search")
+    link = tmp_path / "alias"
+    link.symlink_to(out.parent)
+    with pytest.raises(OutputExistsError, match="already exists"):
+        check_output(link / "bm25.trec", False, "run file")
+    check_output(link / "bm25.trec", True, "run file")
+
+
+@pytest.mark.fast
+def test_a_marker_left_by_an_older_radcot_is_honoured_then_removed(tmp_path):
+    out = tmp_path / "bm25.trec"
+    out.write_text("x\n")
+    (tmp_path / ".bm25.trec.radcot").write_text("{}\n")
+    check_output(out, True, "run file")
+    mark_output(out, "search")
+    assert _entries(tmp_path) == ["bm25.trec", "state"]
+
+
+@pytest.mark.fast
+def test_a_file_nobody_recorded_is_never_replaced(tmp_path):
+    out = tmp_path / "mine.trec"
+    out.write_text("x\n")
+    with pytest.raises(OutputExistsError, match="radcot did not write; radcot never replaces"):
+        check_output(out, True, "run file")
+
+
+@pytest.mark.java
+def test_index_search_evaluate_leave_only_their_outputs(cranfield, tmp_path, capsys):
+    from radcot.cli import main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    head = work / "corpus.jsonl"
+    with open(cranfield / "corpus.jsonl", encoding="utf-8") as src:
+        head.write_text("".join(next(src) for _ in range(50)))
+    queries = work / "q.tsv"
+    queries.write_text("1\tboundary layer\n2\twing flutter\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["index", "--collection", str(head), "--index", str(out / "idx"), "--no-progress"]) == 0
+    assert _entries(out) == ["idx"]
+    assert main(["index", "--collection", str(head), "--index", str(out / "idx"), "--no-progress"]) == 0  # reused
+    assert _entries(out) == ["idx"]
+    run = out / "bm25.trec"
+    assert main(["search", "--index", str(out / "idx"), "--queries", str(queries), "--run", str(run),
+                 "--no-progress"]) == 0
+    assert _entries(out) == ["bm25.trec", "idx"]
+    assert main(["search", "--index", str(out / "idx"), "--queries", str(queries), "--run", str(run)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["search", "--index", str(out / "idx"), "--queries", str(queries), "--run", str(run),
+                 "--overwrite", "--no-progress"]) == 0
+    qrels = work / "qrels.txt"
+    qrels.write_text("1 0 1 1\n")
+    assert main(["evaluate", "--qrels", str(qrels), "--run", str(run), "--metrics", "nDCG@10"]) == 0
+    assert _entries(out) == ["bm25.trec", "idx"] and _entries(work) == ["corpus.jsonl", "q.tsv", "qrels.txt"]
