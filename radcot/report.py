@@ -418,10 +418,11 @@ def _plot_training(exp_dir: Path, out_dir: Path) -> list[Path]:
 
 
 def write_report(exp_dir: str | os.PathLike, table: Table | None = None, fmt: str = "md",
-                 out_dir: str | os.PathLike | None = None, answers: Sequence[Any] | None = None) -> Path:
+                 out_dir: str | os.PathLike | None = None, sections: Sequence[str] = ()) -> Path:
     """Write ``report.md`` (or ``report.html``) with the table and PNG plots; returns its path.
 
-    ``answers``: answer rates (:func:`radcot.analysis.experiment_answer_rates`) to add as a section.
+    ``sections``: Markdown sections added after the table (``radcot table --answers`` hands the demo's answer
+    rates, :func:`radcot.demo.answers.format_answer_rates`, in here).
     """
     from radcot.utils import atomic_write, write_json
 
@@ -432,10 +433,8 @@ def write_report(exp_dir: str | os.PathLike, table: Table | None = None, fmt: st
     plots = _plot_deltas(table, out_dir, "nDCG@10") + _plot_gaps(table, out_dir) + _plot_training(exp_dir, out_dir)
     write_json(out_dir / "results.json", table.to_dict())
     md = format_table(table, "md")
-    if answers:
-        from radcot.analysis import format_answer_rates
-
-        md += "\nHow often each row's CoTs contain the teacher's answer:\n\n" + format_answer_rates(answers)
+    for section in sections:
+        md += "\n" + section
     if fmt == "html":
         body = "<pre>" + html.escape(md) + "</pre>" + "".join(
             f'<figure><img src="{p.name}"><figcaption>{html.escape(p.stem)}</figcaption></figure>' for p in plots)

@@ -5,14 +5,29 @@ from radcot.cli._args import (
     ArgumentParser,
     check_resumable,
     in_range,
-    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
 )
+from radcot.cli._removed import add_removed
 
 
 _top_p = in_range(0.0, 1.0, lo_open=True)
+
+
+def _preset_names() -> list[str]:
+    from radcot.demo.preset import PRESETS
+
+    return sorted(PRESETS)
+
+
+def _apply_preset(p, argv) -> None:
+    """Make ``--preset NAME``'s decoding settings the defaults of their flags (flags given still win)."""
+    known, _ = p.parse_known_args(argv)
+    if known.preset:
+        from radcot.demo.preset import get_preset
+
+        p.set_defaults(**get_preset(known.preset).generate)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,14 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-repeat-ngram-size", type=non_negative_int, default=0,
                    help="forbid repeating any n-gram of this size (default 0: off; 3 stops tiny students looping)")
     p.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="transformers' repetition penalty (1.0: off)")
-    p.add_argument("--copy-bias", type=non_negative_float, default=0.0,
-                   help="added to the logits of tokens in the query or its passages (0: off); helps students "
-                        "without the copy mechanism name what their passages say")
+    add_removed(p, "--copy-bias", "the copy-bias decoding lever was measured and dropped (it lowered nDCG@10 "
+                "on held-out training queries, eval/demo-ablations.md); students that must copy get a copy "
+                "mechanism in their model class instead (radcot.student.hooks)")
+    p.add_argument("--preset", choices=_preset_names(), default=None,
+                   help="decoding settings of a named student preset (demo: --max-new-tokens 64 --batch-size 32 "
+                        "--no-repeat-ngram-size 3, as pipelines/demo.yaml); flags given override them")
     p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     p.add_argument("--limit", type=positive_int, help="only the first N queries")
     p.add_argument("--overwrite", action="store_true", help="start --out again instead of resuming it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _apply_preset(p, argv)
     args = p.parse_args(argv)
     if not args.do_sample and args.num_return_sequences > args.num_beams:
         p.error(f"--num-return-sequences {args.num_return_sequences} needs --num-beams >= it, or --do-sample")
@@ -73,7 +92,7 @@ def _run(args, p) -> int:
                         temperature=args.temperature, top_p=args.top_p,
                         num_return_sequences=args.num_return_sequences,
                         no_repeat_ngram_size=args.no_repeat_ngram_size,
-                        repetition_penalty=args.repetition_penalty, copy_bias=args.copy_bias, seed=args.seed, device=args.device,
+                        repetition_penalty=args.repetition_penalty, seed=args.seed, device=args.device,
                         overwrite=args.overwrite, limit=args.limit,
                         show_progress=False if args.no_progress else None)
     print(out)

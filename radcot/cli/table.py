@@ -26,13 +26,14 @@ def main(argv: list[str] | None = None) -> int:
 
     table = results_table(args.experiment, baseline=args.baseline, metrics=args.metrics, teacher=args.teacher)
     print(format_table(table, args.format), end="")
-    rates = None
+    sections = []
     if args.answers:
-        from radcot.analysis import experiment_answer_rates, format_answer_rates
+        from radcot.demo.answers import experiment_answer_rates, format_answer_rates
 
         rates = experiment_answer_rates(args.experiment, teacher_row=args.teacher, world=args.world)
         print("\n" + format_answer_rates(rates), end="")
+        sections.append("How often each row's CoTs contain the teacher's answer:\n\n" + format_answer_rates(rates))
     if args.report != "none":
-        path = write_report(args.experiment, table, fmt=args.report, out_dir=args.out, answers=rates)
+        path = write_report(args.experiment, table, fmt=args.report, out_dir=args.out, sections=sections)
         print(f"report: {path}")
     return 0

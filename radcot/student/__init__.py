@@ -29,7 +29,7 @@ _EXPORTS = {
     "list_checkpoints": "radcot.student.train",
     "generate_cots": "radcot.student.generate",
     "GenerationConfigMismatch": "radcot.student.generate",
-    "build_tiny_t5": "radcot.student.offline",
+    "build_flan_t5_standin": "radcot.student.standin",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -98,7 +98,6 @@ def generate_cots(
     num_return_sequences: int = 1,
     no_repeat_ngram_size: int = 0,
     repetition_penalty: float = 1.0,
-    copy_bias: float = 0.0,
     seed: int = 0,
     device: str = "auto",
     overwrite: bool = False,
@@ -138,7 +137,7 @@ def generate_cots(
     from radcot.locks import output_lock
 
     decoding = _Decoding(max_new_tokens, batch_size, num_beams, do_sample, temperature, top_p, num_return_sequences,
-                         no_repeat_ngram_size, repetition_penalty, seed, copy_bias)
+                         no_repeat_ngram_size, repetition_penalty, seed)
     if (data is None) == (queries is None):
         raise ValueError("pass exactly one of data= (a distillation dataset) or queries= (with retriever=)")
     out = Path(out_path)
@@ -167,7 +166,7 @@ class _Decoding:
 
     def __init__(self, max_new_tokens: int, batch_size: int, num_beams: int, do_sample: bool, temperature: float,
                  top_p: float, num_return_sequences: int, no_repeat_ngram_size: int, repetition_penalty: float,
-                 seed: int, copy_bias: float = 0.0):
+                 seed: int):
         if num_return_sequences < 1 or max_new_tokens < 1 or batch_size < 1 or num_beams < 1:
             raise ValueError("num_return_sequences, max_new_tokens, batch_size and num_beams must be >= 1")
         if no_repeat_ngram_size < 0 or repetition_penalty <= 0:
@@ -179,9 +178,6 @@ class _Decoding:
         self.num_beams, self.do_sample = num_beams, do_sample
         self.temperature, self.top_p, self.n_seq = temperature, top_p, num_return_sequences
         self.no_repeat_ngram_size, self.repetition_penalty, self.seed = no_repeat_ngram_size, repetition_penalty, seed
-        if copy_bias < 0:
-            raise ValueError(f"copy_bias must be >= 0, got {copy_bias}")
-        self.copy_bias = float(copy_bias)
 
     def params(self, k: int) -> dict[str, Any]:
         """What ``OUT.config.json`` records (options at their off value are left out, so older outputs resume)."""
@@ -193,8 +189,6 @@ class _Decoding:
             p["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         if self.repetition_penalty != 1.0:
             p["repetition_penalty"] = self.repetition_penalty
-        if self.copy_bias:
-            p["copy_bias"] = self.copy_bias
         return p
 
     def generate_kwargs(self) -> dict[str, Any]:
@@ -206,8 +200,6 @@ class _Decoding:
             kw["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         if self.repetition_penalty != 1.0:
             kw["repetition_penalty"] = self.repetition_penalty
-        if self.copy_bias:
-            kw["copy_bias"] = self.copy_bias
         return kw
 
 
