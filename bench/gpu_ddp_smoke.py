@@ -91,7 +91,7 @@ def _sentencepiece():
     try:
         from radcot.student.standin import train_sentencepiece_tokenizer
     except ImportError:  # before the stand-in builders moved
-        from radcot.student.offline import train_sentencepiece_tokenizer
+        from radcot.student.standin import train_sentencepiece_tokenizer
     return train_sentencepiece_tokenizer
 
 

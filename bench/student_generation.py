@@ -63,7 +63,7 @@ def main(argv=None) -> int:
 
     from radcot.student.generate import naive_generate
     from radcot.student.model import FiDStudent
-    from radcot.student.offline import build_tiny_t5
+    from radcot.demo.tiny import build_tiny_t5
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from radcot.analysis import contains_answer, world_answers  # noqa: E402
+from radcot.demo.answers import contains_answer, world_answers  # noqa: E402
 from radcot.data.readers import read_corpus  # noqa: E402
 
 RELATIONS = [("teacher", ("taught", "instruct", "teacher", "mentor", "pupil")), ("birthplace", ("born", "birth")),

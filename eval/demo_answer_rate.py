@@ -1,6 +1,6 @@
 """How often CoTs for the demo world's test queries contain the right answer (the fact's object).
 
-A thin wrapper over :mod:`radcot.analysis` (``radcot table runs/demo --answers --world data/demo`` gives
+A thin wrapper over :mod:`radcot.demo.answers` (``radcot table runs/demo --answers --world data/demo`` gives
 the same for every row of an experiment). Usage::
 
     python eval/demo_answer_rate.py runs/demo/teacher-eval-*/cot.jsonl runs/demo/generate-*/cot.jsonl
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world", default=str(REPO / "data" / "demo"), help="the world directory (default data/demo)")
     args = p.parse_args(argv)
 
-    from radcot.analysis import answer_rate, world_answers
+    from radcot.demo.answers import answer_rate, world_answers
 
     answers = world_answers(args.world)
     for path in args.cots:

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, nargs="+", default=[5, 10, 20])
     args = p.parse_args(argv)
 
-    from radcot.analysis import context_recall
+    from radcot.demo.answers import context_recall
     from radcot.retrieval.bm25 import BM25Retriever
     from radcot.retrieval.dense import DenseRetriever
     from radcot.retrieval.fusion import FusedRetriever

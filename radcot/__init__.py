@@ -59,8 +59,6 @@ _EXPORTS = {
     "expand_text": "radcot.expansion",
     "read_expansions": "radcot.expansion",
     "write_expansions": "radcot.expansion",
-    "make_world": "radcot.data.world",
-    "KBTeacher": "radcot.teacher.kb",
     # evaluation
     "evaluate": "radcot.evaluation",
     "paired_ttest": "radcot.evaluation",

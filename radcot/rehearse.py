@@ -12,7 +12,7 @@ resources swapped, each swap logged as one ``rehearse: <what> -> <stand-in>`` li
 - teacher for the training queries: the config's ``openai`` backend pointed at a local OpenAI-compatible
   server (``radcot teacher-serve --backend kb``) started for the rehearsal (:func:`teacher_server`);
 - the LLM-CoT row: a replay of CoT files in the official release format (``qid \\t query \\t cot \\t cosine``);
-- students: flan-t5-shaped stand-ins (:func:`radcot.student.offline.build_flan_t5_standin`), one per size,
+- students: flan-t5-shaped stand-ins (:func:`radcot.student.standin.build_flan_t5_standin`), one per size,
   trained for a handful of steps at the config's other settings; a student model that is a local directory
   (``--set rows.NAME.student.model=DIR``, ``params.models_dir``) is used as given;
 - several training processes (``student.train.nproc_per_node > 1``) become 2 CPU ranks.
@@ -122,7 +122,7 @@ def make_miniature(runs_dir: str | os.PathLike | None = None) -> Miniature:
 
 
 def _generate(mini: Miniature) -> None:
-    from radcot.data.world import make_world
+    from radcot.demo.world import make_world
 
     make_world(mini.world, **WORLD)
     pids = _write_msmarco(mini)
@@ -190,7 +190,7 @@ def _qrel_lines(qid: str, judged: list, pids: dict[str, str], binary: bool) -> l
 def _write_official_cots(mini: Miniature) -> None:
     """The LLM-CoT row's input: ``qid \\t query \\t cot \\t cosine`` per eval topic, as the RADCoT release."""
     from radcot.data.registry import NAMED
-    from radcot.teacher.kb import KBTeacher
+    from radcot.demo.kb import KBTeacher
 
     kb = KBTeacher(mini.world)
     for name in _SPLITS:
@@ -206,7 +206,7 @@ def _write_official_cots(mini: Miniature) -> None:
 
 def _build_students(mini: Miniature, texts: list[str]) -> None:
     from radcot.student.data import NO_CONTEXT_TEMPLATE, PASSAGE_TEMPLATE
-    from radcot.student.offline import FLAN_T5_STANDIN_SIZES, build_flan_t5_standin
+    from radcot.student.standin import FLAN_T5_STANDIN_SIZES, build_flan_t5_standin
 
     texts = texts + [PASSAGE_TEMPLATE, NO_CONTEXT_TEMPLATE] * 20
     for seed, size in enumerate(FLAN_T5_STANDIN_SIZES):

@@ -771,7 +771,7 @@ def _publish(staging: Path, out_dir: Path, may_replace: Callable[[Path], bool],
             on_written(out_dir / n)
 
 
-def _render_report(exp_dir: Path, table: Table, fmt: str, out_dir: Path, answers) -> Path:
+def _render_report(exp_dir: Path, table: Table, fmt: str, out_dir: Path, sections: Sequence[str]) -> Path:
     """Draw the plots and write the report files into ``out_dir`` (a staging directory); returns the report."""
     from radcot.utils import atomic_write, write_json
 
@@ -780,10 +780,8 @@ def _render_report(exp_dir: Path, table: Table, fmt: str, out_dir: Path, answers
     plots = _plot_deltas(table, out_dir, metric) + _plot_gaps(table, out_dir) + _plot_training(curves, out_dir)
     write_json(out_dir / "results.json", table.to_dict())
     md = format_table(table, "md")
-    if answers:
-        from radcot.analysis import format_answer_rates
-
-        md += "\nHow often each row's CoTs contain the teacher's answer:\n\n" + format_answer_rates(answers)
+    for section in sections:
+        md += "\n" + section
     if fmt == "html":
         md += "\n" + format_training(curves, problems)
         body = "<pre>" + html.escape(md) + "</pre>" + "".join(
@@ -804,7 +802,7 @@ def _render_report(exp_dir: Path, table: Table, fmt: str, out_dir: Path, answers
 
 
 def write_report(exp_dir: str | os.PathLike, table: Table | None = None, fmt: str = "md",
-                 out_dir: str | os.PathLike | None = None, answers: Sequence[Any] | None = None, *,
+                 out_dir: str | os.PathLike | None = None, sections: Sequence[str] = (), *,
                  may_replace: Callable[[Path], bool] | None = None,
                  on_written: Callable[[Path], None] | None = None) -> Path:
     """Write ``report.md`` (or ``report.html``) with the table, the training curves and PNG plots; returns its
@@ -820,7 +818,8 @@ def write_report(exp_dir: str | os.PathLike, table: Table | None = None, fmt: st
         table: its :func:`results_table` (computed when ``None``).
         fmt: ``md`` or ``html``.
         out_dir: the report directory (default ``EXP_DIR/report``).
-        answers: answer rates (:func:`radcot.analysis.experiment_answer_rates`) to add as a section.
+        sections: Markdown sections added after the table (``radcot table --answers`` hands the demo's answer
+            rates, :func:`radcot.demo.answers.format_answer_rates`, in here).
         may_replace: whether an existing file outside ``EXP_DIR/report`` may be replaced (default: never).
         on_written: called with each file written (e.g. to mark it as radcot's).
     """
@@ -835,7 +834,7 @@ def write_report(exp_dir: str | os.PathLike, table: Table | None = None, fmt: st
         may_replace = lambda path: True  # noqa: E731 - the experiment's report directory is radcot's
     staging = Path(tempfile.mkdtemp(prefix=".radcot-report-", dir=out_dir))
     try:
-        path = _render_report(exp_dir, table, fmt, staging, answers)
+        path = _render_report(exp_dir, table, fmt, staging, sections)
         _publish(staging, out_dir, may_replace or (lambda path: False), on_written)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -69,7 +69,7 @@ def build_student(index: Path, base: Path) -> Path:
     from radcot.retrieval.bm25 import BM25Retriever
     from radcot.student.data import build_distillation_data
     from radcot.student.train import TrainConfig, train
-    from radcot.teacher.kb import KBTeacher
+    from radcot.demo.kb import KBTeacher
     from radcot.teacher.runner import teach
 
     queries, cots, distill, run = WORLD / "queries.train.tsv", base / "kb-cots.jsonl", base / "distill", base / "run"

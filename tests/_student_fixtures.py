@@ -117,7 +117,7 @@ def cranfield_distill(cranfield, cranfield_cots, cranfield_retriever, tmp_path_f
 @pytest.fixture(scope="session")
 def tiny_t5(cranfield, tmp_path_factory) -> Path:
     """A tiny random T5 (d_model 64, 2 layers) with a BPE tokenizer trained on Cranfield text."""
-    from radcot.student.offline import build_tiny_t5
+    from radcot.demo.tiny import build_tiny_t5
 
     out = _shared(tmp_path_factory, "tiny-t5")
     if not (out / "config.json").exists():

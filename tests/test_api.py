@@ -31,6 +31,21 @@ def test_every_export_is_radcots_own_and_listed():
 
 
 @pytest.mark.fast
+def test_demo_names_live_in_radcot_demo_not_in_the_top_level_api():
+    """make_world and KBTeacher are the demo's (radcot.demo), not product nouns; importing the demo stays light."""
+    import radcot.demo
+
+    assert not {"make_world", "KBTeacher"} & set(radcot.__all__)
+    for name in ("make_world", "KBTeacher"):
+        with pytest.raises(AttributeError):
+            getattr(radcot, name)
+        assert getattr(radcot.demo, name).__module__.startswith("radcot.demo.")
+    code = "import sys, radcot.demo; print(','.join(m for m in %r if m in sys.modules))" % (HEAVY,)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+@pytest.mark.fast
 def test_import_is_light():
     code = ("import sys, radcot, radcot.cli, radcot.pipeline, radcot.report, radcot.evaluation; "
             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
@@ -189,11 +204,13 @@ def test_expansion_functions(tmp_path):
 
 @pytest.mark.fast
 def test_world_teacher_and_teach(tmp_path):
-    manifest = radcot.make_world(tmp_path / "world", seed=3, scale=0.02)
+    import radcot.demo
+
+    manifest = radcot.demo.make_world(tmp_path / "world", seed=3, scale=0.02)
     assert (tmp_path / "world" / "corpus.jsonl").is_file() and manifest["seed"] == 3
     queries = radcot.read_queries(tmp_path / "world" / "queries.test.tsv")[:3]
     be = radcot.get_backend("kb", world=tmp_path / "world")
-    assert isinstance(be, radcot.KBTeacher)
+    assert isinstance(be, radcot.demo.KBTeacher)
     summary = radcot.teach(be, queries, tmp_path / "cots.jsonl", params=radcot.GenerationParams(max_tokens=150),
                            show_progress=False)
     assert summary.done == 3 and summary.failed == 0

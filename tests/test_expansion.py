@@ -127,8 +127,8 @@ def test_expander_from_jsonl_tsv_and_dict(tmp_path):
 
 @pytest.mark.fast
 def test_expander_from_teacher_backend(tmp_path):
-    from radcot.data.world import make_world
-    from radcot.teacher.kb import KBTeacher
+    from radcot.demo.world import make_world
+    from radcot.demo.kb import KBTeacher
 
     world = tmp_path / "w"
     make_world(world, seed=4, scale=0.1, n_test=5)
@@ -145,8 +145,8 @@ def test_expander_from_teacher_backend(tmp_path):
 @pytest.mark.fast
 def test_two_plain_strings_in_a_row_get_their_own_cot(tmp_path):
     """Issue 13: plain strings all had query id "0" and the second got the first one's cached CoT."""
-    from radcot.data.world import make_world
-    from radcot.teacher.kb import KBTeacher
+    from radcot.demo.world import make_world
+    from radcot.demo.kb import KBTeacher
 
     world = tmp_path / "w"
     make_world(world, seed=4, scale=0.1, n_test=5)

@@ -118,7 +118,7 @@ def tiny_causal_lm(tmp_path_factory) -> Path:
     transformers = pytest.importorskip("transformers")
     import torch
 
-    from radcot.student.offline import train_t5_tokenizer
+    from radcot.demo.tiny import train_t5_tokenizer
 
     out = tmp_path_factory.mktemp("lm") / "tiny-gpt2"
     tok = train_t5_tokenizer(["name a colour such as red green or blue", "the sky is blue and grass is green"] * 20,

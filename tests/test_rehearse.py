@@ -180,7 +180,7 @@ def test_non_msmarco_configs_are_refused_with_the_reason(mini):
 def test_teacher_server_answers_the_openai_backend_and_stops(mini):
     from radcot.records import Query
     from radcot.teacher import GenerationParams, get_backend
-    from radcot.teacher.kb import KBTeacher
+    from radcot.demo.kb import KBTeacher
 
     query_text = (mini.msmarco_dir / "queries.train.tsv").read_text().splitlines()[0].split("\t")[1]
     with teacher_server(mini.world) as (url, model):
@@ -225,7 +225,7 @@ def test_teacher_serve_cli_rejects_bad_backend_args_with_exit_2(tmp_path):
 
 
 def test_prompt_backend_reads_the_query_out_of_the_prompt(mini):
-    from radcot.teacher.kb import KBTeacher
+    from radcot.demo.kb import KBTeacher
     from radcot.teacher.prompts import get_prompt
     from radcot.teacher.serve import PromptBackend
 

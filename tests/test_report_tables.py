@@ -189,6 +189,24 @@ def test_table_cli_formats_and_answers_error(experiment, capsys):
     assert "no teacher row with CoTs" in err and "Traceback" not in err
 
 
+def test_report_adds_the_sections_its_caller_hands_it_and_knows_no_demo(experiment, tmp_path):
+    """`radcot table --answers` computes the demo's answer rates itself and hands the report their text: the
+    report module imports no demo/analysis code (the old analysis <-> report import circle)."""
+    import ast
+
+    pytest.importorskip("matplotlib")
+    exp, _ = experiment
+    section = "How often each row's CoTs contain the teacher's answer:\n\n| row | x | y |\n|---|---|---|\n"
+    md = write_report(exp, out_dir=tmp_path / "md", sections=[section]).read_text(encoding="utf-8")
+    assert section in md and md.index("gap closed") < md.index(section)
+    assert "teacher&#x27;s answer" in write_report(exp, fmt="html", out_dir=tmp_path / "html",
+                                                   sections=[section]).read_text(encoding="utf-8")
+    tree = ast.parse((REPO / "radcot" / "report.py").read_text(encoding="utf-8"))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
+        {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and (m.startswith("radcot.demo") or m == "radcot.analysis")}
+
+
 # ------------------------------------------------------------------ canonical metric names (issue 22)
 
 @pytest.mark.fast

@@ -164,7 +164,7 @@ def test_load_distillation_data_names_the_bad_argument(tmp_path):
 def tokenizer(small, tmp_path_factory):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from radcot.student.offline import train_t5_tokenizer
+    from radcot.demo.tiny import train_t5_tokenizer
 
     _, docs = small
     return train_t5_tokenizer([d["text"] for d in docs] * 5, vocab_size=300)

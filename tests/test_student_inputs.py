@@ -55,7 +55,7 @@ def cranfield_texts(cranfield):
 def sp_tokenizer(cranfield_texts, tmp_path_factory):
     """A SentencePiece unigram T5 tokenizer (``spiece.model``, ``T5Tokenizer``) trained on Cranfield."""
     from radcot.student.data import OFFICIAL_TEMPLATE
-    from radcot.student.offline import train_sentencepiece_tokenizer
+    from radcot.student.standin import train_sentencepiece_tokenizer
 
     docs, queries = cranfield_texts
     texts = [d["text"] for d in docs[:600]] + [q["text"] for q in queries] + [OFFICIAL_TEMPLATE] * 20

@@ -85,42 +85,6 @@ def test_beam_and_sampling(student, cranfield_distill):
     assert student.generate(ii, am, pm, max_new_tokens=12).shape[0] == 3  # greedy: one per example
 
 
-def test_copy_bias_prefers_tokens_of_the_input(student, cranfield_distill):
-    """copy_bias: 0 (fast path) and ~0 (generate() with the processor) are plain greedy; a large bias makes
-    every generated token (but </s>) one of the example's own input tokens, per example (rows of beams map to their example), and raises the share of copied tokens."""
-    exs = _examples(cranfield_distill, n=4)
-    ii, am, pm = student.collator.encode_inputs(exs)
-    plain = student.generate(ii, am, pm, max_new_tokens=16)
-    assert torch.equal(student.generate(ii, am, pm, max_new_tokens=16, copy_bias=0.0), plain)
-    # a negligible bias goes through generate() with the CopyBias processor and must not change a token
-    assert torch.equal(student.generate(ii, am, pm, max_new_tokens=16, copy_bias=1e-9), plain)
-    special = set(student.tokenizer.all_special_ids)
-
-    def copied_share(out, per_row=1):
-        shares = []
-        for r, row in enumerate(out.tolist()):
-            b = r // per_row
-            own = set(ii[b][am[b].bool()].tolist())
-            gen = [t for t in row[1:] if t not in special]
-            assert gen, "the student wrote nothing"
-            shares.append(sum(t in own for t in gen) / len(gen))
-        return shares
-
-    assert all(s == 1.0 for s in copied_share(student.generate(ii, am, pm, max_new_tokens=16, copy_bias=1e4)))
-    beams = student.generate(ii, am, pm, max_new_tokens=16, copy_bias=1e4, num_beams=2, num_return_sequences=2)
-    assert all(s == 1.0 for s in copied_share(beams, per_row=2))
-
-
-def test_generate_cots_records_copy_bias(trained_student, cranfield_distill, tmp_path):
-    from radcot.student.generate import generate_cots
-
-    out = generate_cots(trained_student / "best", tmp_path / "c.jsonl", data=cranfield_distill, split="dev",
-                        limit=2, max_new_tokens=8, copy_bias=2.5, show_progress=False)
-    assert json.loads(out.read_text().splitlines()[0])["params"]["copy_bias"] == 2.5
-    with pytest.raises(ValueError, match="copy_bias"):
-        generate_cots(trained_student / "best", tmp_path / "d.jsonl", data=cranfield_distill, copy_bias=-1)
-
-
 def test_save_load_round_trip(student, cranfield_distill, tmp_path):
     from radcot.student.model import FID_CONFIG_FILE, FiDStudent
 
@@ -161,7 +125,7 @@ def test_offline_tokenizer_keeps_words_whole_and_round_trips():
     """The tiny T5's tokenizer: frequent words and names are single tokens; any ASCII text decodes back."""
     from pathlib import Path
 
-    from radcot.student.offline import train_t5_tokenizer
+    from radcot.demo.tiny import train_t5_tokenizer
 
     world = Path(__file__).resolve().parent.parent / "data" / "demo" / "corpus.jsonl"
     texts = [json.loads(line)["text"] for line in world.read_text(encoding="utf-8").splitlines()[:3000]]

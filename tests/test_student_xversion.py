@@ -78,7 +78,7 @@ def test_original_t5_with_scaling_stays_tied(tmp_path):
                                 decoder_start_token_id=0)
     t5 = transformers.T5ForConditionalGeneration(cfg)
     assert decoder_output_scaling(t5) and portable_head_state(t5) == (None, True)
-    from radcot.student.offline import train_t5_tokenizer
+    from radcot.demo.tiny import train_t5_tokenizer
     from radcot.student.model import FiDStudent
 
     tok = train_t5_tokenizer(["a b c d e f g"] * 20, vocab_size=64)
@@ -113,7 +113,7 @@ def test_student_trained_by_the_pipeline_same_logits_under_transformers_4_and_5(
     from radcot.data.readers import read_corpus
     from radcot.pipeline import Pipeline
     from radcot.student.data import NO_CONTEXT_TEMPLATE, PASSAGE_TEMPLATE
-    from radcot.student.offline import build_flan_t5_standin
+    from radcot.student.standin import build_flan_t5_standin
 
     texts = [d.contents for d in read_corpus(demo_world)][:600] + [PASSAGE_TEMPLATE, NO_CONTEXT_TEMPLATE] * 20
     start = build_flan_t5_standin(texts, tmp_path / "flan-t5-small", size="small", vocab_size=600)

@@ -75,7 +75,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def kb():
-    from radcot.teacher.kb import KBTeacher
+    from radcot.demo.kb import KBTeacher
 
     return KBTeacher(WORLD)
 

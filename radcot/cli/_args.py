@@ -208,6 +208,11 @@ def _is_radcot_output(output: Path, own_files: Iterable[str]) -> tuple[bool, str
     return _radcot_record(output)
 
 
+def written_by_radcot(output: str | os.PathLike) -> bool:
+    """Whether radcot recorded writing ``output`` and it has not been changed since (a file radcot may replace)."""
+    return _is_radcot_output(Path(output), ())[0]
+
+
 def check_output(output: str | os.PathLike, overwrite: bool, what: str, *, own_files: Iterable[str] = ()) -> None:
     """Apply the output rule before a command writes ``output``.
 

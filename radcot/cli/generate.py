@@ -9,14 +9,29 @@ from radcot.cli._args import (
     ArgumentParser,
     check_resumable,
     in_range,
-    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
 )
+from radcot.cli._removed import add_removed
 
 _top_p = in_range(0.0, 1.0, lo_open=True)
 _STUDENT = " (default: the student's)"
+
+
+def _preset_names() -> list[str]:
+    from radcot.demo.preset import PRESETS
+
+    return sorted(PRESETS)
+
+
+def _apply_preset(p, argv) -> None:
+    """Make ``--preset NAME``'s decoding settings the defaults of their flags (flags given still win)."""
+    known, _ = p.parse_known_args(argv)
+    if known.preset:
+        from radcot.demo.preset import get_preset
+
+        p.set_defaults(**get_preset(known.preset).generate)
 
 
 def _parser() -> ArgumentParser:
@@ -57,9 +72,12 @@ def _parser() -> ArgumentParser:
                    help="forbid repeating any n-gram of this size (0: off; 3 stops tiny students looping)" + _STUDENT)
     p.add_argument("--repetition-penalty", type=positive_float,
                    help="transformers' repetition penalty (1.0: off)" + _STUDENT)
-    p.add_argument("--copy-bias", type=non_negative_float, default=0.0,
-                   help="added to the logits of tokens in the query or its passages (0: off); helps students "
-                        "without the copy mechanism name what their passages say")
+    add_removed(p, "--copy-bias", "the copy-bias decoding lever was measured and dropped (it lowered nDCG@10 "
+                "on held-out training queries, eval/demo-ablations.md); students that must copy get a copy "
+                "mechanism in their model class instead (radcot.student.hooks)")
+    p.add_argument("--preset", choices=_preset_names(), default=None,
+                   help="decoding settings of a named student preset (demo: --max-new-tokens 64 --batch-size 32 "
+                        "--no-repeat-ngram-size 3, as pipelines/demo.yaml); flags given override them")
     p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     p.add_argument("--limit", type=positive_int, help="only the first N queries")
@@ -72,6 +90,7 @@ def _parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     p = _parser()
+    _apply_preset(p, argv)
     args = p.parse_args(argv)
     if args.k_alias is not None and args.n_context is not None and args.k_alias != args.n_context:
         p.error(f"--k is the older name of --n-context: give one (got --k {args.k_alias}, --n-context {args.n_context})")
@@ -82,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     from radcot.student.generate import check_generate_options  # light: no torch
 
     given = {"do_sample": args.do_sample, "num_return_sequences": args.num_return_sequences,
-             "copy_bias": args.copy_bias, "num_beams": args.num_beams}
+             "num_beams": args.num_beams}
     for problem in check_generate_options({k: v for k, v in given.items() if v is not None})[:1]:
         p.error(problem.replace("num_beams", "--num-beams").replace("num_return_sequences", "--num-return-sequences")
-                .replace("do_sample", "--do-sample").replace("copy_bias", "--copy-bias"))
+                .replace("do_sample", "--do-sample"))
     check_resumable(args.out, "student output")  # resumed, or replaced with --overwrite, only if radcot wrote it
     from radcot.locks import output_lock
 
@@ -105,7 +124,7 @@ def _run(args) -> int:
                         do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p,
                         num_return_sequences=args.num_return_sequences,
                         no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty,
-                        copy_bias=args.copy_bias, seed=args.seed, device=args.device, overwrite=args.overwrite,
+                        seed=args.seed, device=args.device, overwrite=args.overwrite,
                         limit=args.limit, force_index=args.force_index, on_train_overlap=args.on_train_overlap,
                         show_progress=False if args.no_progress else None)
     print(out)

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from radcot.cli._args import check_output
-    from radcot.data.world import make_world
+    from radcot.demo.world import make_world
     from radcot.locks import output_lock
 
     overwrite = args.overwrite and not args.no_overwrite

@@ -57,23 +57,25 @@ def main(argv: list[str] | None = None) -> int:
 
     table = results_table(args.experiment, baseline=args.baseline, metrics=args.metrics, teacher=args.teacher)
     print(format_table(table, args.format), end="")
-    rates = None
+    sections = []
     if args.answers:
-        from radcot.analysis import experiment_answer_rates, format_answer_rates
+        from radcot.demo.answers import experiment_answer_rates, format_answer_rates
 
         rates = experiment_answer_rates(args.experiment, teacher_row=args.teacher, world=args.world)
-        print("\n" + format_answer_rates(rates), end="")
+        # beside a Markdown table on stdout; with --format csv/latex stdout stays the table alone
+        print("\n" + format_answer_rates(rates), end="", file=sys.stdout if args.format == "md" else sys.stderr)
+        sections.append("How often each row's CoTs contain the teacher's answer:\n\n" + format_answer_rates(rates))
     if args.report != "none":
-        path = _write_report(args, table, rates)
+        path = _write_report(args, table, sections)
         print(f"report: {path}", file=sys.stderr)
     return 0
 
 
-def _write_report(args, table, rates):
+def _write_report(args, table, sections):
     """The report, replacing only files radcot marked as its own (or the experiment's own report directory)."""
-    from radcot.cli._args import mark_output, marker_path
+    from radcot.cli._args import mark_output, written_by_radcot
     from radcot.report import write_report
 
-    return write_report(args.experiment, table, fmt=args.report, out_dir=args.out, answers=rates,
-                        may_replace=lambda p: marker_path(p).exists(),
+    return write_report(args.experiment, table, fmt=args.report, out_dir=args.out, sections=sections,
+                        may_replace=written_by_radcot,
                         on_written=lambda p: mark_output(p, "table"))

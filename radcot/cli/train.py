@@ -4,8 +4,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from radcot.cli._args import (ArgumentParser, in_range, non_negative_float, non_negative_int, positive_float,
-                              positive_int)
+from radcot.cli._args import ArgumentParser, non_negative_float, non_negative_int, positive_float, positive_int
+from radcot.cli._removed import add_removed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,8 +14,12 @@ def main(argv: list[str] | None = None) -> int:
         description="Train a Fusion-in-Decoder student on distillation data (radcot build-data). "
                     "Under `torchrun --nproc_per_node=N -m radcot train ...` it trains with DDP.")
     p.add_argument("--data", help="distillation data directory (radcot build-data)")
-    p.add_argument("--model", help="google/flan-t5-base (or another T5 name/dir), or the offline "
+    p.add_argument("--model", help="google/flan-t5-base (or another T5 name/dir), or the demo's offline "
                                    "tiny-t5[:d_model=128,layers=2,heads=4,d_ff=512,vocab_size=4000]")
+    p.add_argument("--preset", choices=_preset_names(), default=None,
+                   help="start from a named student's settings (model, TrainConfig fields); flags override them. "
+                        "demo: the demo's tiny pointer T5 as pipelines/demo.yaml trains it (a demo architecture, "
+                        "not the paper's flan-t5; docs/demo.md)")
     p.add_argument("--out", help="run directory (RUN_DIR/best is the selected model)")
     p.add_argument("--config", help="JSON/YAML file of TrainConfig fields; flags override it")
     p.add_argument("--resume", action="store_true", help="continue from the last intact checkpoint in --out")
@@ -60,11 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--select-formula", choices=["radcot", "query2doc", "none"],
                    help="expansion formula for --select-by retrieval (default radcot)")
     p.add_argument("--select-k", type=positive_int, help="BM25 depth for --select-by retrieval (default 100)")
-    p.add_argument("--copy-augment", type=in_range(0.0, 1.0),
-                   help="share of examples whose rare names shared by input and CoT are swapped, so they must be "
-                        "copied (default 0 = off; the demo uses 0.5)")
-    p.add_argument("--copy-augment-max-df", type=in_range(0.0, 1.0, lo_open=True),
-                   help="a word is rare when in at most this share of the training CoTs (default 0.05)")
+    p.add_argument("--augment", help="training-example augmenter: a registered name (copy: the demo's copy "
+                                     "augmentation) or module:factory (default: none)")
+    p.add_argument("--augment-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="an argument of the augmenter (repeatable; copy: p=0.5, max_df=0.05)")
+    for old, new in (("--copy-augment", "--augment copy --augment-arg p=P"),
+                     ("--copy-augment-max-df", "--augment copy --augment-arg max_df=D")):
+        add_removed(p, old, f"copy augmentation is now a training augmenter: {new} (or --preset demo)")
     p.add_argument("--nproc-per-node", type=positive_int,
                    help="training processes; > 1 launches torchrun with that many (default 1)")
     p.add_argument("--stop-after", type=positive_int, help="end after this step as if interrupted (resume later with --resume)")
@@ -78,16 +84,14 @@ def main(argv: list[str] | None = None) -> int:
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.augment_arg:
+        given["augment_args"] = _key_values(p, args.augment_arg)
     if args.config:
+        if args.preset:
+            p.error("--preset and --config both give the TrainConfig fields: use one of them (flags override either)")
         config = TrainConfig.from_file(args.config, **given)
     else:
-        missing = [f"--{n}" for n in ("data", "model", "out") if n not in given]
-        if missing:
-            p.error(f"the following arguments are required: {', '.join(missing)} (or --config FILE)")
-        try:
-            config = TrainConfig(**given)
-        except ValueError as e:
-            p.error(str(e))
+        config = _config_from_flags(p, given, args.preset)
     show = False if args.no_progress else None
     scorer = _scorer(config)
     with _run_dir_lock(config.out, args.resume, args.overwrite):
@@ -110,6 +114,52 @@ def _scorer(config):
     from radcot.selection import retrieval_scorer
 
     return retrieval_scorer(config)
+
+
+def _preset_names() -> list[str]:
+    from radcot.demo.preset import PRESETS
+
+    return sorted(PRESETS)
+
+
+def _key_values(p, items: list[str]) -> dict:
+    """``["p=0.5", "name=x"]`` -> ``{"p": 0.5, "name": "x"}`` (values read as JSON when they parse, else text)."""
+    import json
+
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            p.error(f"argument --augment-arg: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def _config_from_flags(p, given: dict, preset: str | None):
+    """The TrainConfig of the flags over the preset's fields; a missing or bad field is a usage error."""
+    from radcot.student.train import TrainConfig
+
+    fields = {}
+    if preset:
+        from radcot.demo.preset import get_preset
+
+        fields = get_preset(preset).train_fields()
+    fields.update(given)
+    missing = [f"--{n}" for n in ("data", "model", "out") if n not in fields]
+    if missing:
+        p.error(f"the following arguments are required: {', '.join(missing)} (or --config FILE)")
+    try:
+        return TrainConfig(**fields)
+    except ValueError as e:
+        hint = ""
+        if preset and "select_index" in str(e):
+            hint = (f"; --preset {preset} keeps the checkpoint whose CoTs retrieve best on the held-out training "
+                    f"queries: pass --select-index BM25_INDEX --select-qrels QRELS (a BEIR directory: its "
+                    f"qrels/train.tsv), or --select-by rougeL")
+        p.error(f"{e}{hint}")
 
 
 def _run_dir_lock(out, resume: bool, overwrite: bool = False):

@@ -1,4 +1,4 @@
-"""Data: records, readers for IR formats, named datasets and the embedded synthetic world."""
+"""Data: records, readers for IR formats and named datasets (the demo's synthetic world is :mod:`radcot.demo.world`)."""
 from radcot.data.readers import (check_qrels, check_trec_id, open_text, read_corpus, read_qrels, read_queries, read_run,
                                  run_from_scored, write_queries_tsv, write_run)
 from radcot.data.registry import Dataset, load_dataset

@@ -33,7 +33,7 @@ _EXPORTS = {
     "GenerationConfigMismatch": "radcot.student.generate",
     "GenerateOptions": "radcot.student.generate",
     "check_generate_options": "radcot.student.generate",
-    "build_tiny_t5": "radcot.student.offline",
+    "build_flan_t5_standin": "radcot.student.standin",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -72,7 +72,6 @@ class GenerateOptions:
             profile, else :class:`~radcot.student.profile.Decoding`'s 150 / 1 / 0 / 1.0).
         batch_size: queries per generation batch.
         do_sample, temperature, top_p, num_return_sequences: sampling (greedy by default).
-        copy_bias: logit bonus for tokens of the input (0: off).
         seed: sampling seed.
         device: ``auto``, ``cpu``, ``cuda``...
         limit: only the first ``limit`` queries.
@@ -93,7 +92,6 @@ class GenerateOptions:
     temperature: float = 1.0
     top_p: float = 1.0
     num_return_sequences: int = 1
-    copy_bias: float = 0.0
     seed: int = 0
     device: str = "auto"
     limit: int | None = None
@@ -128,7 +126,6 @@ def _field_checks() -> dict[str, Callable[[Any], Any]]:
         "temperature": lambda v: _check.number("temperature", v, lo=0.0, lo_open=True),
         "top_p": lambda v: _check.number("top_p", v, lo=0.0, hi=1.0, lo_open=True),
         "num_return_sequences": lambda v: _check.integer("num_return_sequences", v, lo=1),
-        "copy_bias": lambda v: _check.number("copy_bias", v, lo=0.0),
         "seed": lambda v: _check.integer("seed", v, lo=0),
         "device": lambda v: _check.text("device", v),
         "limit": opt_int("limit", 1),
@@ -152,8 +149,6 @@ def _combination_problem(o: Mapping[str, Any]) -> str | None:
     if not o.get("do_sample") and beams is not None and o.get("num_return_sequences", 1) > beams:
         return (f"num_return_sequences={o.get('num_return_sequences')} needs num_beams >= it or do_sample=True, "
                 f"got num_beams={beams}")
-    if o.get("do_sample") and o.get("copy_bias"):
-        return "copy_bias is not applied to sampled decoding: use it with greedy or beam decoding"
     return None
 
 
@@ -258,7 +253,6 @@ def generate_cots(
     num_return_sequences: int = _DEFAULTS.num_return_sequences,
     no_repeat_ngram_size: int | None = _DEFAULTS.no_repeat_ngram_size,
     repetition_penalty: float | None = _DEFAULTS.repetition_penalty,
-    copy_bias: float = _DEFAULTS.copy_bias,
     seed: int = _DEFAULTS.seed,
     device: str = _DEFAULTS.device,
     overwrite: bool = _DEFAULTS.overwrite,
@@ -282,7 +276,7 @@ def generate_cots(
         n_context: passages per query at generation (default: the student's inference ``n_context``).
         k: the older name of ``n_context``.
         template, max_new_tokens, num_beams, no_repeat_ngram_size, repetition_penalty, batch_size, do_sample,
-            temperature, top_p, num_return_sequences, copy_bias, seed, device, limit, overwrite, force_index,
+            temperature, top_p, num_return_sequences, seed, device, limit, overwrite, force_index,
             on_train_overlap: see :class:`GenerateOptions` (their defaults are stated there). With
             ``num_return_sequences > 1`` a record's ``text`` is the first sequence and ``texts`` all.
         show_progress: progress bar, or log lines when stderr is not a terminal (default: from the log level).
@@ -370,9 +364,9 @@ class _Decoding:
         self.no_repeat_ngram_size, self.repetition_penalty = pick("no_repeat_ngram_size"), pick("repetition_penalty")
         self.batch_size, self.do_sample = options.batch_size, options.do_sample
         self.temperature, self.top_p, self.n_seq = options.temperature, options.top_p, options.num_return_sequences
-        self.seed, self.copy_bias = options.seed, float(options.copy_bias)
+        self.seed = options.seed
         problem = _combination_problem({"do_sample": self.do_sample, "num_beams": self.num_beams,
-                                        "num_return_sequences": self.n_seq, "copy_bias": self.copy_bias})
+                                        "num_return_sequences": self.n_seq})
         if problem:
             raise _check.ArgumentValueError(f"{problem} (num_beams={self.num_beams} is the student's recorded "
                                             f"setting unless given)" if options.num_beams is None else problem)
@@ -387,8 +381,6 @@ class _Decoding:
             p["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         if self.repetition_penalty != 1.0:
             p["repetition_penalty"] = self.repetition_penalty
-        if self.copy_bias:
-            p["copy_bias"] = self.copy_bias
         return p
 
     def generate_kwargs(self) -> dict[str, Any]:
@@ -402,8 +394,6 @@ class _Decoding:
             kw["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         if self.repetition_penalty != 1.0:
             kw["repetition_penalty"] = self.repetition_penalty
-        if self.copy_bias:
-            kw["copy_bias"] = self.copy_bias
         return kw
 
 

@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 from radcot._deps import hub_reachable, require  # noqa: F401 - hub_reachable is re-exported (tests, callers)
 from radcot.records import DataFormatError, OfflineResourceError, RadcotError
 from radcot.student.data import NO_CONTEXT_TEMPLATE, PASSAGE_TEMPLATE, FiDCollator, resolve_template
+from radcot.student.hooks import fid_hook
 from radcot.utils import atomic_dir, write_json
 
 logger = logging.getLogger("radcot.student")
@@ -409,31 +410,6 @@ def _plain_greedy(kwargs: Mapping[str, Any], generation_config) -> bool:
     return set(diff) <= _NEUTRAL_CONFIG and all(diff.get(k, v) == v for k, v in _GREEDY_DEFAULTS.items())
 
 
-class CopyBias(transformers.LogitsProcessor):
-    """Adds ``bias`` to the next-token logits of every token that occurs in the example's own input (its query
-    and passages), a pointer-style prior for students too small to learn copying from few steps: a name the
-    passages contain beats one the student half-remembers from training. Special tokens get no bonus.
-
-    Rows of the scores are the batch's examples expanded for beams/samples in order (``B * m`` rows, row ``r``
-    belongs to example ``r // m``), as ``generate()`` lays them out.
-    """
-
-    def __init__(self, input_ids, attention_mask, vocab_size: int, bias: float, special_ids: Sequence[int] = ()):
-        ids = input_ids.reshape(input_ids.shape[0], -1)
-        keep = attention_mask.reshape(ids.shape).bool()
-        self.mask = torch.zeros(ids.shape[0], vocab_size, dtype=torch.bool, device=ids.device)
-        self.mask.scatter_(1, torch.where(keep, ids, torch.zeros_like(ids)).clamp(max=vocab_size - 1), keep)
-        special = [i for i in special_ids if 0 <= i < vocab_size]
-        if special:
-            self.mask[:, special] = False
-        self.bias = float(bias)
-
-    def __call__(self, input_ids, scores):
-        m = scores.shape[0] // self.mask.shape[0]
-        mask = self.mask.repeat_interleave(m, dim=0) if m > 1 else self.mask
-        return scores + self.bias * mask[:, : scores.shape[1]].to(scores.dtype)
-
-
 class FiDStudent(torch.nn.Module):
     """Fusion-in-Decoder around a Hugging Face ``T5ForConditionalGeneration``.
 
@@ -444,6 +420,10 @@ class FiDStudent(torch.nn.Module):
 
     Inputs everywhere are ``input_ids``/``attention_mask`` of shape ``(B, N, L)`` and an optional
     ``passage_mask`` ``(B, N)`` (0 = empty slot: ignored by the decoder), as made by :attr:`collator`.
+
+    A T5 class that needs more than a stock T5 (its own input embeddings, extra arguments per call) provides
+    the FiD hooks (:class:`radcot.student.hooks.FiDHooks`); a checkpoint names its class in ``config.json``
+    (:func:`radcot.student.hooks.model_class`).
 
     Example:
         >>> student = FiDStudent.from_pretrained("google/flan-t5-base", n_context=10)  # doctest: +SKIP
@@ -510,9 +490,9 @@ class FiDStudent(torch.nn.Module):
         try:
             with quiet_hf(), _no_tie_warning():
                 tokenizer = _tokenizer(tokenizer, src, local)
-                from radcot.student.pointer import t5_class
+                from radcot.student.hooks import model_class
 
-                t5, info = t5_class(src if path.is_dir() else None).from_pretrained(src, **kwargs)
+                t5, info = model_class(src if path.is_dir() else None).from_pretrained(src, **kwargs)
         except (OSError, _SafetensorError) as e:
             if path.is_dir():
                 raise DataFormatError(path, None, "loadable T5 weights and tokenizer (HF format)", str(e).split("\n")[0],
@@ -574,7 +554,7 @@ class FiDStudent(torch.nn.Module):
         return enc, mask
 
     def encode_compact(self, input_ids, attention_mask, passage_mask=None):
-        """:meth:`encode` plus the token id of every kept encoder state ``(B, S)`` (the pointer's ``copy_ids``).
+        """:meth:`encode` plus the token id of every kept encoder state ``(B, S)`` (for the T5's FiD hooks).
 
         Padding costs nothing twice: the ``B*N`` inputs are encoded in groups of similar length (each group
         cut to its own longest input; FiD inputs of one batch differ a lot: measured 38% padding on the demo),
@@ -586,9 +566,9 @@ class FiDStudent(torch.nn.Module):
             pm = passage_mask.to(mask.dtype).clone()
             pm[pm.sum(1) == 0, 0] = 1  # an example with no passage at all still reads its question (slot 0)
             mask = mask * pm.unsqueeze(-1)  # (B, N, L)
-        embeds = None  # a pointer T5 with the context-frequency cue embeds its inputs itself
-        if getattr(self.t5, "context_frequency", None) is not None:
-            embeds = self.t5.embed_inputs(input_ids, attention_mask, passage_mask).reshape(B * N, L, -1)
+        embeds = fid_hook(self.t5, "fid_input_embeds")(input_ids, attention_mask, passage_mask)  # None: the ids
+        if embeds is not None:
+            embeds = embeds.reshape(B * N, L, -1)
         hidden = self._encode_grouped(input_ids.reshape(B * N, L), attention_mask.reshape(B * N, L), embeds)
         hidden, ids, mask = hidden.reshape(B, N * L, -1), input_ids.reshape(B, N * L), mask.reshape(B, N * L)
         # per example: real positions first (stable), then cut to the longest example
@@ -621,20 +601,14 @@ class FiDStudent(torch.nn.Module):
 
         ``labels`` is ``(B, T)`` with -100 at padding.
         """
-        enc, mask, copy_ids = self.encode_compact(input_ids, attention_mask, passage_mask)
-        kwargs.update(self._copy_kwargs(copy_ids))
+        enc, mask, state_ids = self.encode_compact(input_ids, attention_mask, passage_mask)
+        kwargs.update(self._model_kwargs(state_ids))
         return self.t5(encoder_outputs=enc, attention_mask=mask, labels=labels, return_dict=True, **kwargs)
 
-    @property
-    def has_pointer(self) -> bool:
-        """Whether the T5 has the copy mechanism (:mod:`radcot.student.pointer`)."""
-        from radcot.student.pointer import POINTER_FLAG
-
-        return bool(getattr(self.t5.config, POINTER_FLAG, False))
-
-    def _copy_kwargs(self, copy_ids) -> dict:
-        """``copy_ids`` (``(B, S)``, the token ids of the encoder states) for a pointer T5."""
-        return {"copy_ids": copy_ids} if self.has_pointer else {}
+    def _model_kwargs(self, state_ids) -> dict:
+        """The T5's extra call arguments for these encoder states (:meth:`FiDHooks.fid_model_kwargs`; none for a
+        plain T5)."""
+        return fid_hook(self.t5, "fid_model_kwargs")(state_ids)
 
     @torch.inference_mode()  # measured 7-15% faster than no_grad for a tiny student's decoding on CPU
     def generate(self, input_ids, attention_mask, passage_mask=None, **generate_kwargs):
@@ -654,21 +628,17 @@ class FiDStudent(torch.nn.Module):
         Returns:
             token ids ``(B * num_return_sequences, T)`` (decoder start token first).
         """
-        copy_bias = float(generate_kwargs.pop("copy_bias", 0.0) or 0.0)
-        enc, mask, copy_ids = self.encode_compact(input_ids, attention_mask, passage_mask)
-        if not copy_bias and _plain_greedy(generate_kwargs, self.t5.generation_config):
-            return self._greedy(enc, mask, copy_ids, int(generate_kwargs["max_new_tokens"]))
+        enc, mask, state_ids = self.encode_compact(input_ids, attention_mask, passage_mask)
+        extra = self._model_kwargs(state_ids)
+        if _plain_greedy(generate_kwargs, self.t5.generation_config):
+            return self._greedy(enc, mask, extra, int(generate_kwargs["max_new_tokens"]))
         generate_kwargs.setdefault("use_cache", True)
-        if copy_bias:
-            processors = transformers.LogitsProcessorList(generate_kwargs.pop("logits_processor", None) or [])
-            processors.append(CopyBias(input_ids, attention_mask, self.t5.config.vocab_size, copy_bias,
-                                       self.tokenizer.all_special_ids))
-            generate_kwargs["logits_processor"] = processors
-        generate_kwargs.update(self._copy_kwargs(copy_ids))
+        generate_kwargs.update(extra)
         return self.t5.generate(encoder_outputs=enc, attention_mask=mask, **generate_kwargs)
 
-    def _greedy(self, enc, mask, copy_ids, max_new_tokens: int):
-        """Greedy decoding with the KV cache: ``(B, 1 + T)`` ids, decoder start first, padding after ``</s>``."""
+    def _greedy(self, enc, mask, extra: Mapping[str, Any], max_new_tokens: int):
+        """Greedy decoding with the KV cache: ``(B, 1 + T)`` ids, decoder start first, padding after ``</s>``
+        (``extra``: the T5's FiD-hook arguments of every call)."""
         cfg = self.t5.generation_config
         eos = cfg.eos_token_id if isinstance(cfg.eos_token_id, list) else [cfg.eos_token_id]
         eos = torch.tensor([e for e in eos if e is not None], device=mask.device)
@@ -677,7 +647,6 @@ class FiDStudent(torch.nn.Module):
         start = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else self.t5.config.decoder_start_token_id
         tok = torch.full((B, 1), start, dtype=torch.long, device=mask.device)
         cache = transformers.EncoderDecoderCache(transformers.DynamicCache(), transformers.DynamicCache())
-        extra = self._copy_kwargs(copy_ids)
         out, done = [tok], torch.zeros(B, dtype=torch.bool, device=mask.device)
         for _ in range(max_new_tokens):
             logits = self.t5(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=tok, past_key_values=cache,

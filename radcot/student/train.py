@@ -3,7 +3,7 @@
 A run directory holds everything a run produced::
 
     RUN_DIR/train_config.json       the TrainConfig (checked on resume)
-    RUN_DIR/init-model/             the offline tiny T5 the run started from (``model="tiny-t5..."`` only)
+    RUN_DIR/init-model/             the model a builder spec made (``model="tiny-t5..."``; radcot.student.hooks)
     RUN_DIR/checkpoints/step-N/     weights (safetensors, HF format) + fid_config.json + trainer_state.pt
                                     (optimizer, scheduler, grad scaler, every rank's RNG, data position)
     RUN_DIR/best/                   the checkpoint with the best dev ROUGE-L (or dev loss): load with
@@ -73,8 +73,9 @@ class TrainConfig:
 
     Args:
         data: distillation data directory (``radcot build-data``).
-        model: a Hugging Face T5 name (``google/flan-t5-base``), a local T5/student directory, or the
-            offline ``tiny-t5[:d_model=128,layers=2,...]`` built from the training texts.
+        model: a Hugging Face T5 name (``google/flan-t5-base``), a local T5/student directory, or a model
+            builder spec (:data:`radcot.student.hooks.MODEL_BUILDERS`), e.g. the demo's offline
+            ``tiny-t5[:d_model=128,layers=2,...]``, built from the training texts into ``RUN_DIR/init-model``.
         out: the run directory.
         n_context: passages per query (default: the data's ``k``; 1 for no-context data).
         text_maxlength: max tokens of one (query, passage) input (paper: 300).
@@ -108,10 +109,10 @@ class TrainConfig:
             ``qrels/train.tsv``; dev queries are held-out training queries, never test queries).
         nproc_per_node: training processes (``radcot.student.launch.launch_training`` starts ``torchrun``
             with this many when > 1; ``batch_size`` is per process).
-        copy_augment: share of training examples whose rare words shared by input and target are swapped for
-            other rare words (:class:`radcot.student.augment.CopyAugmenter`): names can then only be copied,
-            not memorised. 0 (default) = off.
-        copy_augment_max_df: a word is rare when it occurs in at most this share of the training targets.
+        augment: a training-example augmenter (the augmentation hook): a name in
+            :data:`radcot.student.hooks.AUGMENTERS` (``copy``: the demo's copy augmentation,
+            :class:`radcot.demo.augment.CopyAugmenter`) or ``"module:factory"``; None (default) = off.
+        augment_args: keyword arguments of the augmenter's factory (``copy``: ``p``, ``max_df``).
 
     Example:
         >>> TrainConfig(data="d", model="tiny-t5", out="r", lr=3e-4).scheduler
@@ -153,8 +154,8 @@ class TrainConfig:
     select_qrels: str | None = None
     select_formula: str = "radcot"
     select_k: int = 100
-    copy_augment: float = 0.0
-    copy_augment_max_df: float = 0.05
+    augment: str | None = None
+    augment_args: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         _check_field_types(self)
@@ -181,11 +182,21 @@ class TrainConfig:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"TrainConfig.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         self._check_selection()
-        if not 0.0 <= self.copy_augment <= 1.0 or not 0.0 < self.copy_augment_max_df <= 1.0:
-            raise ValueError(f"TrainConfig.copy_augment must be in [0, 1] and copy_augment_max_df in (0, 1], got "
-                             f"{self.copy_augment} and {self.copy_augment_max_df}")
+        self._check_augment()
         if self.eval_max_examples is not None and self.eval_max_examples < 1:
             raise ValueError(f"TrainConfig.eval_max_examples must be >= 1 or None, got {self.eval_max_examples}")
+
+    def _check_augment(self) -> None:
+        """The augmenter resolves and accepts ``augment_args`` (built once on no targets)."""
+        if self.augment_args and not self.augment:
+            raise ValueError(f"TrainConfig.augment_args {self.augment_args} need TrainConfig.augment (e.g. 'copy')")
+        if self.augment:
+            from radcot.student.hooks import make_augmenter
+
+            try:
+                make_augmenter(self.augment, [], self.augment_args)
+            except ValueError as e:
+                raise ValueError(f"TrainConfig.augment {self.augment!r}: {e}") from None
 
     def _check_selection(self) -> None:
         if self.select_by not in ("rougeL", "loss", "retrieval"):
@@ -221,7 +232,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
         """Build from a dict; unknown keys raise (a typo must not be ignored). ``steps`` means ``max_steps``."""
-        d = dict(d)
+        d = _upgrade_augment(dict(d))
         if "steps" in d:
             d["max_steps"] = d.pop("steps")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -242,6 +253,22 @@ class TrainConfig:
             d = _yaml_numbers(d)
         d.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(d)
+
+
+#: TrainConfig fields of radcot <= 0.2, now ``augment: copy`` with ``augment_args`` (:func:`_upgrade_augment`)
+_OLD_AUGMENT_FIELDS = {"copy_augment": "p", "copy_augment_max_df": "max_df"}
+
+
+def _upgrade_augment(d: dict) -> dict:
+    """A config dict of radcot <= 0.2 (``copy_augment: 0.5``) with the augmentation hook instead."""
+    old = {k: d.pop(k) for k in list(d) if k in _OLD_AUGMENT_FIELDS}
+    if old.get("copy_augment"):
+        if d.get("augment") not in (None, "copy"):
+            raise ValueError(f"copy_augment is the augmenter 'copy'; it cannot be combined with augment: "
+                             f"{d['augment']!r}")
+        d["augment"] = "copy"
+        d["augment_args"] = {**{_OLD_AUGMENT_FIELDS[k]: v for k, v in old.items()}, **(d.get("augment_args") or {})}
+    return d
 
 
 def _read_config_file(path: Path) -> dict:
@@ -882,13 +909,11 @@ class _Run:
             template = NO_CONTEXT_TEMPLATE
         self.template = template
         self.augment = None
-        if config.copy_augment > 0:
-            from radcot.student.augment import CopyAugmenter
+        if config.augment:
+            from radcot.student.hooks import make_augmenter
 
-            self.augment = CopyAugmenter(self.train_ds["target"], p=config.copy_augment,
-                                         max_df=config.copy_augment_max_df)
-            logger.info("train: copy augmentation on %.0f%% of the examples (%d rare words)",
-                        100 * config.copy_augment, len(self.augment.rare))
+            self.augment = make_augmenter(config.augment, self.train_ds["target"], config.augment_args)
+            logger.info("train: augmenting training examples with %s %s", config.augment, config.augment_args)
 
     # ---------------------------------------------------------------- device / precision
     def choose_device(self, why: str) -> None:
@@ -943,13 +968,13 @@ class _Run:
         self._open_examples_log()
 
     def _model_source(self, resume_from):
-        from radcot.student.offline import build_tiny_t5, is_tiny_spec, parse_tiny_spec
+        from radcot.student.hooks import build_model, resolve_builder
 
         config = self.config
         if resume_from is not None:
             logger.info("train: resuming %s from step %d", self.run_dir, self.resume_step)
             return resume_from[1]
-        if not is_tiny_spec(config.model):
+        if resolve_builder(config.model) is None:
             return config.model
         source = self.run_dir / "init-model"
         if self.dist.main and not (source / "config.json").is_file():
@@ -959,7 +984,7 @@ class _Run:
             for ps in self.train_ds["passages"]:
                 texts.extend(f"{p['title']} {p['text']}" for p in ps)
             logger.info("train: building %s from %d training texts", config.model, len(texts))
-            build_tiny_t5(texts[:50_000], source, **parse_tiny_spec(config.model))
+            build_model(config.model, texts[:50_000], source)
         self.dist.barrier()
         return source
 

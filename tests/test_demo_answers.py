@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from radcot.analysis import (AnalysisError, answer_rate, answer_terms, context_recall, experiment_answer_rates,
+from radcot.demo.answers import (AnalysisError, answer_rate, answer_terms, context_recall, experiment_answer_rates,
                              split_answer, teacher_answers, world_answers)
 from radcot.data.readers import read_queries
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from radcot.data.readers import read_corpus, read_qrels, read_queries
-from radcot.data.world import WORLD_FILES, WorldConfig, make_world
+from radcot.demo.world import WORLD_FILES, WorldConfig, make_world
 from radcot.utils import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def test_kb_cot_bridges_the_vocabulary_mismatch(demo_world, demo_bm25):
     """BM25 alone ranks distractors first; the KB teacher's CoT (radcot formula) lifts nDCG@10 a lot."""
     from radcot.evaluation import evaluate
     from radcot.expansion import ExpandedSearcher, QueryExpander
-    from radcot.teacher.kb import KBTeacher
+    from radcot.demo.kb import KBTeacher
 
     queries = read_queries(demo_world / "queries.test.tsv")
     qrels = demo_world / "qrels" / "test.tsv"
@@ -155,7 +155,7 @@ def test_bytes_do_not_depend_on_the_hash_seed(demo_world, tmp_path):
     import sys
 
     out = tmp_path / "w"
-    code = f"from radcot.data.world import make_world; make_world({str(out)!r}, seed=13)"
+    code = f"from radcot.demo.world import make_world; make_world({str(out)!r}, seed=13)"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO)
     assert (out / "MANIFEST.json").read_bytes() == (demo_world / "MANIFEST.json").read_bytes()

@@ -15,13 +15,13 @@ RADCoT claim can be checked honestly in minutes on 2 CPU cores. This module gene
 - **Queries** (``queries.jsonl``), one per held-out fact for the test split and one or two paraphrases
   per remaining fact for training, with **graded qrels**: 2 for a passage that states the fact about its
   subject, 1 for a passage that mentions it from the object's side (e.g. a town listing its natives).
-- ``kb.jsonl``: the entities and facts (the knowledge base of :class:`radcot.teacher.kb.KBTeacher`);
+- ``kb.jsonl``: the entities and facts (the knowledge base of :class:`radcot.demo.kb.KBTeacher`);
   ``MANIFEST.json``: seed, sizes and the SHA-256 of every file.
 
 The same seed and sizes give byte-identical files (no clock, no set iteration, no hash randomisation).
 
 Example:
-    >>> from radcot.data.world import make_world
+    >>> from radcot.demo.world import make_world
     >>> manifest = make_world("/tmp/demo-world", seed=13, scale=0.1)  # doctest: +SKIP
     >>> manifest["sizes"]["passages"]  # doctest: +SKIP
     371
@@ -514,7 +514,7 @@ def make_world(out_dir: str | os.PathLike, seed: int = 13, scale: float = 1.0, o
             "qrels_test": len(world["qrels"]["test"]),
         }
         manifest = {
-            "generator": "radcot.data.world.make_world",
+            "generator": "radcot.demo.world.make_world",
             "format_version": WORLD_FORMAT_VERSION,
             "seed": seed,
             "config": cfg.to_dict(),

@@ -1,10 +1,10 @@
-"""A copy mechanism for the FiD student: T5 plus a pointer over its input tokens (See et al., 2017).
+"""The demo's pointer T5: T5 plus a copy mechanism over its input tokens (See et al., 2017). Demo only.
 
-A student trained from scratch on a few thousand examples learns the teacher's *language* long before it
-learns to *copy*: after 1,500 steps the demo's tiny T5 wrote fluent CoTs about the names it saw most in
-training, whatever the query (2.5% of its CoTs shared a name with the query, 1% named the answer). Copying
-is what a retrieval-augmented student is for (the answer is in its passages), so this model makes it a
-first-class path instead of something the decoder must discover:
+This is **not the paper's student**. RADCoT's student is a pretrained FiD flan-t5, which knows how to read
+and copy before distillation starts. The demo's student is a 1.6M-parameter T5 trained from scratch on a
+few thousand examples: it learns the teacher's *language* long before it learns to *copy* (after 1,500
+steps a stock tiny T5 wrote fluent CoTs about the names it saw most in training, whatever the query: 2.5%
+of its CoTs shared a name with the query, 1% named the answer). This class makes copying a first-class path:
 
     p(w) = g * p_vocab(w) + (1 - g) * sum of a(i) over input positions i holding token w
 
@@ -12,6 +12,11 @@ first-class path instead of something the decoder must discover:
 the (FiD-concatenated) encoder states, and ``g`` a learned gate per step. The returned ``logits`` are
 ``log p``, so ``generate()`` (greedy, beams, sampling, the KV cache) works unchanged; the encoder token ids
 travel as ``copy_ids`` (``(B, S)``, aligned with the encoder states) through ``generate``'s model kwargs.
+
+It plugs into the general :class:`~radcot.student.model.FiDStudent` through the FiD hooks
+(:class:`radcot.student.hooks.FiDHooks`): :meth:`~PointerT5ForConditionalGeneration.fid_model_kwargs` hands
+the student's encoder token ids over as ``copy_ids``, and
+:meth:`~PointerT5ForConditionalGeneration.fid_input_embeds` adds the context-frequency cue.
 
 With ``context_frequency`` (``tiny-t5:...,pointer=1,context_frequency=1``) the encoder also reads, for each input
 token, in how many of its example's FiD inputs the token occurs (:func:`context_frequency`, added as a learned
@@ -21,22 +26,25 @@ an answer usually in one; without the cue a plain pointer copied the subject whe
 the subject 57% of the time and the answer 17%; with the cue 0% and 48%, of 65% whose answer is in the input).
 
 Saved models are ordinary T5 checkpoints with three extra tensors (``pointer_q``, ``pointer_k``,
-``pointer_gate``; ``context_frequency`` with the feature) and ``"radcot_pointer": true`` in ``config.json``;
-:func:`t5_class` picks the class on load.
+``pointer_gate``; ``context_frequency`` with the feature) whose ``config.json`` names this class under
+``radcot_model_class`` (the student's model-class hook, :func:`radcot.student.hooks.model_class`). Checkpoints
+of radcot <= 0.2 (``"radcot_pointer": true``, no class key) are mapped to it by :func:`legacy_class_path`.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from typing import Any, Mapping
 
 from radcot._deps import require
+from radcot.student.hooks import MODEL_CLASS_KEY, FiDHooks
 
 torch = require("torch", "the FiD student")
 transformers = require("transformers", "the FiD student")
 
+#: this class's import path, written to ``config.json`` under ``radcot_model_class``
+MODEL_CLASS = "radcot.demo.pointer:PointerT5ForConditionalGeneration"
+#: config flag of radcot <= 0.2 (no class key): the checkpoint is a pointer T5; still written so that they load it
 POINTER_FLAG = "radcot_pointer"
-#: config flag: 1 = divide each input position's copy weight by how often its token occurs in the input;
-#: 2 = by that count to a power the model sets per decoding step (learned)
+#: config flag of radcot <= 0.2: 1 or 2 = a frequency-debiased pointer (a lever measured and dropped after 0.2)
 DEBIAS_FLAG = "radcot_pointer_debias"
 #: config flag: the encoder reads, next to each input token, how many of its example's FiD inputs hold that token
 #: (:func:`context_frequency`); the value is the number of learned feature embeddings
@@ -46,44 +54,41 @@ FEATURES_FLAG = "radcot_context_frequency"
 FREQUENCY_BUCKETS = 8
 
 
-def t5_class(model_dir: str | None):
-    """The model class of a saved T5 directory: :class:`PointerT5ForConditionalGeneration` when its config
-    says ``radcot_pointer``, else the stock ``T5ForConditionalGeneration`` (hub names: stock)."""
-    cfg = Path(model_dir) / "config.json" if model_dir else None
-    if cfg is not None and cfg.is_file():
-        try:
-            if json.loads(cfg.read_text(encoding="utf-8")).get(POINTER_FLAG):
-                return PointerT5ForConditionalGeneration
-        except (ValueError, OSError):
-            pass  # an unreadable config is reported by transformers' own loader
-    return transformers.T5ForConditionalGeneration
+def legacy_class_path(config: Mapping[str, Any]) -> str | None:
+    """The class of a checkpoint written by radcot <= 0.2 (``"radcot_pointer": true`` and no class key).
+
+    Raises:
+        ValueError: a debiased pointer (``radcot_pointer_debias`` 1 or 2): its weights need code that was dropped.
+    """
+    if not config.get(POINTER_FLAG):
+        return None
+    debias = int(config.get(DEBIAS_FLAG) or 0)
+    if debias:
+        raise ValueError(f"{DEBIAS_FLAG}: {debias} (a frequency-debiased pointer T5, a lever dropped after radcot 0.2 "
+                         f"because it lost on the dev world). Load it with radcot 0.2.x, or retrain without "
+                         f"pointer_debias")
+    return MODEL_CLASS
 
 
-class PointerT5ForConditionalGeneration(transformers.T5ForConditionalGeneration):
+class PointerT5ForConditionalGeneration(FiDHooks, transformers.T5ForConditionalGeneration):
     """T5 whose output distribution mixes its vocabulary softmax with a copy distribution over ``copy_ids``.
 
     Without ``copy_ids`` (a plain T5 call) it behaves as the stock model apart from the returned logits
     being log-probabilities of the vocabulary distribution alone.
     """
 
-    def __init__(self, config, debias: int | None = None, features: bool | None = None):
+    def __init__(self, config, features: bool | None = None):
         super().__init__(config)
         d = config.d_model
-        if debias is not None:
-            setattr(self.config, DEBIAS_FLAG, int(debias))
         if features is not None:
             setattr(self.config, FEATURES_FLAG, FREQUENCY_BUCKETS + 2 if features else 0)
         n_features = int(getattr(self.config, FEATURES_FLAG, 0) or 0)
         #: the encoder's extra input embeddings (:meth:`embed_inputs`), or None
         self.context_frequency = torch.nn.Embedding(n_features, d) if n_features else None
-        self.debias = int(getattr(self.config, DEBIAS_FLAG, 0) or 0)
-        if self.debias not in (0, 1, 2):
-            raise ValueError(f"{DEBIAS_FLAG} must be 0, 1 or 2, got {self.debias}")
-        if self.debias == 2:
-            self.pointer_debias = torch.nn.Linear(d, 1)
         self.pointer_q = torch.nn.Linear(d, d, bias=False)
         self.pointer_k = torch.nn.Linear(d, d, bias=False)
         self.pointer_gate = torch.nn.Linear(d, 1)
+        setattr(self.config, MODEL_CLASS_KEY, MODEL_CLASS)
         setattr(self.config, POINTER_FLAG, True)
         self._init_pointer()
 
@@ -96,9 +101,18 @@ class PointerT5ForConditionalGeneration(transformers.T5ForConditionalGeneration)
             self.pointer_gate.bias.zero_()  # start at an even mix of generating and copying
             if self.context_frequency is not None:  # start as the plain model
                 self.context_frequency.weight.zero_()
-            if self.debias == 2:  # start at power 1: softplus(log(e - 1)) = 1
-                self.pointer_debias.weight.zero_()
-                self.pointer_debias.bias.fill_(0.5413248546129181)
+
+    # ------------------------------------------------------------------------------ FiD hooks (FiDStudent calls them)
+
+    def fid_input_embeds(self, input_ids, attention_mask, passage_mask=None):
+        """With the context-frequency cue, :meth:`embed_inputs`; else None (the encoder embeds the ids itself)."""
+        if self.context_frequency is None:
+            return None
+        return self.embed_inputs(input_ids, attention_mask, passage_mask)
+
+    def fid_model_kwargs(self, state_ids) -> dict:
+        """The encoder states' token ids travel to :meth:`forward` as ``copy_ids``."""
+        return {"copy_ids": state_ids}
 
     def embed_inputs(self, input_ids, attention_mask, passage_mask=None):
         """The encoder's input embeddings ``(B, N, L, H)`` of FiD inputs ``(B, N, L)``: token embeddings, plus,
@@ -143,22 +157,10 @@ class PointerT5ForConditionalGeneration(transformers.T5ForConditionalGeneration)
             encoder_last_hidden_state=enc)
 
     def _pointer(self, hidden, enc, mask, copy_ids):
-        """The copy attention ``(B, T, S)`` over the encoder states and the gate ``(B, T, 1)`` (share of generating).
-
-        With ``debias`` each position's score is lowered by the log of its token's count in the input, so that a
-        token met ten times (the query's subject: once per passage and in every passage's copy of the query) does
-        not get ten times the copy mass of a token met once (the answer) at equal scores. With ``debias == 2`` the
-        log count is scaled by a power >= 0 read off the decoder state: the model can favour the frequent subject
-        where the CoT names it and the once-met answer where it names that.
-        """
+        """The copy attention ``(B, T, S)`` over the encoder states and the gate ``(B, T, 1)`` (share of generating)."""
         q = self.pointer_q(hidden).float()  # (B, T, H)
         k = self.pointer_k(enc).float()  # (B, S, H)
         scores = torch.einsum("bth,bsh->bts", q, k) * (q.shape[-1] ** -0.5)
-        if self.debias:
-            counts = _token_counts(copy_ids.to(scores.device).long(), mask, self.config.vocab_size)
-            log_counts = torch.log(counts)[:, None, :]  # (B, 1, S)
-            power = torch.nn.functional.softplus(self.pointer_debias(hidden).float()) if self.debias == 2 else 1.0
-            scores = scores - power * log_counts
         if mask is not None:
             scores = scores.masked_fill(~mask.bool()[:, None, :], torch.finfo(scores.dtype).min)
         return torch.softmax(scores, dim=-1), torch.sigmoid(self.pointer_gate(hidden).float())
@@ -181,16 +183,6 @@ class PointerT5ForConditionalGeneration(transformers.T5ForConditionalGeneration)
         p_copy = (attn * hit).sum(-1)  # (B, T)
         p = gate.squeeze(-1) * p_vocab + (1.0 - gate.squeeze(-1)) * p_copy
         return -(torch.log(p.clamp_min(1e-12)) * keep).sum() / keep.sum().clamp_min(1)
-
-
-def _token_counts(ids, mask, vocab_size: int | None = None):
-    """``(B, S)``: how many unmasked positions of its row hold each position's token (at least 1).
-
-    ``vocab_size`` (ids are below it) spares reading ``ids.max()`` back from the device."""
-    keep = torch.ones_like(ids, dtype=torch.float32) if mask is None else mask.to(ids.device).float()
-    size = vocab_size if vocab_size is not None else int(ids.max()) + 1
-    counts = torch.zeros(ids.shape[0], size, device=ids.device).scatter_add_(1, ids, keep)
-    return counts.gather(1, ids).clamp_min(1.0)
 
 
 def context_frequency(input_ids, attention_mask, passage_mask=None, buckets: int = FREQUENCY_BUCKETS,

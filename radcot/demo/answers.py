@@ -1,4 +1,8 @@
-"""How much of the teacher a student keeps, per query: answer rates and the context ceiling.
+"""How much of the teacher a student keeps, per query: answer rates and the context ceiling (the demo's analysis).
+
+It lives with the demo, whose diagnostics (``radcot table --answers --world``, ``eval/demo_*.py``) it serves; the
+CLI hands its Markdown to the report (:func:`radcot.report.write_report`'s ``sections``), so the report module
+does not import it.
 
 The table's gap-closed column (:mod:`radcot.report`) says how much of the teacher's retrieval gain a row
 keeps; this module says why. :func:`answer_rate` counts the queries whose CoT contains the teacher's
@@ -141,7 +145,7 @@ def answer_rate(answers: Mapping[str, set[str] | str], cots, name: str = "cots")
 
 def world_answers(world: str | os.PathLike) -> dict[str, str]:
     """``{qid: the fact's object name}`` for the queries of a demo world (``radcot make-world``)."""
-    from radcot.data.world import KnowledgeBase
+    from radcot.demo.world import KnowledgeBase
     from radcot.utils import read_jsonl
 
     kb = KnowledgeBase.load(world)

@@ -5,7 +5,9 @@ import re
 
 import pytest
 
-from radcot.student.augment import CopyAugmenter
+from radcot.demo.augment import CopyAugmenter
+
+pytestmark = pytest.mark.fast
 
 pytestmark = pytest.mark.fast
 
@@ -67,9 +69,35 @@ def test_bad_settings_are_refused(kw):
         CopyAugmenter(TARGETS, **kw)
 
 
-def test_train_config_checks_copy_augment():
+def test_copy_augmentation_is_the_training_augmenter_named_copy():
+    """TrainConfig names it through the augmentation hook; its arguments are checked when the config is made."""
+    from radcot.student.hooks import make_augmenter
     from radcot.student.train import TrainConfig
 
-    assert TrainConfig(data="d", model="m", out="o", copy_augment=0.5).copy_augment == 0.5
-    with pytest.raises(ValueError, match="copy_augment"):
-        TrainConfig(data="d", model="m", out="o", copy_augment=2)
+    cfg = TrainConfig(data="d", model="m", out="o", augment="copy", augment_args={"p": 0.5})
+    assert (cfg.augment, cfg.augment_args) == ("copy", {"p": 0.5})
+    aug = make_augmenter("copy", TARGETS, {"p": 1.0, "max_df": 0.3})
+    assert isinstance(aug, CopyAugmenter) and aug(_example(), seed="a") == CopyAugmenter(
+        TARGETS, p=1.0, max_df=0.3)(_example(), seed="a")
+    with pytest.raises(ValueError, match="TrainConfig.augment 'copy'.*probability must be in"):
+        TrainConfig(data="d", model="m", out="o", augment="copy", augment_args={"p": 2})
+    with pytest.raises(ValueError, match="does not take arguments.*'rate'"):
+        TrainConfig(data="d", model="m", out="o", augment="copy", augment_args={"rate": 0.5})
+
+
+def test_the_default_rarity_is_the_one_the_demo_was_tuned_with():
+    """max_df's default (0.05) is stated once, here; it was TrainConfig.copy_augment_max_df's default."""
+    import inspect
+
+    assert inspect.signature(CopyAugmenter).parameters["max_df"].default == 0.05
+
+
+def test_old_copy_augment_fields_in_a_config_file_become_the_copy_augmenter(tmp_path):
+    from radcot.student.train import TrainConfig
+
+    path = tmp_path / "train_config.json"
+    path.write_text('{"data": "d", "model": "m", "out": "o", "copy_augment": 0.5, "copy_augment_max_df": 0.1}')
+    cfg = TrainConfig.from_file(path)
+    assert (cfg.augment, cfg.augment_args) == ("copy", {"p": 0.5, "max_df": 0.1})
+    path.write_text('{"data": "d", "model": "m", "out": "o", "copy_augment": 0.0, "copy_augment_max_df": 0.05}')
+    assert TrainConfig.from_file(path).augment is None  # 0 was "off"

@@ -1,5 +1,6 @@
-"""The copy mechanism (pointer T5): generate() == cache-less greedy, save/load, and it learns to read its
-passages in a few hundred steps where the stock T5 of the same size writes names it remembers."""
+"""The demo's copy mechanism (pointer T5, radcot.demo.pointer): generate() == cache-less greedy, save/load through
+the student's model-class hook, and it learns to read its passages in a few hundred steps where the stock T5 of
+the same size writes names it remembers."""
 from __future__ import annotations
 
 import random
@@ -11,7 +12,9 @@ pytest.importorskip("transformers")
 
 from _student_fixtures import _one_thread, assert_generate_equals_naive  # noqa: E402,F401 (autouse: one torch thread)
 from radcot.student.model import FiDStudent  # noqa: E402
-from radcot.student.offline import build_tiny_t5  # noqa: E402
+from radcot.demo.tiny import build_tiny_t5  # noqa: E402
+
+POINTER_CLASS = "PointerT5ForConditionalGeneration"
 
 TEMPLATE = "question: {query} context: {passage}"
 SIZE = dict(vocab_size=400, d_model=48, layers=1, heads=2, d_ff=96, dropout=0.0, seed=0)
@@ -50,9 +53,9 @@ def world():
     return train, test, texts + [e["target"] for e in train]
 
 
-def _student(tmp_path, texts, pointer, debias=0, features=0):
-    path = tmp_path / f"m{pointer}{debias}{features}"
-    build_tiny_t5(texts * 3, path, pointer=pointer, pointer_debias=debias, context_frequency=features, **SIZE)
+def _student(tmp_path, texts, pointer, features=0):
+    path = tmp_path / f"m{pointer}{features}"
+    build_tiny_t5(texts * 3, path, pointer=pointer, context_frequency=features, **SIZE)
     return FiDStudent.from_pretrained(path, n_context=2, text_maxlength=32, target_maxlength=24, template=TEMPLATE)
 
 
@@ -83,7 +86,7 @@ def test_pointer_learns_to_read_in_200_steps_where_the_stock_t5_does_not(tmp_pat
     are exactly right; the stock T5 19% and 7% (it writes the names it remembers)."""
     train, test, texts = world
     pointer, stock = _student(tmp_path, texts, 1), _student(tmp_path, texts, 0)
-    assert pointer.has_pointer and not stock.has_pointer
+    assert type(pointer.t5).__name__ == POINTER_CLASS and type(stock.t5).__name__ == "T5ForConditionalGeneration"
     _train(pointer, train)
     _train(stock, train)
     (named_p, exact_p), (named_s, exact_s) = _scores(pointer, test), _scores(stock, test)
@@ -91,10 +94,10 @@ def test_pointer_learns_to_read_in_200_steps_where_the_stock_t5_does_not(tmp_pat
     assert named_s <= 0.5 and exact_s <= 0.3, (named_s, exact_s)
 
 
-@pytest.mark.parametrize("debias,features", [(0, 0), (1, 0), (2, 0), (0, 1)])
-def test_pointer_generate_equals_naive_greedy_and_survives_save_load(tmp_path, world, debias, features):
+@pytest.mark.parametrize("features", [0, 1])
+def test_pointer_generate_equals_naive_greedy_and_survives_save_load(tmp_path, world, features):
     train, test, texts = world
-    student = _student(tmp_path, texts, 1, debias, features)
+    student = _student(tmp_path, texts, 1, features)
     _train(student, train, steps=20)
     ii, am, pm = student.collator.encode_inputs(test[:4])
     assert_generate_equals_naive(student, ii, am, pm, max_new_tokens=8)
@@ -103,8 +106,7 @@ def test_pointer_generate_equals_naive_greedy_and_survives_save_load(tmp_path, w
     assert student.generate(ii, am, pm, max_new_tokens=8, num_beams=3, num_return_sequences=2).shape[0] == 8
     student.save_pretrained(tmp_path / "saved")
     again = FiDStudent.from_pretrained(tmp_path / "saved").eval()
-    assert again.has_pointer and type(again.t5).__name__ == "PointerT5ForConditionalGeneration"
-    assert again.t5.debias == debias
+    assert type(again.t5).__name__ == POINTER_CLASS
     assert (again.t5.context_frequency is not None) == bool(features)
     if features:  # trained (it starts at zero) and loaded, not re-initialised
         assert torch.equal(again.t5.context_frequency.weight, student.t5.context_frequency.weight)
@@ -117,22 +119,23 @@ def test_pointer_generate_equals_naive_greedy_and_survives_save_load(tmp_path, w
 
 
 def test_tiny_spec_accepts_pointer():
-    from radcot.student.offline import parse_tiny_spec
+    from radcot.demo.tiny import parse_tiny_spec
 
     assert parse_tiny_spec("tiny-t5:d_model=64,pointer=1")["pointer"] == 1
     assert parse_tiny_spec("tiny-t5")["pointer"] == 0
 
 
-def test_tiny_spec_accepts_pointer_debias_and_refuses_it_without_pointer(tmp_path):
-    from radcot.student.offline import parse_tiny_spec
+def test_the_dropped_pointer_debias_option_is_refused_with_its_reason(tmp_path):
+    from radcot.demo.tiny import parse_tiny_spec
 
-    assert parse_tiny_spec("tiny-t5:pointer=1,pointer_debias=1")["pointer_debias"] == 1
-    with pytest.raises(ValueError, match="pointer_debias needs pointer=1"):
-        build_tiny_t5(["a b c"] * 20, tmp_path / "m", pointer=0, pointer_debias=1, **SIZE)
+    with pytest.raises(ValueError, match="pointer_debias.*no longer exists.*measured and dropped.*remove it"):
+        parse_tiny_spec("tiny-t5:pointer=1,pointer_debias=1")
+    with pytest.raises(TypeError):
+        build_tiny_t5(["a b c"] * 20, tmp_path / "m", pointer=1, pointer_debias=1, **SIZE)
 
 
 def test_tiny_spec_accepts_context_frequency_and_refuses_it_without_pointer(tmp_path):
-    from radcot.student.offline import parse_tiny_spec
+    from radcot.demo.tiny import parse_tiny_spec
 
     assert parse_tiny_spec("tiny-t5:pointer=1,context_frequency=1")["context_frequency"] == 1
     with pytest.raises(ValueError, match="context_frequency needs pointer=1"):
@@ -140,7 +143,7 @@ def test_tiny_spec_accepts_context_frequency_and_refuses_it_without_pointer(tmp_
 
 
 def test_context_frequency_counts_the_inputs_of_an_example_that_hold_each_token():
-    from radcot.student.pointer import context_frequency
+    from radcot.demo.pointer import context_frequency
 
     ids = torch.tensor([[[5, 6, 7, 8, 0], [5, 6, 9, 7, 1], [5, 6, 10, 1, 0]],
                         [[5, 11, 1, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]]])
@@ -160,58 +163,8 @@ def test_context_frequency_counts_the_inputs_of_an_example_that_hold_each_token(
 
 def test_context_frequency_starts_as_the_plain_encoder_and_changes_it_once_trained(tmp_path, world):
     train, test, texts = world
-    student = _student(tmp_path, texts, 1, 0, 1)
+    student = _student(tmp_path, texts, 1, features=1)
     ii, am, pm = student.collator.encode_inputs(test[:3])
     assert torch.equal(student.t5.embed_inputs(ii, am, pm), student.t5.get_input_embeddings()(ii))
     _train(student, train, steps=5)
     assert not torch.equal(student.t5.embed_inputs(ii, am, pm), student.t5.get_input_embeddings()(ii))
-
-
-def _copy_mass(model, ids):
-    """p_copy of each vocabulary id at the first decoder step, with every position scoring the same."""
-    with torch.no_grad():
-        model.pointer_q.weight.zero_()  # equal scores over the input positions
-        hidden = torch.zeros(1, 1, model.config.d_model)
-        enc = torch.randn(1, ids.shape[1], model.config.d_model)
-        attn, _ = model._pointer(hidden, enc, torch.ones_like(ids), ids)
-        return torch.zeros(model.config.vocab_size).scatter_add_(0, ids[0], attn[0, 0])
-
-
-def test_debiased_pointer_gives_each_input_token_one_share_however_often_it_occurs(tmp_path, world):
-    from radcot.student.pointer import DEBIAS_FLAG, t5_class
-
-    _, _, texts = world
-    build_tiny_t5(texts, tmp_path / "plain", pointer=1, **SIZE)
-    build_tiny_t5(texts, tmp_path / "debiased", pointer=1, pointer_debias=1, **SIZE)
-    plain = t5_class(str(tmp_path / "plain")).from_pretrained(tmp_path / "plain")
-    debiased = t5_class(str(tmp_path / "debiased")).from_pretrained(tmp_path / "debiased")
-    assert not plain.debias and debiased.debias == 1 and getattr(debiased.config, DEBIAS_FLAG) == 1
-    ids = torch.tensor([[7, 7, 7, 7, 7, 7, 7, 7, 9, 11]])  # a subject met 8 times, two names met once
-    p_plain, p_debiased = _copy_mass(plain, ids), _copy_mass(debiased, ids)
-    assert p_plain[7] == pytest.approx(0.8) and p_plain[9] == pytest.approx(0.1)
-    assert p_debiased[7] == pytest.approx(1 / 3) and p_debiased[9] == pytest.approx(1 / 3)
-    assert p_debiased[11] == pytest.approx(1 / 3)
-
-
-def test_token_counts_count_only_unmasked_positions_of_the_same_row():
-    from radcot.student.pointer import _token_counts
-
-    ids = torch.tensor([[5, 6, 5, 0, 0], [6, 6, 6, 5, 0]])
-    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
-    assert _token_counts(ids, mask).tolist() == [[2, 1, 2, 1, 1], [3, 3, 3, 1, 1]]
-    assert _token_counts(ids, mask, vocab_size=10).tolist() == [[2, 1, 2, 1, 1], [3, 3, 3, 1, 1]]
-
-
-def test_learned_debias_starts_at_power_one_and_its_power_can_undo_the_discount(tmp_path, world):
-    """pointer_debias=2: the discount's power is softplus(w . h + b), 1 at initialisation; a large bias undoes
-    the discount (the frequent token's share grows back towards its count's share)."""
-    from radcot.student.pointer import t5_class
-
-    _, _, texts = world
-    build_tiny_t5(texts, tmp_path / "learned", pointer=1, pointer_debias=2, **SIZE)
-    model = t5_class(str(tmp_path / "learned")).from_pretrained(tmp_path / "learned")
-    ids = torch.tensor([[7, 7, 7, 7, 7, 7, 7, 7, 9, 11]])
-    assert _copy_mass(model, ids)[7] == pytest.approx(1 / 3, abs=1e-4)
-    with torch.no_grad():
-        model.pointer_debias.bias.fill_(-30.0)  # power ~0: no discount
-    assert _copy_mass(model, ids)[7] == pytest.approx(0.8, abs=1e-4)

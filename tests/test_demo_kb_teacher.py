@@ -6,11 +6,11 @@ import re
 
 import pytest
 
-from radcot.data.world import make_world
+from radcot.demo.world import make_world
 from radcot.records import Query
 from radcot.teacher import get_backend, read_teacher_output, teach
 from radcot.teacher.base import GenerationParams, TeacherError, TeachItem
-from radcot.teacher.kb import KBTeacher
+from radcot.demo.kb import KBTeacher
 
 pytestmark = pytest.mark.fast
 

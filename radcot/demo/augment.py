@@ -29,7 +29,7 @@ import random
 import re
 from typing import Any, Iterable, Mapping
 
-from radcot.analysis import STOPWORDS
+from radcot.demo.answers import STOPWORDS
 
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 
@@ -51,7 +51,7 @@ class CopyAugmenter:
         max_df: a word is rare when it occurs in at most this share of the targets (and is no stopword).
     """
 
-    def __init__(self, targets: Iterable[str], p: float = 0.5, max_df: float = 0.02):
+    def __init__(self, targets: Iterable[str], p: float = 0.5, max_df: float = 0.05):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"copy augmentation probability must be in [0, 1], got {p}")
         if not 0.0 < max_df <= 1.0:

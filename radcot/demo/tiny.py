@@ -1,36 +1,43 @@
-"""A tiny T5 built entirely offline: a subword tokenizer trained on your texts + a random T5.
+"""The demo's tiny T5, built entirely offline: a subword tokenizer trained on your texts + a random T5.
 
-No pretrained T5 weights are needed (or reachable) on an offline machine. ``build_tiny_t5`` trains a
+Demo only: a T5 this small, trained from scratch on a few thousand examples, is what lets the demo run in
+minutes on 2 CPU cores without any pretrained weights; the paper's student is a pretrained flan-t5. No
+pretrained T5 weights are needed (or reachable) on an offline machine. ``build_tiny_t5`` trains a
 T5-style tokenizer (pad id 0, eos id 1, unk id 2, SentencePiece's ``▁`` word boundaries; BPE merges)
 with the ``tokenizers`` library, wraps it as a ``transformers`` fast tokenizer, and saves a randomly
-initialised :class:`~transformers.T5ForConditionalGeneration` of the requested size next to it, in
+initialised :class:`~transformers.T5ForConditionalGeneration` of the requested size next to it (or the
+demo's :class:`~radcot.demo.pointer.PointerT5ForConditionalGeneration` with ``pointer=1``), in
 Hugging Face format (safetensors). The directory then loads like any hub checkpoint.
 
+The student finds this module through its hooks (:mod:`radcot.student.hooks`): the model spec
+``tiny-t5[:key=value,...]`` names :func:`build`, and :func:`legacy_model_class` maps checkpoints of
+radcot <= 0.2 to their class.
+
 Example:
-    >>> from radcot.student.offline import build_tiny_t5
+    >>> from radcot.demo.tiny import build_tiny_t5
     >>> path = build_tiny_t5(["a small corpus", "of training texts"] * 50, "/tmp/tiny-t5",
     ...                      vocab_size=200)  # doctest: +SKIP
 """
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 from radcot._deps import require
 from radcot.utils import atomic_dir, write_json
 
-logger = logging.getLogger("radcot.student")
+logger = logging.getLogger("radcot.demo")
 
 #: keyword -> build_tiny_t5 argument accepted in a ``tiny-t5:k=v,...`` model spec
 TINY_T5_KEYS = {"vocab_size": int, "d_model": int, "layers": int, "heads": int, "d_ff": int, "seed": int,
-                "dropout": float, "pointer": int, "pointer_debias": int,
-                "context_frequency": int}
+                "dropout": float, "pointer": int, "context_frequency": int}
 TINY_T5_DEFAULTS = {"vocab_size": 4000, "d_model": 128, "layers": 2, "heads": 4, "d_ff": 512, "seed": 0,
-                    "dropout": 0.1, "pointer": 0, "pointer_debias": 0, "context_frequency": 0}
+                    "dropout": 0.1, "pointer": 0, "context_frequency": 0}
+#: options of radcot <= 0.2 that were measured and dropped: the reason, for a clear refusal
+DROPPED_KEYS = {"pointer_debias": "the frequency-debiased pointer was measured and dropped after radcot 0.2 "
+                                  "(eval/demo-ablations.md)"}
 
 
 def is_tiny_spec(model: str) -> bool:
@@ -52,6 +59,8 @@ def parse_tiny_spec(spec: str) -> dict:
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
         key = key.strip()
+        if key in DROPPED_KEYS:
+            raise ValueError(f"tiny-t5 option {key!r} in {spec!r} no longer exists: {DROPPED_KEYS[key]}; remove it")
         if not eq or key not in TINY_T5_KEYS:
             raise ValueError(f"bad tiny-t5 option {item!r} in {spec!r}: expected key=value with key in "
                              f"{sorted(TINY_T5_KEYS)}")
@@ -103,7 +112,7 @@ def train_t5_tokenizer(texts: Iterable[str], vocab_size: int = 4000):
 
 def build_tiny_t5(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 4000, d_model: int = 128,
                   layers: int = 2, heads: int = 4, d_ff: int = 512, seed: int = 0, dropout: float = 0.1,
-                  pointer: int = 0, pointer_debias: int = 0, context_frequency: int = 0) -> Path:
+                  pointer: int = 0, context_frequency: int = 0) -> Path:
     """Train a tokenizer on ``texts`` and save a randomly initialised T5 of that size to ``out_dir``.
 
     Args:
@@ -114,11 +123,9 @@ def build_tiny_t5(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: 
         d_model, layers, heads, d_ff: T5 sizes (``layers`` for both encoder and decoder).
         seed: seed of the random initialisation.
         dropout: dropout rate.
-        pointer: 1 = add the copy mechanism (:class:`radcot.student.pointer.PointerT5ForConditionalGeneration`).
-        pointer_debias: 1 = its copy weights count each input token once, however often it occurs; 2 = the model
-            learns how much to discount frequent input tokens at each step (both need pointer).
+        pointer: 1 = add the copy mechanism (:class:`radcot.demo.pointer.PointerT5ForConditionalGeneration`).
         context_frequency: 1 = the encoder also reads, per input token, in how many of the example's FiD inputs
-            its token occurs (:func:`radcot.student.pointer.context_frequency`; needs pointer).
+            its token occurs (:func:`radcot.demo.pointer.context_frequency`; needs pointer).
 
     Returns:
         ``out_dir`` as a Path.
@@ -130,8 +137,6 @@ def build_tiny_t5(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: 
     transformers = require("transformers", "the offline tiny T5")
     if d_model % heads:
         raise ValueError(f"d_model={d_model} must be divisible by heads={heads}")
-    if pointer_debias and not pointer:
-        raise ValueError("pointer_debias needs pointer=1 (it changes the copy mechanism's weights)")
     if context_frequency and not pointer:
         raise ValueError("context_frequency needs pointer=1 (the feature lives in the pointer T5's encoder input)")
     texts = list(texts)
@@ -147,10 +152,9 @@ def build_tiny_t5(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if pointer:
-            from radcot.student.pointer import PointerT5ForConditionalGeneration
+            from radcot.demo.pointer import PointerT5ForConditionalGeneration
 
-            model = PointerT5ForConditionalGeneration(config, debias=int(pointer_debias),
-                                                      features=bool(context_frequency))
+            model = PointerT5ForConditionalGeneration(config, features=bool(context_frequency))
         else:
             model = transformers.T5ForConditionalGeneration(config)
         # tie_word_embeddings=False means "no d_model**-0.5 output scaling" (T5 v1.1 / flan-t5 style); transformers 5
@@ -168,104 +172,32 @@ def build_tiny_t5(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: 
         tokenizer.save_pretrained(tmp)
         write_json(Path(tmp) / "tiny_t5.json", {"vocab_size": len(tokenizer), "d_model": d_model, "layers": layers,
                                                 "heads": heads, "d_ff": d_ff, "seed": seed, "dropout": dropout,
-                                                "pointer": int(pointer), "pointer_debias": int(pointer_debias),
-                                                "context_frequency": int(context_frequency),
+                                                "pointer": int(pointer), "context_frequency": int(context_frequency),
                                                 "n_texts": len(texts)})
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("built tiny T5 (%d params, vocab %d) at %s", n_params, len(tokenizer), out_dir)
     return Path(out_dir)
 
 
-#: flan-t5's architecture flags, scaled down: one stand-in size per flan-t5 size (small < base < large).
-#: The real models: small d_model 512 / 8 layers, base 768 / 12, large 1024 / 24 (all gated-gelu, untied head).
-FLAN_T5_STANDIN_SIZES = {
-    "small": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64},
-    "base": {"d_model": 48, "layers": 2, "heads": 4, "d_ff": 128},
-    "large": {"d_model": 64, "layers": 2, "heads": 4, "d_ff": 192},
-}
+# ----------------------------------------------------------------------------------- the student's hooks
 
 
-def train_sentencepiece_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 1000,
-                                  extra_ids: int = 100):
-    """Train a SentencePiece unigram model as T5's ``spiece.model`` and load it the way flan-t5's loads.
-
-    Writes ``spiece.model`` and a ``tokenizer_config.json`` naming ``T5Tokenizer`` (pad 0, eos 1, unk 2,
-    ``extra_ids`` sentinels ``<extra_id_N>`` at the end, as flan-t5's 32,100 pieces), then returns
-    ``AutoTokenizer.from_pretrained(out_dir)``: the same resolution a flan-t5 checkpoint goes through.
-    Single-threaded training on the given texts in order, so the same texts give the same bytes.
-    """
-    spm = require("sentencepiece", "the flan-t5-shaped stand-in tokenizer", extra="student")
-    transformers = require("transformers", "the flan-t5-shaped stand-in tokenizer")
-    texts = [t for t in texts if t and t.strip()]
-    if not texts:
-        raise ValueError("train_sentencepiece_tokenizer needs texts, got none")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, num_threads=1, minloglevel=2,
-        hard_vocab_limit=False)
-    (out_dir / "spiece.model").write_bytes(model.getvalue())
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "T5Tokenizer", "extra_ids": extra_ids, "model_max_length": 512, "eos_token": "</s>",
-         "unk_token": "<unk>", "pad_token": "<pad>"}, indent=2) + "\n", encoding="utf-8")
-    return transformers.AutoTokenizer.from_pretrained(str(out_dir))
-
-
-def build_flan_t5_standin(texts: Iterable[str], out_dir: str | os.PathLike, size: str = "base",
-                          vocab_size: int = 1000, seed: int = 0, dropout: float = 0.1) -> Path:
-    """A randomly initialised, scaled-down model with flan-t5's flags, saved like a flan-t5 checkpoint.
-
-    T5 v1.1 architecture (``feed_forward_proj="gated-gelu"``), ``tie_word_embeddings=False`` with a
-    separate ``lm_head`` saved with weights distinct from the input embeddings (transformers 5 forces
-    ``tie_word_embeddings=True`` into T5 configs but keeps a checkpoint's head when both tensors are present
-    and differ: this is that path), and a SentencePiece tokenizer (:func:`train_sentencepiece_tokenizer`).
-    Used by ``radcot run --rehearse`` in place of ``google/flan-t5-{small,base,large}``.
-
-    Args:
-        texts: tokenizer training texts.
-        out_dir: the model directory (written atomically).
-        size: ``small``, ``base`` or ``large`` (:data:`FLAN_T5_STANDIN_SIZES`).
-        vocab_size: SentencePiece pieces (100 sentinels are added, as in flan-t5).
-        seed: initialisation seed (same seed and texts: same bytes).
-        dropout: dropout rate (flan-t5's is 0.1).
+def build(spec: str, texts: Iterable[str], out_dir: str | os.PathLike) -> Path:
+    """The model-builder hook of ``tiny-t5[:key=value,...]`` specs (:data:`radcot.student.hooks.MODEL_BUILDERS`).
 
     Example:
-        >>> build_flan_t5_standin(["some text"] * 100, "/tmp/flan-small", size="small", vocab_size=50)  # doctest: +SKIP
+        >>> build("tiny-t5:d_model=64,layers=1", ["some text"] * 100, "/tmp/t5")  # doctest: +SKIP
     """
-    torch = require("torch", "the flan-t5-shaped stand-in")
-    transformers = require("transformers", "the flan-t5-shaped stand-in")
-    if size not in FLAN_T5_STANDIN_SIZES:
-        raise ValueError(f"size must be one of {sorted(FLAN_T5_STANDIN_SIZES)}, got {size!r}")
-    dims = FLAN_T5_STANDIN_SIZES[size]
-    from radcot.student.model import quiet_hf
-
-    with atomic_dir(out_dir) as tmp, quiet_hf():
-        tokenizer = train_sentencepiece_tokenizer(texts, tmp, vocab_size=vocab_size)
-        model = _untied_t5(transformers, torch, len(tokenizer), dims, seed, dropout)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_json(Path(tmp) / "standin.json", {"mimics": f"google/flan-t5-{size}", "vocab_size": len(tokenizer),
-                                                "seed": seed, "dropout": dropout, **dims})
-    logger.info("built flan-t5-%s stand-in (%d params, vocab %d) at %s", size,
-                sum(p.numel() for p in model.parameters()), len(tokenizer), out_dir)
-    return Path(out_dir)
+    return build_tiny_t5(texts, out_dir, **parse_tiny_spec(spec))
 
 
-def _untied_t5(transformers, torch, vocab: int, dims: dict, seed: int, dropout: float):
-    """A T5 v1.1 model whose ``lm_head`` is its own tensor, distinct from ``shared``."""
-    d_model, heads = dims["d_model"], dims["heads"]
-    config = transformers.T5Config(
-        vocab_size=vocab, d_model=d_model, d_kv=d_model // heads, d_ff=dims["d_ff"], num_layers=dims["layers"],
-        num_decoder_layers=dims["layers"], num_heads=heads, dropout_rate=dropout, feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = transformers.T5ForConditionalGeneration(config)
-        head = torch.nn.Parameter(torch.randn(vocab, d_model) * d_model ** -0.5)
-    model.lm_head.weight = head  # its own tensor: saved beside shared.weight, kept untied on load
-    model.generation_config.decoder_start_token_id = 0
-    model.generation_config.pad_token_id = 0
-    model.generation_config.eos_token_id = 1
-    return model
+def legacy_model_class(config: Mapping[str, Any]) -> str | None:
+    """The legacy-class hook (:data:`radcot.student.hooks.LEGACY_CLASS_RESOLVERS`): the class of a tiny-T5
+    checkpoint written by radcot <= 0.2, whose ``config.json`` has flags but no ``radcot_model_class``.
+
+    Raises:
+        ValueError: a checkpoint of a dropped variant (see :func:`radcot.demo.pointer.legacy_class_path`).
+    """
+    from radcot.demo.pointer import legacy_class_path
+
+    return legacy_class_path(config)

@@ -1,6 +1,6 @@
 """The demo world's knowledge-base teacher: a deterministic STAND-IN for an LLM that knows the world.
 
-No LLM knows the invented entities of :mod:`radcot.data.world`, and none runs offline at demo speed, so
+No LLM knows the invented entities of :mod:`radcot.demo.world`, and none runs offline at demo speed, so
 the demo's teacher reads the world's facts (``kb.jsonl``) and writes a rationale and an answer in the
 RADCoT output style (``Rationale: ... Answer: ...``, as the official text-davinci-003 CoTs). It matches a
 query to a fact from the query *text* alone -- the entity named in it (longest name first) and the
@@ -84,7 +84,7 @@ class KBTeacher(TeacherBackend):
     """Answer queries about a synthetic world from its facts, in the RADCoT CoT style (a stand-in teacher).
 
     Args:
-        world: the world directory (with ``kb.jsonl``) written by :func:`radcot.data.world.make_world`.
+        world: the world directory (with ``kb.jsonl``) written by :func:`radcot.demo.world.make_world`.
         error_rate: fraction of answers replaced (deterministically, by a hash of the query) with a wrong
             object of the same type -- a knob for studying noisy teachers. 0 (default) = always right.
         describe: start the rationale with a sentence describing the entity (its occupation and employer,
@@ -103,7 +103,7 @@ class KBTeacher(TeacherBackend):
 
     def __init__(self, world: str | os.PathLike, error_rate: float = 0.0, describe: bool = True,
                  unknown: str = "say"):
-        from radcot.data.world import KnowledgeBase, RELATIONS
+        from radcot.demo.world import KnowledgeBase, RELATIONS
 
         if not 0.0 <= error_rate <= 1.0:
             raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
