@@ -263,7 +263,7 @@ def test_rehearsal_end_to_end(runs_dir, name):
     for label, cells in rows:
         values = [float(c.split()[0]) for c in cells.split(" | ")[:len(metrics)]]  # then the gap-closed columns
         assert len(values) == len(metrics) and all(math.isfinite(v) for v in values), (label, cells)
-    assert "BM25 (pyserini)" in references and "pyserini-2cr" in references
+    assert "BM25 (pyserini 2CR)" in references and "pyserini 2CR" in references
     # each student row's servable profile: trained with 10 passages and the official input, generating with 50
     import json
 

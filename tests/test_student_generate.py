@@ -140,7 +140,9 @@ def test_cli_uses_the_recorded_index_and_needs_one_without_a_profile(profiled_st
                  "--out", str(tmp_path / "g.jsonl"), "--no-progress"]) == 0
     assert [len(r["doc_ids"]) for r in _records(tmp_path / "g.jsonl")] == [4, 4]
     capsys.readouterr()
-    assert main(["generate", "--student", str(trained_student), "--queries", str(new_queries),
+    older = Path(shutil.copytree(trained_student / "best", tmp_path / "older"))  # a checkpoint of radcot <= 0.2
+    (older / "radcot_student.json").unlink()
+    assert main(["generate", "--student", str(older), "--queries", str(new_queries),
                  "--out", str(tmp_path / "h.jsonl"), "--no-progress"]) == 1
     err = capsys.readouterr().err.strip()
     assert "records no retriever" in err and "--index DIR" in err and len(err.splitlines()) == 1

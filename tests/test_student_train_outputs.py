@@ -4,6 +4,7 @@ weight-decay groups, and argument types at the API boundary."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -219,7 +220,9 @@ def test_every_checkpoint_carries_the_student_profile(cranfield_distill, cranfie
         p = StudentProfile.load(d)
         assert p.recorded and p.checkpoint == d and p.retriever == record
         assert p.inference == Inference(n_context=K, decoding=Decoding(max_new_tokens=5), formula="query2doc")
-    plain = train(_config(cranfield_distill, tiny_t5, tmp_path / "plain", max_steps=1), show_progress=False)
+    older = Path(shutil.copytree(cranfield_distill, tmp_path / "older-data"))  # data built before the record existed
+    (older / "radcot_data.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "student_retriever"}))
+    plain = train(_config(older, tiny_t5, tmp_path / "plain", max_steps=1), show_progress=False)
     p = StudentProfile.load(plain / "best")
     assert p.recorded and p.retriever is None and p.inference.n_context == K
 
