@@ -75,7 +75,8 @@ def _profile(checkpoint: Path, index: Path, out: Path, max_new_tokens: int, form
 
 def test_served_profile_answers_as_the_pipeline_generate_stage(demo_student, demo_index, texts, tmp_path):
     """Issue 22: ``radcot serve --student ROW_DIR`` (no other flags) reads the recorded index and applies the
-    recorded n_context, decoding (no_repeat_ngram_size too) and formula: the pipeline's generate stage, exactly."""
+    recorded n_context, decoding (no_repeat_ngram_size too) and formula: the pipeline's generate stage, exactly.
+    So does ``radcot expand --student ROW_DIR``."""
     from radcot.expansion import expand_query
     from radcot.retrieval.bm25 import BM25Retriever
     from radcot.records import Query
@@ -101,6 +102,16 @@ def test_served_profile_answers_as_the_pipeline_generate_stage(demo_student, dem
     assert len(set(expected.values())) > 4  # the CoTs depend on the query: the comparison means something
     assert info["decoding"]["no_repeat_ngram_size"] == 3 and info["formula"] == "query2doc"
     assert info["profile_recorded"] is True
+
+    # radcot expand --student ROW_DIR (no --index, no --formula): the same expansions, written to a TSV
+    (tmp_path / "q.tsv").write_text("".join(f"{q.query_id}\t{q.text}\n" for q in queries))
+    p = subprocess.run([sys.executable, "-m", "radcot", "expand", "--student", str(row), "--queries",
+                        str(tmp_path / "q.tsv"), "--out", str(tmp_path / "exp.tsv")], capture_output=True, text=True,
+                       env=_env(), timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    from radcot.expansion import read_expansions
+
+    assert read_expansions(tmp_path / "exp.tsv") == {r["id"]: r["expanded"] for r in results}
 
 
 def test_another_index_is_refused_unless_forced(demo_student, demo_index, cranfield_bm25_index, tmp_path):
