@@ -187,3 +187,29 @@ def test_a_second_waiter_keeps_a_job_alive_when_the_first_leaves():
         return result
 
     assert _run(main()) == ["aa"]
+
+
+@pytest.mark.fast
+def test_a_batch_grows_only_as_far_as_its_deadlines_allow():
+    """Batches cost 0.1 s per item: with 0.25 s left, two jobs share a batch and the third waits for the next
+    (a batch of three would make all three late)."""
+    batches: list[list[str]] = []
+
+    def fn(items):
+        batches.append(list(items))
+        return items
+
+    async def main():
+        b = Batcher(fn, max_batch=8, wait_ms=20)
+        await b.start()
+        b.cost.observe(1, 0.1)
+        b.cost.observe(4, 0.4)
+        t0 = time.perf_counter()
+        jobs = [b.enqueue([x], deadline=t0 + 0.25) for x in "abc"]
+        jobs.append(b.enqueue(["d"], deadline=t0 + 5))
+        out = await asyncio.gather(*(b.wait(j, deadline=j.deadline) for j in jobs), return_exceptions=True)
+        await b.stop()
+        return out
+
+    out = _run(main())
+    assert batches[0] == ["a", "b"] and out[:2] == [["a"], ["b"]]

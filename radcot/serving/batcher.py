@@ -286,18 +286,17 @@ class Batcher:
 
     # ---------------------------------------------------------------------------------------- the worker
 
-    def _fits(self, job: Job, size: int, now: float) -> bool | None:
-        """Whether ``job`` finishes by its deadline in a batch of ``size + len(job)`` items (True without a
-        deadline or a cost estimate); ``None`` when it cannot even alone."""
-        if job.deadline is None:
-            return True
+    def _fits(self, job: Job, size: int, now: float, left: float) -> bool | None:
+        """Whether a batch of ``size + len(job)`` items ends before ``job``'s deadline and within ``left`` seconds
+        (the least time left to the jobs already in the batch); True without deadlines or a cost estimate;
+        ``None`` when ``job`` cannot make its deadline even alone."""
         alone, together = self.cost.estimate(len(job.items)), self.cost.estimate(size + len(job.items))
         if alone is None:
             return True
-        left = job.deadline - now
-        if alone > left:
+        mine = float("inf") if job.deadline is None else job.deadline - now
+        if alone > mine:
             return None
-        return together <= left
+        return together <= min(mine, left)
 
     async def _next_wait(self, until: float) -> bool:
         """Wait for a new job until ``until`` (``perf_counter``); False when the time is up."""
@@ -314,14 +313,14 @@ class Batcher:
     async def _gather(self) -> list[Job]:
         """The next batch of live jobs (empty when none is left that can make its deadline)."""
         jobs: list[Job] = []
-        size, until = 0, None
+        size, until, soonest = 0, None, float("inf")  # soonest: the earliest deadline in the batch
         while size < self.max_batch:
             if not self._live:
                 if until is None or not await self._next_wait(until):
                     break
                 continue
             job, now = self._live[0], time.perf_counter()
-            fits = self._fits(job, size, now)
+            fits = self._fits(job, size, now, soonest - now)
             if fits is None:
                 self._declare_late(job)
                 continue
@@ -331,6 +330,8 @@ class Batcher:
             job.state = "batched"  # still counted as waiting until the batch runs
             jobs.append(job)
             size += len(job.items)
+            if job.deadline is not None:
+                soonest = min(soonest, job.deadline)
             if until is None:  # the window of the batch's first job (one that waited already does not wait again)
                 until = job.enqueued + self.wait_s
         return jobs
