@@ -190,9 +190,9 @@ def test_a_second_waiter_keeps_a_job_alive_when_the_first_leaves():
 
 
 @pytest.mark.fast
-def test_a_batch_grows_only_as_far_as_its_deadlines_allow():
-    """Batches cost 0.1 s per item: with 0.25 s left, two jobs share a batch and the third waits for the next
-    (a batch of three would make all three late)."""
+def test_a_batch_grows_only_as_far_as_its_deadlines_allow_newest_first():
+    """Batches cost 0.1 s per item: with 0.25 s left, two jobs share a batch (three would make all three late).
+    A job without a deadline goes first; then the newest, which have the most time left."""
     batches: list[list[str]] = []
 
     def fn(items):
@@ -205,11 +205,37 @@ def test_a_batch_grows_only_as_far_as_its_deadlines_allow():
         b.cost.observe(1, 0.1)
         b.cost.observe(4, 0.4)
         t0 = time.perf_counter()
-        jobs = [b.enqueue([x], deadline=t0 + 0.25) for x in "abc"]
-        jobs.append(b.enqueue(["d"], deadline=t0 + 5))
+        jobs = [b.enqueue([x], deadline=t0 + 0.25) for x in "abc"] + [b.enqueue(["patient"])]
         out = await asyncio.gather(*(b.wait(j, deadline=j.deadline) for j in jobs), return_exceptions=True)
         await b.stop()
         return out
 
     out = _run(main())
-    assert batches[0] == ["a", "b"] and out[:2] == [["a"], ["b"]]
+    assert batches[0] == ["patient", "c"] and out[2:] == [["c"], ["patient"]]
+
+
+@pytest.mark.fast
+def test_a_job_that_cannot_start_in_time_is_late_when_it_arrives():
+    """While a 0.5 s batch runs, a job with 0.2 s left cannot make it: its waiter hears so at once."""
+    gate = __import__("threading").Event()
+
+    def fn(items):
+        gate.wait(5)
+        return items
+
+    async def main():
+        b = Batcher(fn, max_batch=1, wait_ms=0)
+        await b.start()
+        b.cost.observe(1, 0.5)
+        busy = b.enqueue(["busy"])
+        await asyncio.sleep(0.05)  # running
+        t0 = time.perf_counter()
+        with pytest.raises(Late):
+            await b.wait(b.enqueue(["tight"], deadline=t0 + 0.2), deadline=t0 + 0.2)
+        waited = time.perf_counter() - t0
+        gate.set()
+        await b.wait(busy)
+        await b.stop()
+        return waited
+
+    assert _run(main()) < 0.05

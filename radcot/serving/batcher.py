@@ -12,10 +12,13 @@ Who waits for a job decides what happens to it:
 - A job with a deadline (:meth:`Batcher.wait`) whose waiters gave up at their deadline is kept, as a
   *background* job, when they ask for it (``keep``): it runs when no live job waits, to fill a cache. At most
   ``max_background`` items wait so; the oldest are dropped first.
-- A job that cannot finish within its deadline even in a batch of its own (by :class:`BatchCost`, the
-  measured cost of recent batches) is declared late before it runs: its waiters answer at once (the
-  service falls back to the unexpanded query) instead of at the deadline, and the job goes to the
-  background. Under overload this spends the model on jobs that can still make it.
+- A job that cannot finish within its deadline even in a batch of its own right after the batch running
+  now (by :class:`BatchCost`, the measured cost of recent batches) is declared late -- when it arrives, or
+  when a batch is formed: its waiters answer at once (the service falls back to the unexpanded query)
+  instead of at the deadline, and the job goes to the background.
+- Batches take jobs without a deadline first (oldest first), then the newest jobs with one, and grow only
+  while every job in them can still make its deadline: under overload the model's time goes to the jobs
+  that can still be answered in time, not to the oldest ones, which would all be late.
 
 Example:
     >>> batcher = Batcher(expander.generate, max_batch=32, wait_ms=5)  # doctest: +SKIP
@@ -132,6 +135,7 @@ class Batcher:
         self._stopping = False
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="radcot-generate")
         self._last_batch_s = 0.05
+        self._busy_until: float | None = None  # the estimated end of the batch running now
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
@@ -171,10 +175,23 @@ class Batcher:
             raise QueueFull(self.waiting, self.max_queue, self.retry_after())
         loop = asyncio.get_running_loop()
         job = Job(items, loop.create_future(), loop.create_future(), deadline)
+        if not self._admissible(job):
+            job.state = "late"  # answered at once: its waiter falls back, the job goes to the background
+            job.late.set_result(True)
+            self._emit("late", len(items))
+            return job
         self._live.append(job)
         self._count(len(items))
         self._wake.set()
         return job
+
+    def _admissible(self, job: Job) -> bool:
+        """False when ``job`` cannot make its deadline even if it runs alone right after the batch running now."""
+        alone = self.cost.estimate(len(job.items))
+        if job.deadline is None or alone is None:
+            return True
+        now = time.perf_counter()
+        return max(now, self._busy_until or now) + alone <= job.deadline
 
     def attach(self, job: Job, deadline: float | None = None) -> bool:
         """One more waiter for a queued or running ``job`` (a request for the same items); False when the job is
@@ -310,23 +327,41 @@ class Batcher:
             return False
         return True
 
+    def _pick(self) -> Job | None:
+        """The next live job for a batch: the oldest without a deadline, else the newest with one (under overload
+        the newest have the most time left: serving the oldest first would make every job late)."""
+        for job in self._live:
+            if job.deadline is None:
+                return job
+        return self._live[-1] if self._live else None
+
+    def _expire(self, now: float) -> None:
+        """Declare late every live job that cannot make its deadline even alone (its waiters answer now)."""
+        for job in [j for j in self._live if j.deadline is not None]:
+            alone = self.cost.estimate(len(job.items))
+            if alone is not None and now + alone > job.deadline:
+                self._declare_late(job)
+
     async def _gather(self) -> list[Job]:
         """The next batch of live jobs (empty when none is left that can make its deadline)."""
         jobs: list[Job] = []
         size, until, soonest = 0, None, float("inf")  # soonest: the earliest deadline in the batch
+        self._expire(time.perf_counter())
         while size < self.max_batch:
-            if not self._live:
+            job = self._pick()
+            if job is None:
                 if until is None or not await self._next_wait(until):
                     break
+                self._expire(time.perf_counter())
                 continue
-            job, now = self._live[0], time.perf_counter()
+            now = time.perf_counter()
             fits = self._fits(job, size, now, soonest - now)
             if fits is None:
                 self._declare_late(job)
                 continue
             if jobs and (not fits or size + len(job.items) > self.max_batch):
                 break
-            self._live.popleft()
+            self._live.remove(job)
             job.state = "batched"  # still counted as waiting until the batch runs
             jobs.append(job)
             size += len(job.items)
@@ -356,9 +391,12 @@ class Batcher:
         items = [t for j in jobs for t in j.items]
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
+        est = self.cost.estimate(len(items))
+        self._busy_until = None if est is None else t0 + est
         try:
             results = await loop.run_in_executor(self._pool, self.fn, items)
         except Exception as e:  # noqa: BLE001 - handed to every waiting request
+            self._busy_until = None
             logger.exception("batch of %d items failed", len(items))
             for j in jobs:
                 j.state = "done"
@@ -367,6 +405,7 @@ class Batcher:
                     if j.waiters <= 0:
                         j.future.exception()  # retrieved: nobody waits for a background job's error
             return
+        self._busy_until = None
         self._last_batch_s = time.perf_counter() - t0
         self.cost.observe(len(items), self._last_batch_s)
         if self.observe is not None:
