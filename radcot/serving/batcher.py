@@ -10,8 +10,9 @@ Who waits for a job decides what happens to it:
 - A job nobody waits for any more (its clients went away) is dropped before it runs, and its items stop
   counting against ``max_queue`` at once: clients that leave never cause 503s for the next ones.
 - A job with a deadline (:meth:`Batcher.wait`) whose waiters gave up at their deadline is kept, as a
-  *background* job, when they ask for it (``keep``): it runs when no live job waits, to fill a cache. At most
-  ``max_background`` items wait so; the oldest are dropped first.
+  *background* job, when they ask for it (``keep``): it runs when the model is idle (no live job waits and
+  none arrived within the time one query takes), in batches that take at most half the shortest recent
+  deadline, to fill a cache. At most ``max_background`` items wait so; the oldest are dropped first.
 - A job that cannot finish within its deadline even in a batch of its own right after the batch running
   now (by :class:`BatchCost`, the measured cost of recent batches) is declared late -- when it arrives, or
   when a batch is formed: its waiters answer at once (the service falls back to the unexpanded query)
@@ -136,6 +137,8 @@ class Batcher:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="radcot-generate")
         self._last_batch_s = 0.05
         self._busy_until: float | None = None  # the estimated end of the batch running now
+        self._last_arrival = 0.0  # perf_counter time of the last enqueue
+        self._recent_budget: float | None = None  # the shortest deadline budget (deadline - arrival) seen lately
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
@@ -175,6 +178,10 @@ class Batcher:
             raise QueueFull(self.waiting, self.max_queue, self.retry_after())
         loop = asyncio.get_running_loop()
         job = Job(items, loop.create_future(), loop.create_future(), deadline)
+        self._last_arrival = job.enqueued
+        if deadline is not None:
+            budget = deadline - job.enqueued
+            self._recent_budget = budget if self._recent_budget is None else min(budget, 0.9 * self._recent_budget + 0.1 * budget)
         if not self._admissible(job):
             job.state = "late"  # answered at once: its waiter falls back, the job goes to the background
             job.late.set_result(True)
@@ -372,13 +379,27 @@ class Batcher:
         return jobs
 
     def _background_batch(self) -> list[Job]:
+        """Background jobs for the idle model: as many as fit in half the shortest recent deadline (a live request
+        that arrives meanwhile still has time after it), newest first."""
+        budget = None if self._recent_budget is None else self._recent_budget / 2
         jobs, size = [], 0
-        while self._bg and (not jobs or size + len(self._bg[0].items) <= self.max_batch):
-            job = self._bg.popleft()
+        while self._bg:
+            n = size + len(self._bg[-1].items)
+            est = self.cost.estimate(n)
+            if jobs and (n > self.max_batch or (budget is not None and est is not None and est > budget)):
+                break
+            job = self._bg.pop()
             self.background -= len(job.items)
             jobs.append(job)
-            size += len(job.items)
+            size = n
         return jobs
+
+    def _idle(self) -> bool:
+        """No live job waits, and none arrived within the time one query takes (more are likely on the way)."""
+        if self._live:
+            return False
+        gap = self.cost.estimate(1) or 0.0
+        return time.perf_counter() - self._last_arrival >= gap
 
     async def _run_batch(self, jobs: list[Job]) -> None:
         jobs = [j for j in jobs if j.state != "dropped"]  # left while the batch was gathering
@@ -422,15 +443,23 @@ class Batcher:
     async def _run(self) -> None:
         while True:
             jobs = await self._gather()
-            if not jobs and self._bg and not self._stopping:
+            if not jobs and self._bg and not self._stopping and self._idle():
                 jobs = self._background_batch()
             if jobs:
                 await self._run_batch(jobs)
                 continue
             if self._stopping and not self._live:
                 return
-            if not self._live and not (self._bg and not self._stopping):
-                self._wake.clear()
+            if self._live:
+                continue
+            self._wake.clear()
+            if self._bg and not self._stopping:  # background work waits for a quiet moment
+                wait = max(0.001, (self.cost.estimate(1) or 0.0) - (time.perf_counter() - self._last_arrival))
+                try:
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+            else:
                 await self._wake.wait()
 
 
