@@ -342,9 +342,9 @@ def cpu_path_report(student_dir: str, index: str | None, queries: list[str], bat
     eos, pad = base.t5.generation_config.eos_token_id, base.tokenizer.pad_token_id
     kwargs = dict(dec.generate_kwargs(), do_sample=False, num_return_sequences=1, use_cache=True)
 
-    def run(student, stop: bool) -> tuple[float, list[list[int]]]:
+    def run(student, stop: bool, limit: int | None = None) -> tuple[float, list[list[int]]]:
         ids, t0 = [], time.perf_counter()
-        for i in range(0, len(examples), batch):
+        for i in range(0, min(len(examples), limit or len(examples)), batch):
             chunk = [dict(ex, passages=list(ex["passages"])[:k]) for ex in examples[i:i + batch]]
             kw = dict(kwargs, stopping_criteria=answer_stop(student.tokenizer)) if stop else kwargs
             out = student.generate(*student.collator.encode_inputs(chunk), **kw)
@@ -355,7 +355,7 @@ def cpu_path_report(student_dir: str, index: str | None, queries: list[str], bat
     rows, ref = [], None
     for path in paths:
         student = prepare(copy.deepcopy(base), path, "cpu")
-        run(student, path.stop_at_answer) if len(examples) > batch else None  # warm-up (kernels, allocator)
+        run(student, path.stop_at_answer, limit=batch)  # warm-up: one batch (kernels, allocator)
         seconds, ids = run(student, path.stop_at_answer)
         if ref is None:
             ref_s, ref = seconds, ids

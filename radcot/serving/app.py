@@ -260,7 +260,7 @@ class Service:
                 self.batcher.cost.observe(1, seconds)  # deadlines can be judged from the first request on
             if on_loaded is not None:
                 on_loaded()  # on the event loop's thread (the main one under uvicorn.run)
-            self.metrics.loaded.inc()
+            self.metrics.loaded.set(1)
             logger.info("student loaded: %r", self.expander)
         except Exception as e:  # noqa: BLE001 - reported on /health and to the CLI
             self.load_error = f"{type(e).__name__}: {e}"
@@ -307,7 +307,8 @@ class Service:
                          cots: dict[str, str], reasons: dict[str, str]) -> None:
         """Fill ``cots`` (or ``reasons``) for ``keys`` from the generations they join or queue."""
         waits = self._join(keys, deadline)
-        new = [k for k in keys if not any(k == key for pairs in waits.values() for key, _ in pairs)]
+        joined = {k for pairs in waits.values() for k, _ in pairs}
+        new = [k for k in keys if k not in joined]
         if new:
             try:
                 job = self.batcher.enqueue(new, deadline)
