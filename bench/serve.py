@@ -21,7 +21,9 @@ Scenarios, on one ``radcot serve`` (``--workers``, ``--threads`` per worker, in-
 5. ``cache-hit``: one client asking ``--hit-queries`` queries already cached, 100 requests -- the cache's own
    latency through HTTP.
 
-Reported per scenario: p50/p95/p99 (ms), requests/s, fallback rate, cache hit ratio; the RSS of each worker.
+Reported per scenario: p50/p95/p99 (ms, measured by the client, whose garbage collector is off during a run),
+the server's own p99 (the upper bound of its histogram bucket) and share of requests answered within the
+deadline + 10%, requests/s, expanded answers/s, fallback rate, cache hit ratio; the RSS of each worker.
 ``--cpu-path`` adds an offline comparison of bf16 / int8 / stop-at-answer with fp32 on the same examples:
 exact-match rate of the greedy token ids, token agreement (positions equal to fp32's, over fp32's tokens;
 and the mean share before the first difference) and the speed-up.
@@ -269,6 +271,46 @@ def summarize(name: str, seconds: float, results: list, **extra) -> dict:
     return row
 
 
+def server_hist(server: Server) -> dict[float, float]:
+    """The server's own latency histogram of ``/v1/expand`` (cumulative counts by bucket bound, seconds)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[float, float] = {}
+    for fam in text_string_to_metric_families(httpx.get(server.url + "/metrics").text):
+        for s in fam.samples:
+            if s.name == "radcot_request_seconds_bucket" and s.labels.get("path") == "/v1/expand":
+                le = float(s.labels["le"])
+                out[le] = out.get(le, 0.0) + s.value  # summed over workers
+    return out
+
+
+def server_side(before: dict, after: dict, deadline_ms: float) -> dict:
+    """From the server's histogram: the p99 bucket (its upper bound, ms) and the share within deadline + 10%."""
+    n = after[float("inf")] - before.get(float("inf"), 0.0)
+    if not n:
+        return {}
+    share = {le: (after[le] - before.get(le, 0.0)) / n for le in sorted(after)}
+    p99 = next(le for le, v in share.items() if v >= 0.99)
+    limit = max((le for le in share if le <= deadline_ms * 1.1 / 1000 + 1e-9), default=None)
+    return {"server_p99_le_ms": p99 * 1000, "server_within_deadline_10pct": share[limit] if limit else None}
+
+
+def measured(server: Server, args, name: str, run, **extra) -> dict:
+    """Run one scenario (the client's garbage collector off: its pauses would count as latency) and summarise it
+    with the server's own view."""
+    import gc
+
+    before = server_hist(server)
+    gc.collect()
+    gc.disable()
+    try:
+        seconds, results = asyncio.run(run)
+    finally:
+        gc.enable()
+    return summarize(name, seconds, results, **extra, **server_side(before, server_hist(server), args.deadline_ms))
+
+
 def run_scenarios(server: Server, args, texts: list[str], pool: list[str]) -> list[dict]:
     fresh = iter(texts)
 
@@ -277,23 +319,22 @@ def run_scenarios(server: Server, args, texts: list[str], pool: list[str]) -> li
 
     rows = []
     asyncio.run(closed_loop(server.url, take(2), 1))  # warm-up
-    rows.append(summarize("sequential", *asyncio.run(closed_loop(server.url, take(args.sequential), 1))))
+    rows.append(measured(server, args, "sequential", closed_loop(server.url, take(args.sequential), 1)))
     capacity = rows[0]["req_per_s"]
     for n in args.clients:
-        row = summarize(f"closed-{n}", *asyncio.run(closed_loop(server.url, take(args.per_client * n), n)))
+        row = measured(server, args, f"closed-{n}", closed_loop(server.url, take(args.per_client * n), n))
         rows.append(row)
         capacity = max(capacity, row["req_per_s"])
     rate = args.rate or args.overload * capacity
     n_open = max(20, int(rate * args.duration))
-    rows.append(summarize(f"open-{rate:.2g}/s deadline {args.deadline_ms:g} ms",
-                          *asyncio.run(open_loop(server.url, take(n_open), rate, args.deadline_ms)),
-                          rate=rate, capacity=capacity))
+    rows.append(measured(server, args, f"open-{rate:.2g}/s deadline {args.deadline_ms:g} ms",
+                         open_loop(server.url, take(n_open), rate, args.deadline_ms), rate=rate, capacity=capacity))
     stream = zipf_stream(pool, n_open, seed=1)
-    rows.append(summarize(f"zipf-{rate:.2g}/s deadline {args.deadline_ms:g} ms (pool {len(pool)})",
-                          *asyncio.run(open_loop(server.url, stream, rate, args.deadline_ms, seed=1)), rate=rate))
+    rows.append(measured(server, args, f"zipf-{rate:.2g}/s deadline {args.deadline_ms:g} ms (pool {len(pool)})",
+                         open_loop(server.url, stream, rate, args.deadline_ms, seed=1), rate=rate))
     hot = take(args.hit_queries)
     asyncio.run(_warm(server.url, hot))  # one request of all of them, no deadline: generated and cached
-    rows.append(summarize("cache-hit", *asyncio.run(closed_loop(server.url, hot * (100 // len(hot) + 1), 1))))
+    rows.append(measured(server, args, "cache-hit", closed_loop(server.url, hot * (100 // len(hot) + 1), 1)))
     return rows
 
 
@@ -386,10 +427,12 @@ def _first_diff(a: list[int], b: list[int]) -> int:
 def report(student: str, info: dict, rows: list[dict], rss: list[float], cpu: list[dict] | None) -> None:
     print(f"\n## {student}: {info['student'].get('n_context')} passages, decoding {info['student']['decoding']}, "
           f"workers {info['serve']['workers']}")
-    print(f"{'scenario':<40} {'req':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>7} {'exp/s':>7} "
-          f"{'fallback':>8} {'hits':>6}  load")
+    print(f"{'scenario':<40} {'req':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'srv p99<=':>9} {'srv<=D+10%':>10} "
+          f"{'req/s':>7} {'exp/s':>7} {'fallback':>8} {'hits':>6}  load")
     for r in rows:
+        within = r.get("server_within_deadline_10pct")
         print(f"{r['scenario']:<40} {r['requests']:>5} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} "
+              f"{r.get('server_p99_le_ms', float('nan')):>9.0f} {'' if within is None else f'{within:.1%}':>10} "
               f"{r['req_per_s']:>7.2f} {r['expanded_per_s']:>7.2f} {r['fallback_rate']:>8.1%} {r['hit_ratio']:>6.1%}"
               f"  {r['load']}")
     print("RSS per worker (MiB): " + ", ".join(f"{x:.0f}" for x in rss))

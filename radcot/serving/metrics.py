@@ -31,7 +31,7 @@ class Metrics:
         r = None if self.multiprocess else self.registry  # multiprocess: values live in files, summed at render
         self.requests = pc.Counter("radcot_requests", "HTTP requests by path and status", ["path", "status"], registry=r)
         self.latency = pc.Histogram("radcot_request_seconds", "request latency (seconds) by path", ["path"], registry=r,
-                                    buckets=(.005, .01, .025, .05, .1, .2, .25, .5, 1, 2.5, 5, 10, 30))
+                                    buckets=(.005, .01, .025, .05, .1, .15, .2, .22, .25, .3, .5, .75, 1, 2.5, 5, 10, 30))
         self.batch_size = pc.Histogram("radcot_batch_size", "inputs per generate call", registry=r,
                                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.batch_seconds = pc.Histogram("radcot_batch_seconds", "seconds per generate call", registry=r,
