@@ -1,6 +1,7 @@
 """Stage 4: expand queries with chains of thought (RADCoT / query2doc formulas) and search with them.
 
-Formulas (``q``: the query, ``cot``: its chain of thought; lengths in characters):
+Formulas (``q``: the query, ``cot``: its chain of thought; lengths in characters), one registry,
+:data:`FORMULAS` (CLI choices, request schemas and config checks read their names from it):
 
 - ``radcot`` (the official): ``(q + " ") * n + " " + cot`` with ``n = max(5, len(cot) // len(q))``, so the
   query keeps its weight against long CoTs (BM25 counts the repeated terms).
@@ -8,22 +9,27 @@ Formulas (``q``: the query, ``cot``: its chain of thought; lengths in characters
 - ``dense``: ``q + " [SEP] " + cot`` (for an encoder).
 - ``none``: ``q`` (the unexpanded baseline through the same code path).
 
-A query whose CoT is missing, failed or blank falls back to ``q`` (counted and logged), never to an
-empty or crashing query.
+One function turns a query and its CoT into the searched text, :func:`expand_query`: the CoT is cleaned
+(:func:`clean_cot`), and a query whose CoT is missing, failed or blank falls back to ``q`` (marked
+``fallback="no_cot"``), never to an empty or crashing query. Everything that expands (this module's
+expanders, :class:`radcot.Expander`, ``radcot serve``, the PyTerrier transformer) goes through it.
 
 Sources of CoTs for :class:`QueryExpander`: a dict ``{qid: cot}`` (or ``{qid: [cot, ...]}`` for several
 samples), a teacher output file (radcot JSONL, ``qid \\t text`` TSV or the official davinci-003 TSV, read by
 :func:`radcot.teacher.runner.read_teacher_output`), a list of such files (one per sample), a
-:class:`~radcot.teacher.base.TeacherBackend` (asked on demand), or a trained student run directory
-(generation through :func:`radcot.student.generate.generate_cots`, with passages from ``retriever``).
+:class:`~radcot.teacher.base.TeacherBackend` (asked on demand), or a trained student (generation through
+:func:`radcot.student.generate.generate_cots`, with the passages and decoding its profile records, see
+:mod:`radcot.student.profile`; ``retriever`` / ``generate_kwargs`` override them).
 
 With ``samples = m > 1`` the expander yields ``m`` expansions per query and :class:`ExpandedSearcher`
 fuses the ``m`` runs with reciprocal rank fusion.
 
 Example:
-    >>> from radcot.expansion import expand_text
+    >>> from radcot.expansion import expand_query, expand_text
     >>> expand_text("bm25", "a ranking function", "query2doc")
     'bm25 bm25 bm25 bm25 bm25  a ranking function'
+    >>> expand_query("bm25", "  ", "radcot")
+    Expansion(query='bm25', cot='', expanded='bm25', fallback='no_cot')
     >>> expander = QueryExpander({"1": "Rationale: ... Answer: ..."}, formula="radcot")  # doctest: +SKIP
     >>> searcher = ExpandedSearcher(BM25Retriever("runs/idx"), expander)  # doctest: +SKIP
     >>> run = searcher.run(read_queries("data/demo/queries.test.tsv"), k=1000)  # doctest: +SKIP
@@ -36,16 +42,19 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from radcot.records import DataFormatError, Query, RadcotError, ScoredDoc
 
 logger = logging.getLogger(__name__)
 
-FORMULAS = ("radcot", "query2doc", "dense", "none")
-
 #: the separator of the ``dense`` formula
 SEP = " [SEP] "
+
+#: why an :class:`Expansion` is the query itself: no usable CoT; (serving) the deadline passed first; the
+#: queue was full
+FALLBACKS = ("no_cot", "deadline", "overloaded")
 
 
 # ----------------------------------------------------------------------------------------------- formulas
@@ -67,8 +76,41 @@ def radcot_repeats(query: str, cot: str, minimum: int = 5) -> int:
     return max(minimum, len(cot) // len(query))
 
 
+def _radcot(query: str, cot: str) -> str:
+    return (query + " ") * radcot_repeats(query, cot) + " " + cot
+
+
+def _query2doc(query: str, cot: str) -> str:
+    return (query + " ") * 5 + " " + cot
+
+
+def _dense(query: str, cot: str) -> str:
+    return query + SEP + cot
+
+
+def _none(query: str, cot: str) -> str:
+    return query
+
+
+#: the expansion formulas by name, ``formula(query, cot) -> expanded text`` (the only list of them)
+FORMULAS: Mapping[str, Callable[[str, str], str]] = MappingProxyType(
+    {"radcot": _radcot, "query2doc": _query2doc, "dense": _dense, "none": _none})
+
+
+def check_formula(formula: Any) -> str:
+    """``formula`` if it names a formula of :data:`FORMULAS`; else :class:`RadcotError` listing them."""
+    if not isinstance(formula, str) or formula not in FORMULAS:
+        raise RadcotError(f"unknown expansion formula {formula!r}; choose one of {', '.join(FORMULAS)}")
+    return formula
+
+
+_check_formula = check_formula  # the name other modules imported before the registry was public
+
+
 def expand_text(query: str, cot: str | None, formula: str = "radcot") -> str:
-    """Apply one expansion formula to a query and its CoT (the pure formula; no fallback).
+    """Apply one expansion formula to a query and its CoT (the pure formula; no cleaning, no fallback).
+
+    Use :func:`expand_query` for a CoT as a model wrote it.
 
     Args:
         query: the query text.
@@ -84,16 +126,83 @@ def expand_text(query: str, cot: str | None, formula: str = "radcot") -> str:
         >>> expand_text("q", "cot", "dense")
         'q [SEP] cot'
     """
-    cot = cot or ""
-    if formula == "radcot":
-        return (query + " ") * radcot_repeats(query, cot) + " " + cot
-    if formula == "query2doc":
-        return (query + " ") * 5 + " " + cot
-    if formula == "dense":
-        return query + SEP + cot
+    return FORMULAS[check_formula(formula)](query, cot or "")
+
+
+def is_usable_cot(text: Any) -> bool:
+    """Whether ``text`` can expand a query: a string with something besides whitespace."""
+    return isinstance(text, str) and bool(text.strip())
+
+
+_usable = is_usable_cot
+
+
+def clean_cot(text: str) -> str:
+    """CoTs go into one-line queries: each newline/tab becomes a space (the paper's post-processing), ends stripped.
+
+    Inner runs of spaces are kept, so ``len(cot)`` -- and the ``radcot`` repeat count -- match the source.
+
+    Example:
+        >>> clean_cot(" Rationale: a.\\nAnswer: b. ")
+        'Rationale: a. Answer: b.'
+    """
+    return text.replace("\r\n", " ").replace("\t", " ").replace("\r", " ").replace("\n", " ").strip()
+
+
+_clean = clean_cot
+
+
+@dataclasses.dataclass(frozen=True)
+class Expansion:
+    """One expanded query: the original ``query``, the (cleaned) ``cot`` and the ``expanded`` text searched.
+
+    ``fallback`` says why ``expanded`` is the query itself (``None``: it is expanded, or the formula is
+    ``none``): ``no_cot`` (no usable CoT), and in serving ``deadline`` (the student did not finish in time)
+    or ``overloaded`` (the queue was full).
+    """
+
+    query: str
+    cot: str
+    expanded: str
+    fallback: str | None = None
+
+    def __post_init__(self):
+        if self.fallback is not None and self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be None or one of {FALLBACKS}, got {self.fallback!r}")
+
+    @property
+    def is_expanded(self) -> bool:
+        """False when the query is searched as it is for want of a CoT (``fallback`` says why)."""
+        return self.fallback is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def unexpanded(cls, query: str, reason: str) -> "Expansion":
+        """The query as its own expansion, with the reason (one of :data:`FALLBACKS`)."""
+        return cls(query, "", query, reason)
+
+
+def expand_query(query: str, cot: Any, formula: str = "radcot") -> Expansion:
+    """The expansion of ``query`` with ``cot``: the one place where a CoT becomes a searched text.
+
+    The CoT is cleaned (:func:`clean_cot`); a ``None``, non-string or blank CoT gives the query itself with
+    ``fallback="no_cot"``. The ``none`` formula gives the query (not a fallback: it is the chosen baseline).
+
+    Example:
+        >>> expand_query("q", "c\\nd", "query2doc").expanded
+        'q q q q q  c d'
+        >>> expand_query("q", None).fallback
+        'no_cot'
+    """
+    fn = FORMULAS[check_formula(formula)]
+    cot = clean_cot(cot) if is_usable_cot(cot) else ""
     if formula == "none":
-        return query
-    raise RadcotError(f"unknown expansion formula {formula!r}; choose one of {', '.join(FORMULAS)}")
+        return Expansion(query, cot, query)
+    if not cot:
+        return Expansion.unexpanded(query, "no_cot")
+    return Expansion(query, cot, fn(query, cot))
 
 
 #: one token as Lucene's StandardTokenizer roughly sees it: a CJK character alone, else a run of word characters
@@ -122,31 +231,14 @@ def limit_terms(text: str, max_terms: int = 1000) -> str:
     return text
 
 
-def _check_formula(formula: str) -> str:
-    if formula not in FORMULAS:
-        raise RadcotError(f"unknown expansion formula {formula!r}; choose one of {', '.join(FORMULAS)}")
-    return formula
-
-
-def _usable(text: Any) -> bool:
-    return isinstance(text, str) and bool(text.strip())
-
-
-def _clean(text: str) -> str:
-    """CoTs go into one-line queries: each newline/tab becomes a space (the paper's post-processing), ends stripped.
-
-    Inner runs of spaces are kept, so ``len(cot)`` -- and the ``radcot`` repeat count -- match the source.
-    """
-    return text.replace("\r\n", " ").replace("\t", " ").replace("\r", " ").replace("\n", " ").strip()
-
-
 def expand_queries(queries: Iterable[Query], cots: Mapping[str, str | None], formula: str = "radcot") -> dict[str, str]:
-    """Expand each query with its CoT; a query without a usable CoT keeps its text (counted, logged).
+    """Expand each query with its CoT (:func:`expand_query`); a query without a usable CoT keeps its text
+    (counted, logged).
 
     Args:
         queries: the queries.
         cots: ``{query_id: cot}`` (missing ids, ``None`` and blank CoTs fall back to the query).
-        formula: see :func:`expand_text`.
+        formula: see :data:`FORMULAS`.
 
     Returns:
         ``{query_id: expanded text}`` in query order.
@@ -155,18 +247,14 @@ def expand_queries(queries: Iterable[Query], cots: Mapping[str, str | None], for
         >>> expand_queries([Query("1", "q")], {"1": "c"}, "query2doc")
         {'1': 'q q q q q  c'}
     """
-    _check_formula(formula)
+    check_formula(formula)
     out: dict[str, str] = {}
     missing: list[str] = []
     for q in queries:
-        cot = cots.get(q.query_id)
-        if formula == "none":
-            out[q.query_id] = q.text
-        elif _usable(cot):
-            out[q.query_id] = expand_text(q.text, _clean(cot), formula)
-        else:
+        exp = expand_query(q.text, cots.get(q.query_id), formula)
+        if exp.fallback is not None:
             missing.append(q.query_id)
-            out[q.query_id] = q.text
+        out[q.query_id] = exp.expanded
     if missing:
         logger.warning("%d of %d queries have no usable CoT and are searched unexpanded (e.g. %s)",
                        len(missing), len(out), ", ".join(missing[:5]))
@@ -174,9 +262,18 @@ def expand_queries(queries: Iterable[Query], cots: Mapping[str, str | None], for
 
 
 def write_expansions(expanded: Mapping[str, str], path: str | os.PathLike) -> None:
-    """Write ``qid \\t expanded text`` (one line per query, tabs/newlines flattened), atomically."""
+    """Write ``qid \\t expanded text`` (one line per query, tabs/newlines flattened), atomically.
+
+    Raises:
+        RadcotError: a blank expanded text (nothing would be searched; :func:`expand_query` never makes one).
+    """
     from radcot.utils import atomic_write
 
+    blank = [qid for qid, text in expanded.items() if not is_usable_cot(text)]
+    if blank:
+        raise RadcotError(f"{len(blank)} expanded queries are blank (e.g. query id {blank[0]!r}); nothing written "
+                          f"to {path}: expand with expand_query/expand_queries, which keep the query text when "
+                          f"there is no usable CoT")
     with atomic_write(path) as f:
         for qid, text in expanded.items():
             flat = text.replace("\r\n", " ").replace("\t", " ").replace("\r", " ").replace("\n", " ")
@@ -187,7 +284,8 @@ def read_expansions(path: str | os.PathLike) -> dict[str, str]:
     """Read a ``qid \t expanded text`` file written by :func:`write_expansions` / ``radcot expand`` (``.gz`` too).
 
     Raises:
-        DataFormatError: a line without a tab, or a repeated query id (file and line named).
+        DataFormatError: a line without a tab, a blank expanded text (it would search an empty query), or a
+            repeated query id (file and line named).
     """
     from radcot.data.readers import _open
 
@@ -203,6 +301,11 @@ def read_expansions(path: str | os.PathLike) -> dict[str, str]:
                 raise DataFormatError(path, i, "2 tab-separated fields (query-id \\t expanded text)",
                                       f"no tab: {line[:80]!r}", "Write one `qid\\ttext` line per query (radcot expand does)")
             qid = qid.strip()
+            if not text.strip():
+                raise DataFormatError(path, i, "a non-blank expanded text after the tab",
+                                      f"a blank expansion for query id {qid!r}",
+                                      "write the query text itself for a query without a usable CoT (radcot expand "
+                                      "does), or remove the line to search the query unexpanded")
             if qid in first:
                 raise DataFormatError(path, i, "each query id once", f"query id {qid!r} again (first at line {first[qid]})")
             first[qid] = i
@@ -241,7 +344,7 @@ def text_query_id(text: str) -> str:
 
 def _is_student_dir(path: Path) -> bool:
     return path.is_dir() and any((path / n).exists() for n in ("best", "config.json", "train_config.json",
-                                                              "model.safetensors", "last"))
+                                                              "model.safetensors", "last", "radcot_student.json"))
 
 
 class QueryExpander:
@@ -257,9 +360,10 @@ class QueryExpander:
         prompt: teacher prompt name or template (teacher source).
         params: :class:`~radcot.teacher.base.GenerationParams` for a teacher source (default: 150 tokens,
             temperature 0; use a temperature > 0 with ``samples > 1``).
-        retriever: passages for a student source (its FiD context; not needed by a no-context student).
-        generate_kwargs: extra keyword arguments for :func:`radcot.student.generate.generate_cots`
-            (``k``, ``max_new_tokens``, ``batch_size``, ``num_return_sequences`` ...).
+        retriever: passages for a student source (its FiD context). Default: the index its profile records
+            (``radcot_student.json``); a student without a profile needs one unless it reads no passages.
+        generate_kwargs: keyword arguments for :func:`radcot.student.generate.generate_cots` over the profile's
+            (``k``, ``max_new_tokens``, ``no_repeat_ngram_size``, ``batch_size``, ``num_return_sequences`` ...).
         cache_dir: where a student's generations are written (default: a temporary directory).
         max_failed_fraction: a teacher source raises :class:`TeacherUnavailable` when more than this fraction
             of its calls in one expansion fail (default 0.5; a server that is down fails them all).
@@ -279,7 +383,7 @@ class QueryExpander:
             raise ValueError(f"max_failed_fraction must be in [0, 1], got {max_failed_fraction}")
         self.max_failed_fraction = max_failed_fraction
 
-        self.formula = _check_formula(formula)
+        self.formula = check_formula(formula)
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         self.samples = samples
@@ -289,6 +393,7 @@ class QueryExpander:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.backend: TeacherBackend | None = None
         self.student: Any = None  # a student directory or a loaded FiDStudent
+        self.profile: Any = None  # the student's StudentProfile (a student directory source)
         self._cots: dict[str, list[str]] = {}  # qid -> samples (known / generated so far)
         self._by_text: dict[str, str] = {}  # query text -> qid (from files that record the query)
         self.last_missing: list[str] = []  # query ids that fell back to the query in the last call
@@ -298,11 +403,13 @@ class QueryExpander:
         elif isinstance(source, Mapping):
             for qid, v in source.items():
                 vals = [v] if isinstance(v, str) or v is None else list(v)
-                self._cots[str(qid)] = [_clean(t) for t in vals if _usable(t)]
+                self._cots[str(qid)] = [clean_cot(t) for t in vals if is_usable_cot(t)]
             self.kind = "dict"
         elif isinstance(source, (str, os.PathLike)) and _is_student_dir(Path(source)):
-            path = Path(source)
-            self.student = path / "best" if (path / "best").is_dir() else path
+            from radcot.student.profile import StudentProfile
+
+            self.profile = StudentProfile.load(source)  # its passages and decoding, unless overridden
+            self.student = self.profile.checkpoint
             self.kind = "student"
         elif type(source).__name__ == "FiDStudent":  # a loaded student (no torch import here)
             self.student = source
@@ -329,7 +436,7 @@ class QueryExpander:
                 if rec.get("query"):
                     self._by_text.setdefault(" ".join(str(rec["query"]).split()), qid)
                 if is_usable(rec):
-                    self._cots.setdefault(qid, []).append(_clean(rec["text"]))
+                    self._cots.setdefault(qid, []).append(clean_cot(rec["text"]))
 
     # -------------------------------------------------------------------------------------- CoT supply
 
@@ -354,8 +461,8 @@ class QueryExpander:
                     asked += 1
                     if isinstance(res, BaseException):
                         failed, last_error = failed + 1, res
-                    elif _usable(res.text):
-                        self._cots.setdefault(q.query_id, []).append(_clean(res.text))
+                    elif is_usable_cot(res.text):
+                        self._cots.setdefault(q.query_id, []).append(clean_cot(res.text))
                     else:
                         self._cots.setdefault(q.query_id, [])  # answered, but blank: falls back to the query
         self._check_failures(asked, failed, last_error)
@@ -381,7 +488,9 @@ class QueryExpander:
     def _generate_student(self, queries: list[Query]) -> None:
         from radcot.student.generate import generate_cots  # other stage; imported only when used
 
-        kwargs = dict(self.generate_kwargs)
+        kwargs = self._profile_kwargs()
+        if self.retriever is None and self.profile is not None:
+            self.retriever = self.profile.open_retriever()  # the recorded index (None: a no-context student)
         if self.samples > 1:
             kwargs.setdefault("num_return_sequences", self.samples)
             kwargs.setdefault("do_sample", True)
@@ -404,12 +513,19 @@ class QueryExpander:
                     continue  # a resumed cache file also holds earlier queries
                 texts = rec.get("texts") if isinstance(rec.get("texts"), list) else [rec.get("text")]
                 if rec.get("error") is None:
-                    self._cots.setdefault(qid, []).extend(_clean(t) for t in texts if _usable(t))
+                    self._cots.setdefault(qid, []).extend(clean_cot(t) for t in texts if is_usable_cot(t))
             for q in queries:
                 self._cots.setdefault(q.query_id, [])
         finally:
             if tmp is not None:
                 tmp.cleanup()
+
+    def _profile_kwargs(self) -> dict[str, Any]:
+        """``generate_cots`` arguments: the profile's passages per query and decoding, then ``generate_kwargs``."""
+        if self.profile is None:
+            return dict(self.generate_kwargs)
+        inf = self.profile.inference
+        return {"k": inf.n_context, **inf.decoding.generate_kwargs(), **self.generate_kwargs}
 
     def cots(self, queries: Sequence[Query]) -> dict[str, list[str]]:
         """The CoT samples of each query (an empty list where there is none), generating what is missing."""
@@ -445,10 +561,8 @@ class QueryExpander:
             if not samples and self.formula != "none":
                 missing.append(q.query_id)
             for i in range(m):
-                if self.formula == "none" or not samples:
-                    out[i][q.query_id] = q.text
-                else:
-                    out[i][q.query_id] = expand_text(q.text, samples[min(i, len(samples) - 1)], self.formula)
+                cot = samples[min(i, len(samples) - 1)] if samples else None
+                out[i][q.query_id] = expand_query(q.text, cot, self.formula).expanded
         self.last_missing = missing
         if missing:
             logger.warning("%d of %d queries have no usable CoT and are searched unexpanded (e.g. %s)",
@@ -475,13 +589,13 @@ class ExpandedSearcher:
     """A retriever that searches with expanded queries; same ``search``/``batch_search``/``run`` shape.
 
     With ``expander.samples > 1`` each query is searched once per CoT sample and the runs are fused with
-    reciprocal rank fusion (``rrf_k``, ``depth``).
+    reciprocal rank fusion (``rrf_constant``, ``depth``).
 
     Args:
         retriever: a :class:`~radcot.retrieval.bm25.BM25Retriever` / ``DenseRetriever`` (anything with
             ``search(text, k)`` and ``batch_search(queries, k, threads)``).
         expander: a :class:`QueryExpander`.
-        rrf_k: the RRF constant (60, as Cormack et al.).
+        rrf_constant: the RRF constant (default 60, as Cormack et al.; ``rrf_k`` is its deprecated name).
         depth: how deep each sample's run is searched before fusion (at least ``k``).
         max_terms: cut expansions to this many distinct terms (Lucene's clause limit is 1024; see
             :func:`limit_terms`); ``None`` sends them whole.
@@ -491,17 +605,22 @@ class ExpandedSearcher:
         >>> searcher.search("where was Velkor Danth born", k=10)[0].doc_id  # doctest: +SKIP
     """
 
-    def __init__(self, retriever: Any, expander: QueryExpander, rrf_k: int = 60, depth: int = 1000,
-                 max_terms: int | None = 1000):
+    def __init__(self, retriever: Any, expander: QueryExpander, rrf_constant: float | None = None, depth: int = 1000,
+                 max_terms: int | None = 1000, *, rrf_k: float | None = None):
+        from radcot.retrieval.fusion import DEFAULT_RRF_CONSTANT, _renamed
+
+        rrf_constant = _renamed("rrf_constant", rrf_constant, "rrf_k", rrf_k, "ExpandedSearcher")
         self.retriever, self.expander = retriever, expander
-        self.rrf_k, self.depth, self.max_terms = rrf_k, depth, max_terms
-        if expander.student is not None and expander.retriever is None:
-            expander.retriever = retriever
+        self.rrf_constant = DEFAULT_RRF_CONSTANT if rrf_constant is None else rrf_constant
+        self.depth, self.max_terms = depth, max_terms
+        recorded = expander.profile is not None and expander.profile.retriever is not None
+        if expander.student is not None and expander.retriever is None and not recorded:
+            expander.retriever = retriever  # a student that records no index reads the searched one
 
     def _fuse(self, runs: list[dict[str, dict[str, float]]], depth: int) -> dict[str, dict[str, float]]:
         from radcot.retrieval.fusion import reciprocal_rank_fusion
 
-        return reciprocal_rank_fusion(runs, k=self.rrf_k, depth=depth)
+        return reciprocal_rank_fusion(runs, rrf_constant=self.rrf_constant, depth=depth)
 
     def _expanded_sets(self, queries: Sequence[Query]) -> list[dict[str, str]]:
         sets = self.expander.expand_samples(queries)
@@ -556,5 +675,6 @@ class ExpandedSearcher:
         return self.retriever.doc(doc_id)
 
 
-__all__ = ["FORMULAS", "ExpandedSearcher", "QueryExpander", "expand_queries", "expand_text", "limit_terms", "load_cots",
+__all__ = ["FALLBACKS", "FORMULAS", "ExpandedSearcher", "Expansion", "QueryExpander", "check_formula", "clean_cot",
+           "expand_queries", "expand_query", "expand_text", "is_usable_cot", "limit_terms", "load_cots",
            "radcot_repeats", "read_expansions", "text_query_id", "write_expansions", "TeacherUnavailable"]

@@ -26,9 +26,13 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from radcot.records import RadcotError
+from radcot.expansion import FORMULAS, expand_queries
+from radcot.records import Query, RadcotError
 
-__all__ = ["RetrievalScorer", "SelectionError", "retrieval_scorer"]
+__all__ = ["RetrievalScorer", "SELECT_FORMULAS", "SelectionError", "retrieval_scorer"]
+
+#: the formulas a BM25 checkpoint score can use (``dense`` joins query and CoT with ``[SEP]`` for dense encoders)
+SELECT_FORMULAS = tuple(f for f in FORMULAS if f != "dense")
 
 logger = logging.getLogger("radcot.selection")
 
@@ -45,7 +49,7 @@ class RetrievalScorer:
         index: the BM25 index directory.
         qrels: judgements of the training queries: a qrels file, or a BEIR directory (``qrels/train.tsv``).
         metric: an ir-measures name (``nDCG@10``); results are keyed by its canonical name (:attr:`metric`).
-        formula: expansion formula (``radcot``, ``query2doc``, ``none``).
+        formula: expansion formula, one of :data:`SELECT_FORMULAS` (``radcot``, ``query2doc``, ``none``).
         k: BM25 depth.
     """
 
@@ -53,6 +57,9 @@ class RetrievalScorer:
                  k: int = 100):
         import ir_measures
 
+        if formula not in SELECT_FORMULAS:
+            raise SelectionError(f"select_formula must be one of {', '.join(SELECT_FORMULAS)} (BM25 searches the "
+                                 f"expanded dev queries), got {formula!r}")
         self.data, self.index, self.qrels_path, self.formula, self.k = Path(data), index, Path(qrels), formula, k
         self.metric = str(ir_measures.parse_measure(metric))
         self._retriever: Any = None
@@ -66,7 +73,6 @@ class RetrievalScorer:
             SelectionError: none of the queries has judgements, or a query id is not in the data's dev split.
         """
         from radcot.evaluation import evaluate
-        from radcot.expansion import expand_text
 
         self._open()
         unknown = sorted(set(cots) - set(self._queries))
@@ -76,7 +82,7 @@ class RetrievalScorer:
         if not qrels:
             raise SelectionError(f"select_by=retrieval: none of the {len(cots)} dev queries has judgements in "
                                  f"{self.qrels_path}; pass the qrels of the training queries (select_qrels)")
-        queries = {q: expand_text(self._queries[q], cots[q], self.formula) for q in qrels}
+        queries = expand_queries([Query(q, self._queries[q]) for q in qrels], cots, self.formula)
         run = self._retriever.batch_search(queries, k=self.k)
         return float(evaluate(qrels, run, [self.metric])[self.metric])
 

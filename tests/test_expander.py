@@ -105,7 +105,7 @@ def test_formulas_and_fallback(expander, test_texts):
     assert e.expanded == expand_text(t, e.cot, "query2doc")
     assert expander.expand(t, formula="none").expanded == t
     blank = expander.apply(t, "   ")
-    assert blank.expanded == t and blank.cot == ""
+    assert blank.expanded == t and blank.cot == "" and blank.fallback == "no_cot"
     with pytest.raises(RadcotError, match="unknown expansion formula 'bogus'"):
         expander.expand(t, formula="bogus")
 
@@ -117,6 +117,8 @@ def test_search_uses_the_index(expander, test_texts):
 
 
 def test_load_errors_name_the_fix(demo_student, tmp_path):
+    import shutil
+
     from radcot.serving import Expander
 
     with pytest.raises(RadcotError, match="does not exist"):
@@ -124,12 +126,43 @@ def test_load_errors_name_the_fix(demo_student, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RadcotError, match="holds no trained student"):
         Expander.load(tmp_path / "empty")
+    old = shutil.copytree(demo_student / "best", tmp_path / "old")  # a checkpoint without a profile
+    (old / "radcot_student.json").unlink(missing_ok=True)
     with pytest.raises(RadcotError, match=r"trained with 3 retrieved passages .* index="):
-        Expander.load(demo_student)  # a retrieval-augmented student without its index
+        Expander.load(old)  # a retrieval-augmented student without its index
+
+
+@pytest.mark.fast
+def test_typed_boundary():
+    """Issue 26: expand_batch("text") expanded each character; a generator yielded []; None items were str()-ed.
+    Checked before anything is loaded or generated."""
+    from radcot.serving.expander import as_texts
+
+    with pytest.raises(TypeError, match=r"list of query strings, got one str \('where'\)"):
+        as_texts("where")
+    assert as_texts(t for t in ("a", "b")) == ["a", "b"]  # any iterable, read once
+    with pytest.raises(TypeError, match="query 1 is NoneType"):
+        as_texts(["a", None])
+    with pytest.raises(TypeError, match="query 0 is int"):
+        as_texts([7])
+    with pytest.raises(TypeError, match="iterable of query strings, got int"):
+        as_texts(7)
+
+
+def test_typed_boundary_of_the_loaded_expander(expander, test_texts):
+    texts = [t for _, t in test_texts[:2]]
+    assert expander.expand_batch(t for t in texts) == expander.expand_batch(texts)
+    with pytest.raises(TypeError, match="got one str"):
+        expander.expand_batch(texts[0])
+    with pytest.raises(TypeError, match="query 1 is NoneType"):
+        expander.expand_batch([texts[0], None])
+    with pytest.raises(TypeError, match="one query string"):
+        expander.expand(None)
 
 
 def test_public_exports():
     import radcot
 
     assert radcot.Expander.__module__ == "radcot.serving.expander"
-    assert radcot.Expansion("q", "c", "e").to_dict() == {"query": "q", "cot": "c", "expanded": "e"}
+    assert radcot.Expansion.__module__ == "radcot.expansion"  # the one expansion record
+    assert radcot.Expansion("q", "c", "e").to_dict() == {"query": "q", "cot": "c", "expanded": "e", "fallback": None}

@@ -94,6 +94,37 @@ def test_expansions_file_roundtrip(tmp_path):
         read_expansions(tmp_path / "bad.tsv")
 
 
+@pytest.mark.fast
+def test_one_formula_registry_and_one_expansion_function():
+    """Issue 24: the formula list lived in six places and expansion-with-fallback in four (one skipped the
+    cleaning, so its radcot repeat count differed). One registry, one function."""
+    from radcot.expansion import FORMULAS, Expansion, expand_query
+
+    assert list(FORMULAS) == ["radcot", "query2doc", "dense", "none"]
+    cot = "line one\nline two\t"  # cleaned: 17 characters, so n = max(5, 17 // 1) = 17
+    assert expand_query("q", cot, "radcot") == Expansion("q", "line one line two", "q " * 17 + " line one line two")
+    for blank in (None, "", "  \n", 42):
+        assert expand_query("q", blank, "radcot") == Expansion("q", "", "q", "no_cot")
+    assert expand_query("q", "c", "none") == Expansion("q", "c", "q")  # the baseline, not a fallback
+    with pytest.raises(RadcotError, match="unknown expansion formula 'hyde'; choose one of radcot, query2doc"):
+        expand_query("q", "c", "hyde")
+
+
+@pytest.mark.fast
+def test_blank_expansion_in_a_tsv_is_refused_with_its_line(tmp_path):
+    """Issue 24: an expansions TSV with a blank expansion searched an empty query."""
+    path = tmp_path / "exp.tsv"
+    path.write_text("1\tq q q q q  cot\n2\t\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"exp\.tsv.*line 2.*blank expansion for query id '2'"):
+        read_expansions(path)
+    path.write_text("1\tok\n2\t   \n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match="line 2"):
+        read_expansions(path)
+    with pytest.raises(RadcotError, match="blank"):
+        write_expansions({"1": "ok", "2": " "}, tmp_path / "out.tsv")
+    assert not (tmp_path / "out.tsv").exists()
+
+
 # --------------------------------------------------------------------------------------------- sources
 
 
@@ -293,7 +324,7 @@ def test_multi_sample_fusion_is_rrf_of_the_sample_runs(cranfield_bm25, cranfield
     s1 = {q.query_id: "pressure distribution on wings" for q in qs}
     s2 = {q.query_id: "heat transfer in laminar boundary layers" for q in qs}
     ex = QueryExpander({qid: [s1[qid], s2[qid]] for qid in s1}, formula="query2doc", samples=2)
-    fused = ExpandedSearcher(cranfield_bm25, ex, rrf_k=60, depth=50).run(qs, k=20)
+    fused = ExpandedSearcher(cranfield_bm25, ex, rrf_constant=60, depth=50).run(qs, k=20)
     runs = [ExpandedSearcher(cranfield_bm25, QueryExpander(s, "query2doc")).batch_search(qs, k=50) for s in (s1, s2)]
     for q in qs:
         want: dict[str, float] = {}

@@ -63,7 +63,7 @@ def test_student_samples_fused_with_rrf(trained_student, cranfield_retriever, fi
     assert len(per_sample) == 3
     runs = [cranfield_retriever.batch_search([type(q)(q.query_id, s[q.query_id]) for q in five_queries], k=50)
             for s in per_sample]
-    fused = ExpandedSearcher(cranfield_retriever, ex, rrf_k=60, depth=50).batch_search(five_queries, k=10)
+    fused = ExpandedSearcher(cranfield_retriever, ex, rrf_constant=60, depth=50).batch_search(five_queries, k=10)
     # RRF computed here by hand (Cormack et al. 2009): sum over runs of 1 / (60 + rank), ranks from 1
     for q in five_queries:
         expected: dict[str, float] = {}

@@ -90,6 +90,18 @@ def test_empty_frame_and_missing_column(rewriter):
         rewriter(pd.DataFrame({"qid": ["1"], "text": ["x"]}))
 
 
+@needs_pyterrier
+def test_non_string_queries_are_refused_naming_the_row(rewriter):
+    """Issue 26: the transformer str()-ed every query, so a missing query (None/NaN) was expanded as "None"."""
+    from radcot.integrations.pyterrier import RADCoTRetriever
+
+    frame = pd.DataFrame({"qid": ["1", "2"], "query": ["what is bm25", None]})
+    with pytest.raises(TypeError, match=r"row 1 \(qid '2'\) has query (None|nan) of type"):  # pandas 3: nan
+        rewriter(frame)
+    with pytest.raises(TypeError, match=r"row 1 \(qid '2'\) has query nan"):
+        RADCoTRetriever(rewriter.expander.retriever, k=5)(frame.assign(query=["x", float("nan")]))
+
+
 CHILD = r"""
 import json, sys
 import pandas as pd

@@ -48,6 +48,7 @@ class Server:
         self.log = log
         self.proc = subprocess.Popen([sys.executable, "-m", "radcot", "serve", "--port", "0", *args],
                                      stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, env=env)
+        self.lines: list[str] = []
         line = self._first_line()
         if not line.startswith("radcot serve: listening on http://127.0.0.1:"):
             self.stop()
@@ -83,6 +84,16 @@ class Server:
 
     def stderr(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def out(self, timeout: float = 5.0) -> str:
+        """stdout so far (the lines printed after the first one, read as they come)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and select.select([self.proc.stdout], [], [], 0.05)[0]:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line.strip())
+        return "\n".join(self.lines)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -163,7 +174,7 @@ def test_expand_results_in_request_order_equal_the_expander(server, expander, te
     results = r.json()["results"]
     assert [x["id"] for x in results] == [i for i, _ in pairs]
     for (_, t), x in zip(pairs, results):
-        assert {k: x[k] for k in ("query", "cot", "expanded")} == expander.expand(t).to_dict()
+        assert {k: x[k] for k in ("query", "cot", "expanded", "fallback")} == expander.expand(t).to_dict()
     assert len({x["cot"] for x in results}) > 2  # the outputs depend on the query
 
 
@@ -218,7 +229,7 @@ def test_concurrent_clients_are_batched_with_identical_outputs(server, expander,
         for th in threads:
             th.join(timeout=180)
         after = metrics(c)
-    assert [{k: got[i][k] for k in ("query", "cot", "expanded")} for i in range(len(fresh))] == expected
+    assert [{k: got[i][k] for k in ("query", "cot", "expanded", "fallback")} for i in range(len(fresh))] == expected
 
     def delta(name, **labels):
         key = (name, tuple(sorted(labels.items())))
@@ -266,6 +277,14 @@ def test_metrics_exposes_the_counters(server):
     ("/v1/search", b'{"query": "x", "k": 0}', 422, "k"),
     ("/v1/search", b'{"query": "x", "k": 51}', 400, "k"),
     ("/v1/search", b'{"query": ""}', 400, "query"),
+    # strict types (issue 26: k: true was taken as 1, "10" as 10)
+    ("/v1/search", b'{"query": "x", "k": true}', 422, "k"),
+    ("/v1/search", b'{"query": "x", "k": "10"}', 422, "k"),
+    ("/v1/search", b'{"query": "x", "k": 10.5}', 422, "k"),
+    ("/v1/expand", b'{"queries": [{"id": "a", "text": "x"}], "deadline_ms": "x"}', 422, "deadline_ms"),
+    ("/v1/expand", b'{"queries": [{"id": "a", "text": "x"}], "deadline_ms": true}', 422, "deadline_ms"),
+    ("/v1/expand", b'{"queries": [{"id": "a", "text": "x"}], "deadline_ms": 0}', 422, "deadline_ms"),
+    ("/v1/search", b'{"query": "x", "deadline_ms": NaN}', 422, "deadline_ms"),
 ])
 def test_bad_request_names_the_field(server, path, body, status, field):
     with server.client() as c:
@@ -372,6 +391,36 @@ def test_client_gone_mid_request_does_not_stall_the_batcher(strict, texts):
     assert strict.proc.poll() is None and "Traceback" not in strict.stderr()
 
 
+def test_clients_that_leave_free_their_queue_places(strict, texts):
+    """Issue 26: requests whose clients went away kept their places in the queue (and were generated), so the
+    next clients got 503s. Four clients fill the queue of 4 and leave; the next client is served at once, and
+    only its query is generated."""
+    auth = b"Authorization: Bearer " + KEY.encode()
+    with strict.client(authorization=f"Bearer {KEY}") as c:
+        before = metrics(c)
+        socks = []
+        for i in range(4):
+            body = json.dumps(expand_body((f"gone{i}", texts[30 + i]))).encode()
+            s = socket.create_connection(("127.0.0.1", strict.port), timeout=30)
+            s.sendall(b"POST /v1/expand HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            socks.append(s)
+        _wait_queued(c, 4)  # the queue is full (the batch waits 2 s for company)
+        for s in socks:
+            s.close()
+        deadline = time.monotonic() + 1.5  # well within the 2 s the batch waits
+        while metrics(c)[("radcot_queue_depth", ())] > 0:
+            assert time.monotonic() < deadline, "the queue still holds the work of clients that left"
+            time.sleep(0.02)
+        r = c.post("/v1/expand", json=expand_body(("next", texts[34])))
+        assert r.status_code == 200, r.text
+        after = metrics(c)
+    gone = after[("radcot_jobs_total", (("event", "dropped_gone"),))] - before.get(
+        ("radcot_jobs_total", (("event", "dropped_gone"),)), 0)
+    generated = after[("radcot_batch_size_sum", ())] - before[("radcot_batch_size_sum", ())]
+    assert (gone, generated) == (4, 1)
+
+
 def test_sigterm_drains_requests_in_flight_and_exits_0(strict, expander, texts):
     out: dict = {}
     with strict.client(authorization=f"Bearer {KEY}") as c:
@@ -407,14 +456,23 @@ def test_unset_api_key_variable_is_a_start_up_error(demo_student, demo_index):
 
 @pytest.mark.parametrize("args, message", [
     (["--student", "/nonexistent/run"], "does not exist"),
-    (["--workers", "2"], "only 1 is supported"),
-    (["--max-batch", "0"], "--max-batch must be >= 1"),
+    (["--port", "99999"], "must be a TCP port in [0, 65535]"),
+    (["--port", "http"], "expected an integer"),
+    (["--workers", "0"], "must be an integer >= 1"),
+    (["--deadline-ms", "0"], "must be a number > 0"),
+    (["--deadline-ms", "nan"], "expected a finite number"),
+    (["--batch-wait-ms", "nan"], "expected a finite number"),
+    (["--threads", "0"], "must be an integer >= 1"),
+    (["--precision", "int8", "--device", "cuda"], "int8 runs on the CPU only"),
+    (["--precision", "fp8"], "invalid choice"),
+    (["--max-batch", "0"], "argument --max-batch: must be an integer >= 1"),
     (["--index", "/nonexistent/index"], "is not a directory"),
 ])
 def test_usage_errors_exit_2_with_one_line(demo_student, args, message):
     base = ["--student", str(demo_student)] if "--student" not in args else []
     p = _start_error(base + args)
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr  # one line
 
 
 def test_sigterm_while_loading_exits_0_at_once(demo_student, demo_index, tmp_path):
@@ -429,3 +487,21 @@ def test_sigterm_while_loading_exits_0_at_once(demo_student, demo_index, tmp_pat
         assert "stopped before the student finished loading" in s.stderr()
     finally:
         s.stop()
+
+
+# ------------------------------------------------------------------------------- what is served, leaving
+
+
+def test_info_and_health_say_what_is_served(server, demo_student, demo_index):
+    with server.client() as c:
+        health = c.get("/health")
+        info = c.get("/v1/info").json()
+    student = info["student"]
+    assert health.json()["student"] == student["fingerprint"] and len(student["fingerprint"]) == 16
+    assert int(health.headers["x-radcot-worker"]) == server.proc.pid == info["pid"]
+    assert (student["n_context"], student["decoding"]["max_new_tokens"], student["formula"]) == (3, MAX_NEW, "radcot")
+    assert student["retriever"]["kind"] == "bm25"
+    assert student["retriever"]["indexes"][0]["path"] == str(Path(demo_index).resolve())
+    assert student["cpu_path"] == {"precision": "fp32", "stop_at_answer": False}
+    assert info["serve"]["max_batch"] == 16 and info["serve"]["api_key"] is False
+    assert f"serving student {Path(demo_student) / 'best'} (fingerprint {student['fingerprint']})" in server.out()

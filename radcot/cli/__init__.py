@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate", "generate CoTs with a trained student"),
     "expand": ("expand", "expand queries with CoTs (query2doc/radcot formulas)"),
     "serve": ("serve", "serve live query expansion over HTTP with a trained student (FastAPI + uvicorn)"),
+    "cache": ("cache", "warm, inspect or prune the SQLite expansion cache of radcot serve"),
     "run": ("run", "run a declarative pipeline (pipelines/*.yaml) with a stage cache"),
     "table": ("table", "print a results table (and report) for a pipeline's runs"),
     "make-world": ("make_world", "generate the embedded synthetic demo collection deterministically"),

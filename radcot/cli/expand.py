@@ -2,7 +2,7 @@
 
 Examples:
     radcot expand --cots runs/kb-cots.jsonl --queries data/demo/queries.test.tsv --out expanded.tsv
-    radcot expand --student runs/demo/train-abc123 --index runs/demo/index --queries Q --out expanded.tsv
+    radcot expand --student runs/demo/students/radcot --queries Q --out expanded.tsv   # its recorded index, decoding
     radcot expand --teacher kb --world data/demo --queries Q --out expanded.tsv --formula query2doc
 
 The output (``qid \\t expanded text``) is what ``radcot search --expansions`` reads. With ``--samples m``
@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 from radcot.cli._args import ArgumentParser, check_output, fraction, mark_output, positive_int
+from radcot.expansion import FORMULAS
 
 logger = logging.getLogger("radcot.expand")
 
@@ -49,10 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", required=True, help="queries: BEIR dir, queries.jsonl, qid<TAB>text or TREC topics")
     parser.add_argument("--out", required=True, help="output TSV: qid<TAB>expanded text")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if an earlier radcot expand wrote it")
-    parser.add_argument("--formula", default="radcot", choices=["radcot", "query2doc", "dense", "none"],
-                        help="expansion formula (default radcot: (q+' ')*max(5,len(cot)//len(q)) + ' ' + cot)")
+    parser.add_argument("--formula", default=None, choices=list(FORMULAS),
+                        help="expansion formula (default: a student's recorded one, else radcot: "
+                             "(q+' ')*max(5,len(cot)//len(q)) + ' ' + cot)")
     parser.add_argument("--samples", type=positive_int, default=1, help="CoT samples per query (default 1)")
-    parser.add_argument("--index", help="index for the student's retrieved passages (BM25 or dense)")
+    parser.add_argument("--index", help="index of the student's passages (default: the one its profile records; "
+                                         "another kind or collection is refused unless --force-index)")
+    parser.add_argument("--force-index", action="store_true",
+                        help="use --index even when it is not the index the student was trained on")
     parser.add_argument("--k", type=positive_int, default=None, help="passages per query for the student (default: its config)")
     parser.add_argument("--world", help="world directory for --teacher kb")
     parser.add_argument("--teacher-option", action="append", default=[], metavar="KEY=VALUE",
@@ -92,10 +97,11 @@ def _source(args):
     gen_kwargs: dict = {}
     params = None
     if args.student:
-        if args.index:  # a no-context student needs none; a RADCoT student fails without, saying so
-            from radcot.retrieval import load_retriever
+        from radcot.student.profile import StudentProfile
 
-            retriever = load_retriever(args.index)
+        # the recorded index, or --index checked against it; None for a no-context student (or one that
+        # records none: generation then says that it needs --index)
+        retriever = StudentProfile.load(args.student).open_retriever(args.index, force=args.force_index)
         if args.k is not None:
             gen_kwargs["k"] = args.k
         if args.max_new_tokens is not None:
@@ -128,6 +134,12 @@ def _expand(args) -> tuple[list[dict], int, int]:
     if not queries:
         raise RadcotError(f"{args.queries} holds no queries; nothing to expand")
     source, retriever, gen_kwargs, params = _source(args)
+    if args.formula is None:
+        args.formula = "radcot"
+        if args.student:
+            from radcot.student.profile import StudentProfile
+
+            args.formula = StudentProfile.load(args.student).inference.formula
     expander = QueryExpander(source, formula=args.formula, samples=args.samples, prompt=args.prompt,
                              params=params, retriever=retriever, generate_kwargs=gen_kwargs)
     try:

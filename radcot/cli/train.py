@@ -6,6 +6,7 @@ import os
 
 from radcot.cli._args import ArgumentParser, non_negative_float, non_negative_int, positive_float, positive_int
 from radcot.cli._removed import add_removed
+from radcot.selection import SELECT_FORMULAS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--select-metric", help="ir-measures metric for --select-by retrieval (default nDCG@10)")
     p.add_argument("--select-index", help="BM25 index directory for --select-by retrieval")
     p.add_argument("--select-qrels", help="qrels of the training queries (file, or BEIR dir: qrels/train.tsv)")
-    p.add_argument("--select-formula", choices=["radcot", "query2doc", "none"],
+    p.add_argument("--select-formula", choices=SELECT_FORMULAS,
                    help="expansion formula for --select-by retrieval (default radcot)")
     p.add_argument("--select-k", type=positive_int, help="BM25 depth for --select-by retrieval (default 100)")
     p.add_argument("--augment", help="training-example augmenter: a registered name (copy: the demo's copy "

@@ -35,7 +35,10 @@ from typing import Any, Callable, Literal, Mapping, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from radcot.expansion import FORMULAS
 from radcot.experiment.config import PipelineError
+
+Formula = Literal[tuple(FORMULAS)]  # type: ignore[valid-type] - the expansion registry's names
 
 #: params the pipeline itself reads (any other params entry is a free ${name} variable)
 RESERVED_PARAMS = {"models_dir": "a directory tree of downloaded models: hub names map to <models_dir>/<org>/<name>"}
@@ -218,7 +221,7 @@ class Row(_Section):
     b: Optional[float] = Field(None, ge=0, le=1, description="BM25 b for this row's search (default: retriever.b)")
     cots: Optional[str] = Field(None, description="teacher (the teacher_eval/teacher CoTs) or a CoT file")
     student: Optional[RowStudent] = Field(None, description="a student row")
-    formula: Literal["radcot", "query2doc", "dense", "none"] = Field(
+    formula: Formula = Field(
         "radcot", description="expansion formula of cots:/student: rows")
     samples: PosInt = Field(1, description="student rows: CoTs sampled per query (generate: sets how)")
     sample_fusion: Literal["rrf", "concat"] = Field(

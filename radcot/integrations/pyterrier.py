@@ -13,7 +13,7 @@ Example:
     >>> import pyterrier as pt                                                    # doctest: +SKIP
     >>> from ir_measures import nDCG                                              # doctest: +SKIP
     >>> from radcot.integrations.pyterrier import RADCoTExpander, RADCoTRetriever  # doctest: +SKIP
-    >>> expand = RADCoTExpander.load("student/", index="idx/vaswani")             # doctest: +SKIP
+    >>> expand = RADCoTExpander.load("student/", cache="expansions.sqlite")      # doctest: +SKIP
     >>> pipeline = expand >> RADCoTRetriever(expand.expander.retriever, k=100)    # doctest: +SKIP
     >>> pt.Experiment([pipeline], topics, qrels, [nDCG @ 10])                     # doctest: +SKIP
 """
@@ -41,37 +41,60 @@ class RADCoTExpander(pt.Transformer):
 
     Args:
         expander: a loaded :class:`radcot.Expander`.
-        formula: expansion formula (default: the expander's, ``radcot``).
+        formula: expansion formula (default: the expander's, i.e. the student's recorded one).
         cot_column: also write the student's CoT to this column (default: no).
+        fallback_column: also write why a query stayed unexpanded (``no_cot``; ``None`` when expanded).
 
-    Each distinct query text is expanded once per call (batched, greedy): equal to
-    :meth:`radcot.Expander.expand`.
+    Each distinct query text is expanded once per call (batched, greedy, through the expander's cache when it
+    has one): equal to :meth:`radcot.Expander.expand`.
     """
 
-    def __init__(self, expander: Any, formula: str | None = None, cot_column: str | None = None):
+    def __init__(self, expander: Any, formula: str | None = None, cot_column: str | None = None,
+                 fallback_column: str | None = None):
         self.expander = expander
         self.formula = formula
         self.cot_column = cot_column
+        self.fallback_column = fallback_column
 
     @classmethod
-    def load(cls, student_dir: str | os.PathLike, index: str | os.PathLike | Any = None, formula: str = "radcot",
-             device: str = "auto", cot_column: str | None = None, **kwargs) -> "RADCoTExpander":
-        """Load the student (and the index it reads passages from) as :meth:`radcot.Expander.load` does."""
+    def load(cls, student_dir: str | os.PathLike, index: str | os.PathLike | Any = None, formula: str | None = None,
+             device: str = "auto", cot_column: str | None = None, cache: Any = None, **kwargs) -> "RADCoTExpander":
+        """Load the student as :meth:`radcot.Expander.load` does: its recorded index and settings by default
+        (``index``, ``force_index``, ``k``, ``max_new_tokens``... override them).
+
+        Args:
+            cache: a :class:`~radcot.serving.cache.CoTStore`, or a path: the SQLite cache ``radcot serve --cache``
+                and ``radcot cache warm`` share (the same student and settings read each other's entries).
+        """
+        from radcot.serving.cache import SQLiteCache
         from radcot.serving.expander import Expander
 
-        return cls(Expander.load(student_dir, index=index, formula=formula, device=device, **kwargs),
+        if isinstance(cache, (str, os.PathLike)):
+            cache = SQLiteCache(cache)
+        return cls(Expander.load(student_dir, index=index, formula=formula, device=device, cache=cache, **kwargs),
                    cot_column=cot_column)
 
     def transform(self, inp: "pd.DataFrame") -> "pd.DataFrame":
-        """``inp`` (``qid``, ``query``, ...) -> the same rows with ``query`` expanded and ``query_0`` the original."""
+        """``inp`` (``qid``, ``query``, ...) -> the same rows with ``query`` expanded and ``query_0`` the original.
+
+        Raises:
+            RadcotError: a missing ``qid``/``query`` column.
+            TypeError: a ``query`` that is not a string (NaN, None, a number), naming its row and qid.
+        """
         _check_columns(inp, ("qid", "query"), "RADCoTExpander")
-        texts = [str(t) for t in inp["query"]]
+        texts = list(inp["query"])
+        for row, (qid, t) in enumerate(zip(inp["qid"], texts)):
+            if not isinstance(t, str):
+                raise TypeError(f"RADCoTExpander: row {row} (qid {qid!r}) has query {t!r} of type "
+                                f"{type(t).__name__}, expected a str; drop or fill such rows first")
         distinct = list(dict.fromkeys(texts))
         by_text = dict(zip(distinct, self.expander.expand_batch(distinct, self.formula)))
         out = pt.model.push_queries(inp)
         out["query"] = [by_text[t].expanded for t in texts]
         if self.cot_column:
             out[self.cot_column] = [by_text[t].cot for t in texts]
+        if self.fallback_column:
+            out[self.fallback_column] = [by_text[t].fallback for t in texts]
         return out
 
     def __repr__(self) -> str:
@@ -107,7 +130,11 @@ class RADCoTRetriever(pt.Transformer):
 
         _check_columns(inp, ("qid", "query"), "RADCoTRetriever")
         rows = inp.drop_duplicates("qid")
-        queries = [Query(str(r.qid), limit_terms(str(r.query), self.max_terms) if self.max_terms else str(r.query))
+        for row, (qid, t) in enumerate(zip(rows["qid"], rows["query"])):
+            if not isinstance(t, str):
+                raise TypeError(f"RADCoTRetriever: row {row} (qid {qid!r}) has query {t!r} of type "
+                                f"{type(t).__name__}, expected a str; drop or fill such rows first")
+        queries = [Query(str(r.qid), limit_terms(r.query, self.max_terms) if self.max_terms else r.query)
                    for r in rows.itertuples(index=False)]
         hits = self.retriever.batch_search(queries, k=self.k) if queries else {}
         ranked = pd.DataFrame([{"qid": q.query_id, "docno": h.doc_id, "score": float(h.score), "rank": r}

@@ -1,91 +1,119 @@
-"""The HTTP service behind ``radcot serve``: FastAPI on uvicorn, a dynamic batcher, an LRU cache, Prometheus.
+"""The HTTP service behind ``radcot serve``: FastAPI on uvicorn, a dynamic batcher, an expansion cache, Prometheus.
 
-API (JSON; the names are stable):
+API (JSON; the names are stable; request fields are strictly typed: ``"k": "10"`` or ``"k": true`` is a 422):
 
-- ``POST /v1/expand`` ``{"queries": [{"id": "q1", "text": "..."}], "formula": "radcot"?}`` ->
-  ``{"results": [{"id", "query", "cot", "expanded"}]}`` in request order.
-- ``POST /v1/search`` ``{"query": "...", "k": 10, "formula": "radcot"?}`` ->
-  ``{"query", "cot", "expanded", "hits": [{"docid", "score", "rank"}]}`` (hits from ``--index``).
-- ``GET /health``: 200 ``{"status": "ok"}`` once the student is loaded, 503 ``{"status": "loading"}`` before.
-- ``GET /metrics``: Prometheus text (requests, latency, batch sizes, queue depth, cache hits).
+- ``POST /v1/expand`` ``{"queries": [{"id": "q1", "text": "..."}], "formula": "radcot"?, "deadline_ms": 200?}``
+  -> ``{"results": [{"id", "query", "cot", "expanded", "fallback", "cached"}]}`` in request order.
+- ``POST /v1/search`` ``{"query": "...", "k": 10, "formula"?, "deadline_ms"?}`` ->
+  ``{"query", "cot", "expanded", "fallback", "cached", "hits": [{"docid", "score", "rank"}]}``.
+- ``GET /health``: 200 ``{"status": "ok", "student": FINGERPRINT, "pid"}`` once the student is loaded, 503 before.
+- ``GET /v1/info``: what is served (:class:`~radcot.serving.expander.ServedSettings`) and the service's limits.
+- ``GET /metrics``: Prometheus text (requests, latency, batch sizes, queue depth, cache hits, fallbacks).
+
+Deadlines: with ``--deadline-ms`` (or a request's ``deadline_ms``) every answer comes within the deadline,
+counted from the request's arrival. A query the student cannot expand in time is answered unexpanded:
+``"expanded"`` is the query, ``"fallback": "deadline"`` (``"overloaded"`` when the queue is full;
+``"no_cot"`` when the student wrote nothing usable); its generation goes on in the background when the
+service is otherwise idle, so the cache has it next time. ``radcot_fallbacks_total{reason}`` counts them.
+
+Queries are cached per served student (see :mod:`radcot.serving.cache`); the same query asked by several
+requests at once is generated once. A request whose client goes away before its batch runs is dropped.
 
 Errors are ``{"error": {"code", "message", "field"?}}``: malformed JSON 400; a missing/ill-typed field 422
 naming it (``queries.0.text``); a body over ``max_body_bytes`` 413 (refused from its ``Content-Length``
 before anything is read, or as soon as a chunked body passes the limit); a query over ``max_query_chars``
-or more than ``max_queries`` queries 400 naming it; a full queue or a student still loading 503 with
-``Retry-After``; a missing/wrong API key 401.
+or more than ``max_queries`` queries 400 naming it; a full queue (without a deadline) or a student still
+loading 503 with ``Retry-After``; a missing/wrong API key 401.
 
 Why FastAPI + uvicorn rather than LitServe: the batching this service needs is a short asyncio queue
-on the server's own event loop (a request carries several queries, split across batches by count), with
-the model in-process and shared with ``Expander`` users; LitServe's model runs in separate worker
-processes fed through queues (pickling every request) and its batching unit is one request. FastAPI and
-uvicorn are already the stack here, and the error contract above (413 before reading, 422 naming the
-field) is plain FastAPI/ASGI code.
+on the server's own event loop (a request carries several queries, split across batches by count, with
+deadlines and cache fills), with the model in-process and shared with ``Expander`` users; LitServe's model
+runs in separate worker processes fed through queues (pickling every request) and its batching unit is one
+request. FastAPI and uvicorn are already the stack here, and the error contract above (413 before reading,
+422 naming the field) is plain FastAPI/ASGI code.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import hmac
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Literal, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
-from radcot.serving.batcher import Batcher, QueueFull
-from radcot.serving.cache import LRUCache
+from radcot.expansion import FORMULAS, Expansion
+from radcot.serving.batcher import Batcher, Gone, Job, Late, QueueFull
+from radcot.serving.cache import normalize_query
 from radcot.serving.metrics import Metrics
 
 logger = logging.getLogger("radcot.serving")
 
-Formula = Literal["radcot", "query2doc", "dense", "none"]
+Formula = Literal[tuple(FORMULAS)]  # type: ignore[valid-type] - the registry's names
 
 #: the routes that get their own label in the request metrics
-PATHS = ("/v1/expand", "/v1/search", "/health", "/metrics")
+PATHS = ("/v1/expand", "/v1/search", "/v1/info", "/health", "/metrics")
+#: the longest deadline a request may ask for (one hour)
+MAX_DEADLINE_MS = 3_600_000
 
 
 @dataclass
 class ServeSettings:
     """What ``radcot serve`` passes to :func:`create_app` (every limit has a flag of the same name)."""
 
-    formula: str = "radcot"
+    formula: str | None = None  # None: the student's recorded formula
     max_batch: int = 32
     batch_wait_ms: float = 5.0
     max_queue: int = 1024
-    cache_size: int = 10_000
+    max_background: int = 1024
+    deadline_ms: float | None = None
     max_body_bytes: int = 1 << 20
     max_query_chars: int = 1000
     max_queries: int = 256
     max_k: int = 1000
     api_key: str | None = None
+    workers: int = 1
+    cache: str = "off"  # what the expander's cache is (shown by /v1/info)
+
+    def public(self) -> dict[str, Any]:
+        """The settings /v1/info shows (never the API key)."""
+        return {k: v for k, v in asdict(self).items() if k != "api_key"} | {"api_key": bool(self.api_key)}
 
 
 # ----------------------------------------------------------------------------------------------- schemas
 
 
-class QueryIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class QueryIn(_Strict):
     id: str
     text: str
 
 
-class ExpandRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+Deadline = Optional[float]
+
+
+class ExpandRequest(_Strict):
     queries: list[QueryIn] = Field(min_length=1)
-    formula: Formula | None = None
+    formula: Optional[Formula] = None
+    deadline_ms: Deadline = Field(None, gt=0, le=MAX_DEADLINE_MS, allow_inf_nan=False)
 
 
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SearchRequest(_Strict):
     query: str
     k: int = Field(10, ge=1)
-    formula: Formula | None = None
+    formula: Optional[Formula] = None
+    deadline_ms: Deadline = Field(None, gt=0, le=MAX_DEADLINE_MS, allow_inf_nan=False)
 
 
 class HTTPProblem(Exception):
@@ -149,7 +177,7 @@ def check_limits(texts: list[tuple[str, str]], settings: ServeSettings) -> None:
 
 
 class Guard:
-    """ASGI middleware: API key, the body-size limit from ``Content-Length``, request metrics.
+    """ASGI middleware: API key, the body-size limit from ``Content-Length``, request metrics, the worker header.
 
     ``settings`` is any settings object with ``api_key`` and ``max_body_bytes`` (both services' have them).
     """
@@ -163,10 +191,13 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         problem = self._refuse(headers)
         t0, status = time.perf_counter(), [500]
+        scope.setdefault("state", {})["arrived"] = t0  # deadlines count from here
 
         async def send_status(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                worker = (b"x-radcot-worker", str(os.getpid()).encode())  # which worker answered (--workers N)
+                message = {**message, "headers": [*message.get("headers", []), worker]}
             await send(message)
 
         try:
@@ -202,19 +233,20 @@ class Guard:
 
 
 class Service:
-    """The state behind the routes: the expander (once loaded), the batcher, the cache, the metrics."""
+    """The state behind the routes: the expander (once loaded), the batcher, the metrics, generations in flight."""
 
     def __init__(self, settings: ServeSettings, load: Callable[[], Any], metrics: Metrics):
         self.settings, self.load, self.metrics = settings, load, metrics
         self.expander: Any = None
         self.load_error: str | None = None
-        self.cache: LRUCache[str] = LRUCache(settings.cache_size)
-        self.batcher = Batcher(self._cots, max_batch=settings.max_batch, wait_ms=settings.batch_wait_ms,
-                               max_queue=settings.max_queue, observe=metrics.batch)
-        metrics.queue_depth.set_function(lambda: self.batcher.waiting)
+        self.batcher = Batcher(self._generate, max_batch=settings.max_batch, wait_ms=settings.batch_wait_ms,
+                               max_queue=settings.max_queue, max_background=settings.max_background,
+                               observe=metrics.batch, event=metrics.job_event, on_depth=metrics.queue_depth.set)
+        self._inflight: dict[str, tuple[Job, int]] = {}  # normalised query -> (its job, its index there)
+        self.search_s = 0.0  # running estimate of a search's seconds (/v1/search keeps it out of the deadline)
 
-    def _cots(self, texts: list[str]) -> list[str]:
-        return self.expander.cots(texts)
+    def _generate(self, keys: list[str]) -> list[str]:
+        return self.expander.generate(keys)  # generated and cached, in the batcher's worker thread
 
     async def load_model(self, on_error: Callable[[str], None] | None = None,
                          on_loaded: Callable[[], None] | None = None) -> None:
@@ -224,6 +256,13 @@ class Service:
         self._loader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="radcot-load")
         try:
             self.expander = await asyncio.get_running_loop().run_in_executor(self._loader, self.load)
+            seconds = getattr(self.expander, "warm_up_s", None)
+            if seconds:
+                self.batcher.cost.observe(1, seconds)  # deadlines can be judged from the first request on
+            # the model, tokenizer and libraries loaded so far never become garbage: out of the collector's sight,
+            # a full collection stops the event loop for milliseconds instead of up to ~280 ms (measured under
+            # load), which would break deadlines
+            gc.freeze()
             if on_loaded is not None:
                 on_loaded()  # on the event loop's thread (the main one under uvicorn.run)
             self.metrics.loaded.set(1)
@@ -239,25 +278,133 @@ class Service:
             why = self.load_error or "the student is still loading"
             raise HTTPProblem(503, why, headers={"Retry-After": "5"})
 
-    async def expansions(self, texts: list[str], formula: str | None) -> list[Any]:
-        """Expansions of ``texts`` (cache first, the rest through the batcher, each distinct text once)."""
+    def deadline(self, request: Request, deadline_ms: float | None) -> float | None:
+        """When the request's expansion must be decided (``perf_counter`` time): its own ``deadline_ms`` or
+        ``--deadline-ms`` from its arrival, less :func:`answer_margin` to write the answer."""
+        ms = deadline_ms if deadline_ms is not None else self.settings.deadline_ms
+        if ms is None:
+            return None
+        arrived = request.scope.get("state", {}).get("arrived", time.perf_counter())
+        return arrived + ms / 1000.0 - answer_margin(ms / 1000.0)
+
+    async def expansions(self, texts: list[str], formula: str | None, deadline: float | None = None,
+                         gone: asyncio.Future | None = None) -> list[tuple[Expansion, bool]]:
+        """``(expansion, cached)`` per text: the cache first, then one generation per distinct query (shared
+        with other requests for it), each unexpanded with its reason when it cannot come by ``deadline``."""
         self.ready()
-        cots: dict[str, str] = {}
-        for t in texts:
-            hit = self.cache.get(t)
-            if hit is not None:
-                cots[t] = hit
-        self.metrics.cache(hits=len([t for t in texts if t in cots]), misses=len([t for t in texts if t not in cots]))
-        todo = list(dict.fromkeys(t for t in texts if t not in cots))
+        keys = [normalize_query(t) for t in texts]
+        distinct = list(dict.fromkeys(keys))
+        cots = self.expander.lookup(distinct)
+        cached = set(cots)
+        self.metrics.cache(hits=sum(k in cached for k in keys), misses=sum(k not in cached for k in keys))
+        reasons: dict[str, str] = {}
+        todo = [k for k in distinct if k not in cots]
         if todo:
+            await self._generated(todo, deadline, gone, cots, reasons)
+        out = []
+        for t, k in zip(texts, keys):
+            exp = Expansion.unexpanded(t, reasons[k]) if k in reasons else self.expander.apply(t, cots[k], formula)
+            if exp.fallback is not None:
+                self.metrics.fallback(exp.fallback)
+            out.append((exp, k in cached))
+        return out
+
+    async def _generated(self, keys: list[str], deadline: float | None, gone: asyncio.Future | None,
+                         cots: dict[str, str], reasons: dict[str, str]) -> None:
+        """Fill ``cots`` (or ``reasons``) for ``keys`` from the generations they join or queue."""
+        waits = self._join(keys, deadline)
+        joined = {k for pairs in waits.values() for k, _ in pairs}
+        new = [k for k in keys if k not in joined]
+        if new:
             try:
-                new = await self.batcher.submit(todo)
+                job = self.batcher.enqueue(new, deadline)
             except QueueFull as e:
-                raise HTTPProblem(503, str(e), headers={"Retry-After": str(e.retry_after)}) from None
-            for t, c in zip(todo, new):
-                cots[t] = c
-                self.cache.put(t, c)
-        return [self.expander.apply(t, cots[t], formula) for t in texts]
+                if deadline is None:
+                    for job in waits:
+                        self.batcher.release(job)
+                    raise HTTPProblem(503, str(e), headers={"Retry-After": str(e.retry_after)}) from None
+                reasons.update((k, "overloaded") for k in new)
+            else:
+                self._track(job, new)
+                waits[job] = list(zip(new, range(len(new))))
+        outcomes = await asyncio.gather(*(self.batcher.wait(job, deadline, gone) for job in waits),
+                                        return_exceptions=True)
+        for (job, pairs), res in zip(waits.items(), outcomes):
+            if isinstance(res, Gone):
+                raise ClientDisconnect()
+            if isinstance(res, Late):
+                reasons.update((k, "deadline") for k, _ in pairs)
+            elif isinstance(res, BaseException):
+                raise res
+            else:
+                cots.update((k, res[i]) for k, i in pairs)
+
+    def _join(self, keys: list[str], deadline: float | None) -> dict[Job, list[tuple[str, int]]]:
+        """The queued or running jobs that already generate some of ``keys`` (now waited for once more)."""
+        waits: dict[Job, list[tuple[str, int]]] = {}
+        for k in keys:
+            held = self._inflight.get(k)
+            if held is None:
+                continue
+            job, i = held
+            if job in waits or self.batcher.attach(job, deadline):
+                waits.setdefault(job, []).append((k, i))
+                self.metrics.shared.inc()
+        return waits
+
+    def _track(self, job: Job, keys: list[str]) -> None:
+        for i, k in enumerate(keys):
+            self._inflight[k] = (job, i)
+
+        def forget(_):
+            for k in keys:
+                if self._inflight.get(k, (None,))[0] is job:
+                    del self._inflight[k]
+
+        job.future.add_done_callback(forget)
+
+    async def search(self, text: str, k: int) -> list:
+        """The hits of ``text`` (in a thread), keeping :attr:`search_s` (an exponential average) up to date."""
+        t0 = time.perf_counter()
+        hits = await asyncio.to_thread(self.expander.search, text, k)
+        self.search_s = 0.8 * self.search_s + 0.2 * (time.perf_counter() - t0) if self.search_s else \
+            time.perf_counter() - t0
+        return hits
+
+
+def answer_margin(budget_s: float) -> float:
+    """Seconds kept from a deadline to build and send the answer after the decision: 5 ms + 2.5% of the
+    budget, at most 20 ms (10 ms of a 200 ms deadline).
+
+    Example:
+        >>> round(answer_margin(0.2), 4)
+        0.01
+    """
+    return min(0.02, 0.005 + 0.025 * budget_s)
+
+
+@asynccontextmanager
+async def watch_disconnect(request: Request):
+    """A future that is set when the client goes away while its request is answered (its body fully read)."""
+    gone = asyncio.get_running_loop().create_future()
+
+    async def watch():
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                if not gone.done():
+                    gone.set_result(True)
+                return
+
+    task = asyncio.create_task(watch())
+    try:
+        yield gone
+    finally:
+        task.cancel()
+
+
+def _result(exp: Expansion, cached: bool) -> dict[str, Any]:
+    return {**exp.to_dict(), "cached": cached}
 
 
 def _routes(app: FastAPI, service: Service) -> None:
@@ -267,8 +414,10 @@ def _routes(app: FastAPI, service: Service) -> None:
     async def expand(request: Request):
         req = parse(ExpandRequest, await read_body(request, settings.max_body_bytes))
         check_limits([(f"queries.{i}.text", q.text) for i, q in enumerate(req.queries)], settings)
-        exps = await service.expansions([q.text for q in req.queries], req.formula)
-        return {"results": [{"id": q.id, **e.to_dict()} for q, e in zip(req.queries, exps)]}
+        deadline = service.deadline(request, req.deadline_ms)
+        async with watch_disconnect(request) as gone:
+            exps = await service.expansions([q.text for q in req.queries], req.formula, deadline, gone)
+        return {"results": [{"id": q.id, **_result(e, c)} for q, (e, c) in zip(req.queries, exps)]}
 
     @app.post("/v1/search")
     async def search(request: Request):
@@ -279,19 +428,27 @@ def _routes(app: FastAPI, service: Service) -> None:
         service.ready()
         if service.expander.retriever is None:
             raise HTTPProblem(400, "this service has no index: start it with --index DIR to search", field="query")
-        (exp,) = await service.expansions([req.query], req.formula)
-        hits = await asyncio.to_thread(service.expander.search, exp.expanded, req.k)
-        return {**exp.to_dict(), "hits": [{"docid": h.doc_id, "score": h.score, "rank": r}
-                                          for r, h in enumerate(hits, 1)]}
+        deadline = service.deadline(request, req.deadline_ms)
+        async with watch_disconnect(request) as gone:
+            (exp, cached), = await service.expansions([req.query], req.formula,
+                                                      None if deadline is None else deadline - service.search_s, gone)
+        hits = await service.search(exp.expanded, req.k)
+        return {**_result(exp, cached), "hits": [{"docid": h.doc_id, "score": h.score, "rank": r}
+                                                 for r, h in enumerate(hits, 1)]}
 
     @app.get("/health")
     async def health():
         if service.expander is None:
-            body = {"status": "failed" if service.load_error else "loading"}
+            body = {"status": "failed" if service.load_error else "loading", "pid": os.getpid()}
             if service.load_error:
                 body["error"] = service.load_error
             return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
-        return {"status": "ok", "student": repr(service.expander)}
+        return {"status": "ok", "student": service.expander.settings.fingerprint, "pid": os.getpid()}
+
+    @app.get("/v1/info")
+    async def info():
+        service.ready()
+        return {"student": service.expander.settings.to_dict(), "serve": settings.public(), "pid": os.getpid()}
 
     @app.get("/metrics")
     async def metrics():
@@ -352,4 +509,4 @@ def install_guard(app: FastAPI, settings: Any, metrics: Metrics) -> None:
     app.add_middleware(Guard, settings=settings, metrics=metrics)
 
 
-__all__ = ["Guard", "HTTPProblem", "ServeSettings", "create_app", "install_guard", "read_body"]
+__all__ = ["Guard", "HTTPProblem", "ServeSettings", "create_app", "install_guard", "read_body", "watch_disconnect"]

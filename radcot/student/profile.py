@@ -308,6 +308,19 @@ class StudentProfile:
         params = self.retriever.params
         return float(params.get("rrf_constant", params.get("rrf_k", DEFAULT_RRF_CONSTANT)))
 
+    def index_dirs(self, index: Any = None, *, force: bool = False) -> dict[str, str]:
+        """``{kind: directory}`` of the indexes :meth:`open_retriever` would open (checked the same way, nothing
+        opened): for a consumer's usage checks before it loads anything. Empty when none is recorded or given.
+
+        Raises:
+            ProfileError: as :meth:`open_retriever`.
+        """
+        if index is not None and not isinstance(index, (str, os.PathLike, Mapping)):
+            return {}
+        if self.retriever is None:
+            return {} if index is None else _as_mapping(index, None)
+        return self._index_dirs(index, force)
+
     def _index_dirs(self, index: Any, force: bool) -> dict[str, str]:
         recorded = {r.kind: r for r in self.retriever.indexes}
         if index is None:

@@ -209,9 +209,6 @@ class TrainConfig:
         if missing:
             raise ValueError(f"TrainConfig.select_by='retrieval' needs {' and '.join(missing)}: a BM25 index directory "
                              f"and the qrels of the training (dev-split) queries")
-        if self.select_formula not in ("radcot", "query2doc", "none"):
-            raise ValueError(f"TrainConfig.select_formula must be radcot, query2doc or none (BM25), "
-                             f"got {self.select_formula!r}")
         import ir_measures
 
         try:
