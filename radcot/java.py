@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 
 from radcot.records import MissingDependencyError, RadcotError
+from radcot.utils import env_var
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def start_jvm(heap: str | None = None) -> None:
                 jnius_config.add_options(opt)
         # jnius locates libjvm through JAVA_HOME when it is imported: overwrite it (never setdefault) for the
         # import only, and give the caller's value back afterwards
-        with _env("JAVA_HOME", str(home)):
+        with env_var("JAVA_HOME", str(home)):
             try:
                 import jnius  # noqa: F401 - importing starts the JVM
             except Exception as e:  # noqa: BLE001 - jnius raises plain exceptions for JVM start failures
@@ -212,20 +213,6 @@ def autoclass(name: str):
 
 
 @contextlib.contextmanager
-def _env(name: str, value: str):
-    """``os.environ[name] = value`` for the block; the previous value (or its absence) is restored after."""
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
-
-
-@contextlib.contextmanager
 def _placeholder_openai_key():
     """pyserini.encode builds an OpenAI client at import, which raises without a key: set one for the import.
 
@@ -234,7 +221,7 @@ def _placeholder_openai_key():
     if "OPENAI_API_KEY" in os.environ:
         yield
         return
-    with _env("OPENAI_API_KEY", "placeholder-for-pyserini-import"):
+    with env_var("OPENAI_API_KEY", "placeholder-for-pyserini-import"):
         yield
 
 

@@ -100,6 +100,20 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def env_var(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` for the block; the previous value (or its absence) is restored after."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def cache_dir() -> Path:
     """radcot's cache (topics converted from pyserini, exported ir_datasets data, file fingerprints).
 

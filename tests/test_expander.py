@@ -132,23 +132,6 @@ def test_load_errors_name_the_fix(demo_student, tmp_path):
         Expander.load(old)  # a retrieval-augmented student without its index
 
 
-@pytest.mark.fast
-def test_typed_boundary():
-    """Issue 26: expand_batch("text") expanded each character; a generator yielded []; None items were str()-ed.
-    Checked before anything is loaded or generated."""
-    from radcot.serving.expander import as_texts
-
-    with pytest.raises(TypeError, match=r"list of query strings, got one str \('where'\)"):
-        as_texts("where")
-    assert as_texts(t for t in ("a", "b")) == ["a", "b"]  # any iterable, read once
-    with pytest.raises(TypeError, match="query 1 is NoneType"):
-        as_texts(["a", None])
-    with pytest.raises(TypeError, match="query 0 is int"):
-        as_texts([7])
-    with pytest.raises(TypeError, match="iterable of query strings, got int"):
-        as_texts(7)
-
-
 def test_typed_boundary_of_the_loaded_expander(expander, test_texts):
     texts = [t for _, t in test_texts[:2]]
     assert expander.expand_batch(t for t in texts) == expander.expand_batch(texts)

@@ -239,3 +239,20 @@ def test_a_job_that_cannot_start_in_time_is_late_when_it_arrives():
         return waited
 
     assert _run(main()) < 0.05
+
+
+@pytest.mark.fast
+def test_typed_boundary():
+    """Issue 26: expand_batch("text") expanded each character; a generator yielded []; None items were str()-ed.
+    Checked before anything is loaded or generated."""
+    from radcot.serving.expander import as_texts
+
+    with pytest.raises(TypeError, match=r"list of query strings, got one str \('where'\)"):
+        as_texts("where")
+    assert as_texts(t for t in ("a", "b")) == ["a", "b"]  # any iterable, read once
+    with pytest.raises(TypeError, match="query 1 is NoneType"):
+        as_texts(["a", None])
+    with pytest.raises(TypeError, match="query 0 is int"):
+        as_texts([7])
+    with pytest.raises(TypeError, match="iterable of query strings, got int"):
+        as_texts(7)

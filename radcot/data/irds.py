@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from radcot.records import DataFormatError, OfflineResourceError, RadcotError
+from radcot.utils import env_var
 
 logger = logging.getLogger(__name__)
 
@@ -81,19 +82,6 @@ class MissingFile:
 # ---------------------------------------------------------------------------------------------- ir_datasets
 
 
-@contextlib.contextmanager
-def _env(name: str, value: str) -> Iterator[None]:
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
-
-
 def ir_datasets():
     """The ir_datasets module (imported on first use; it reads ``$IR_DATASETS_HOME`` then).
 
@@ -109,7 +97,7 @@ def ir_datasets():
     from radcot._deps import require
 
     small = os.environ.get("IR_DATASETS_SMALL_FILE_SIZE", "0")
-    with _env("IR_DATASETS_SMALL_FILE_SIZE", small):
+    with env_var("IR_DATASETS_SMALL_FILE_SIZE", small):
         return require("ir_datasets", "named datasets (ir_datasets ids)", extra="irds")
 
 

@@ -27,6 +27,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -35,7 +36,7 @@ import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Hashable, Iterable, Mapping, Protocol, Sequence
+from typing import Hashable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from radcot.records import RadcotError
 
@@ -208,24 +209,35 @@ class SQLiteCache:
                           f"that this user can write: pass another --cache path, or delete the file to start a "
                           f"new cache")
 
-    def _setup(self) -> None:
-        """Create the schema (once, under a write lock) or check an existing file's format."""
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``: one writer at a time across processes), committed when the
+        block ends, rolled back when it raises; SQLite errors become one :class:`CacheError`."""
         conn = self._conn()
         try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for stmt in _SCHEMA:
-                    conn.execute(stmt)
-                conn.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(CACHE_FORMAT),))
-                fmt = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()[0]
+                yield conn
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as e:
             raise self._error(e) from None
+
+    def _setup(self) -> None:
+        """Create the schema (once, under a write lock) or check an existing file's format."""
+        conn = self._conn()
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.Error as e:
+            raise self._error(e) from None
+        with self._write() as conn:
+            for stmt in _SCHEMA:
+                conn.execute(stmt)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(CACHE_FORMAT),))
+            fmt = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()[0]
         if fmt != str(CACHE_FORMAT):
             raise CacheError(f"cache file {self.path} has format {fmt}; this radcot uses format {CACHE_FORMAT}: "
                              f"delete the file (it is only a cache) or pass another --cache path")
@@ -252,20 +264,11 @@ class SQLiteCache:
         if not cots:
             return 0
         now = time.time()
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                before = conn.total_changes
-                conn.executemany("INSERT OR IGNORE INTO cots VALUES (?, ?, ?, ?)",
-                                 [(student, q, c, now) for q, c in cots.items()])
-                added = conn.total_changes - before
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            raise self._error(e) from None
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.executemany("INSERT OR IGNORE INTO cots VALUES (?, ?, ?, ?)",
+                             [(student, q, c, now) for q, c in cots.items()])
+            added = conn.total_changes - before
         self._bound(added)
         return added
 
@@ -292,24 +295,15 @@ class SQLiteCache:
     def prune(self, keep_students: Iterable[str] | None = None, max_entries: int | None = None) -> int:
         """Delete the entries of students not in ``keep_students`` (when given), then the oldest beyond
         ``max_entries`` (when given); returns the number deleted."""
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                before = conn.total_changes
-                if keep_students is not None:
-                    keep = list(keep_students)
-                    conn.execute(f"DELETE FROM cots WHERE student NOT IN ({','.join('?' * len(keep))})", keep)
-                if max_entries is not None:
-                    conn.execute("DELETE FROM cots WHERE (student, query) IN (SELECT student, query FROM cots "
-                                 "ORDER BY created DESC LIMIT -1 OFFSET ?)", (max_entries,))
-                deleted = conn.total_changes - before
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            raise self._error(e) from None
+        with self._write() as conn:
+            before = conn.total_changes
+            if keep_students is not None:
+                keep = list(keep_students)
+                conn.execute(f"DELETE FROM cots WHERE student NOT IN ({','.join('?' * len(keep))})", keep)
+            if max_entries is not None:
+                conn.execute("DELETE FROM cots WHERE (student, query) IN (SELECT student, query FROM cots "
+                             "ORDER BY created DESC LIMIT -1 OFFSET ?)", (max_entries,))
+            deleted = conn.total_changes - before
         return deleted
 
     def close(self) -> None:
