@@ -100,7 +100,7 @@ def small_student(tmp: Path) -> tuple[str, str | None]:
 
     from radcot.retrieval.bm25 import BM25Retriever
     from radcot.student.model import FiDConfig, FiDStudent, untie_lm_head
-    from radcot.student.offline import train_t5_tokenizer
+    from radcot.demo.tiny import train_t5_tokenizer
     from radcot.student.profile import Decoding, Inference, RetrieverRecord, StudentProfile
 
     log(f"building the flan-t5-small-shaped student in {tmp} ...")

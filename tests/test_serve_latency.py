@@ -138,7 +138,7 @@ def slow_student(demo_world, demo_index, tmp_path_factory) -> Path:
     """A random T5 (d_model 256, 4+4 layers) as a FiD student of 3 BM25 passages writing 120 tokens: random
     weights rarely emit ``</s>``, so every query costs the full length (~0.5-1 s on one idle thread)."""
     from radcot.student.model import FiDStudent
-    from radcot.student.offline import build_tiny_t5
+    from radcot.demo.tiny import build_tiny_t5
 
     d = tmp_path_factory.mktemp("slow")
     texts = [json.loads(line)["text"] for line in (demo_world / "corpus.jsonl").read_text().splitlines()[:2000]]
