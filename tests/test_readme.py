@@ -2,7 +2,8 @@
 
 Every fenced block of README.md tagged ``sh``, ``bash`` or ``python`` runs, unless the line just above its fence
 (blank lines aside) is a marker ``<!-- readme-test: skip (REASON) -->``; each skipped block is reported as a
-skipped test with its reason (``pytest -ra`` lists them). The blocks of one ``## `` section (a guide) run in one
+skipped test with its reason (``pytest -ra`` lists them). A block that shows a failure is marked
+``<!-- readme-test: exit N -->``: it must exit with N, and print no Python traceback. The blocks of one ``## `` section (a guide) run in one
 bash process, in README order, with ``set -e -o pipefail`` (Python blocks as ``python - <<EOF`` inside it), so a
 variable or a background server of one block is there for the next, as in a terminal; the sections run one after
 the other on the same copy (guide 2 serves the student of guide 1).
@@ -42,6 +43,7 @@ RUNNABLE = ("sh", "bash", "python")
 SHOWN = ("text", "yaml", "json")
 MARKER = re.compile(r"<!--\s*readme-test:\s*(?P<body>.*?)\s*-->")
 SKIP = re.compile(r"skip \((?P<reason>[^()]*(?:\([^()]*\)[^()]*)*)\)")
+EXIT = re.compile(r"exit (?P<status>[1-9][0-9]*)")
 FENCE = re.compile(r"^```(?P<lang>\S*)\s*$")
 #: seconds one section may take (guide 1 trains a student: ~5 min at OMP_NUM_THREADS=1 on 2 loaded cores)
 SECTION_TIMEOUT_S = 1500
@@ -59,6 +61,7 @@ class Block:
     section: str  # the ``## `` heading above it
     skip: str | None  # the marker's reason, or None: the block runs
     marker: str | None  # the marker's text, whatever it says
+    exit: int = 0  # the exit status the block must end with (marker ``exit N``: a failure the README shows)
 
 
 def parse_blocks(text: str) -> list[Block]:
@@ -81,11 +84,13 @@ def parse_blocks(text: str) -> list[Block]:
         if end is None:
             raise ValueError(f"README.md line {i + 1}: the fence opened here is never closed")
         marker = _marker_above(lines, i)
-        skip = None
+        skip, status = None, 0
         if marker is not None:
-            s = SKIP.fullmatch(marker)
+            s, e = SKIP.fullmatch(marker), EXIT.fullmatch(marker)
             skip = s.group("reason") if s else None
-        blocks.append(Block(m.group("lang"), "\n".join(lines[i + 1:end]) + "\n", i + 1, section, skip, marker))
+            status = int(e.group("status")) if e else 0
+        blocks.append(Block(m.group("lang"), "\n".join(lines[i + 1:end]) + "\n", i + 1, section, skip, marker,
+                            status))
         i = end + 1
     return blocks
 
@@ -164,10 +169,12 @@ def test_fences_name_their_language_and_markers_are_well_formed():
                 for b in blocks if not b.lang]
     problems += [f"line {b.line}: language {b.lang!r} is neither run ({', '.join(RUNNABLE)}) nor shown "
                  f"({', '.join(SHOWN)})" for b in blocks if b.lang and b.lang not in RUNNABLE + SHOWN]
-    problems += [f"line {b.line}: marker {b.marker!r} is not 'skip (REASON)'"
-                 for b in blocks if b.marker is not None and b.skip is None]
-    problems += [f"line {b.line}: a skip marker on a {b.lang} block, which never runs anyway"
-                 for b in blocks if b.skip is not None and b.lang not in RUNNABLE]
+    problems += [f"line {b.line}: marker {b.marker!r} is neither 'skip (REASON)' nor 'exit N'"
+                 for b in blocks if b.marker is not None and b.skip is None and b.exit == 0]
+    problems += [f"line {b.line}: an 'exit N' marker on a {b.lang} block (only sh and bash blocks)"
+                 for b in blocks if b.exit and b.lang not in ("sh", "bash")]
+    problems += [f"line {b.line}: a readme-test marker on a {b.lang} block, which never runs anyway"
+                 for b in blocks if b.marker is not None and b.lang not in RUNNABLE]
     problems += [f"line {b.line}: skip marker without a reason" for b in blocks if b.skip is not None
                  and not b.skip.strip()]
     text = README.read_text(encoding="utf-8")
@@ -254,7 +261,7 @@ def _env_for(root: Path, scratch: Path) -> dict[str, str]:
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         PYTHONPATH=os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")])),
         RADCOT_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-        IR_DATASETS_HOME=str(scratch / "ir_datasets"),
+        IR_DATASETS_HOME=str(scratch / "ir_datasets"), README_SCRATCH=str(scratch),
         RADCOT_STATE_DIR=str(scratch / "state"), RADCOT_CACHE=str(scratch / "cache"),
     )
     return env
@@ -285,13 +292,25 @@ def section_script(blocks: list[Block], port: int = README_PORT) -> str:
              "(exit $rc)\" >&2' EXIT"]
     for b in blocks:
         code = b.code if port == README_PORT else b.code.replace(str(README_PORT), str(port))
-        parts.append(f"README_LINE={b.line}; echo \"readme-test: README.md line {b.line}\" >&2")
+        parts.append(f"README_LINE={b.line}; echo \"readme-test: README.md line {b.line} at $SECONDS s\" >&2")
         if b.lang == "python":
             assert PY_END not in code
             parts.append(f"python - <<'{PY_END}'\n{code}{PY_END}")
+        elif b.exit:
+            parts.append(_expect_failure(code, b.exit))
         else:
             parts.append(code)
     return "\n".join(parts) + "\n"
+
+
+def _expect_failure(code: str, status: int) -> str:
+    """The block in a subshell that must exit with ``status`` and print no Python traceback (a user mistake is one
+    line, never a traceback)."""
+    return (f"set +e\n( set -e -o pipefail\n{code}) 2> \"$README_SCRATCH/stderr\"\nrc=$?\nset -e\n"
+            f"cat \"$README_SCRATCH/stderr\" >&2\n"
+            f"[ $rc -eq {status} ] || {{ echo \"readme-test: expected exit {status}, got $rc\" >&2; false; }}\n"
+            f"! grep -q '^Traceback' \"$README_SCRATCH/stderr\" || "
+            f"{{ echo 'readme-test: a traceback instead of a one-line error' >&2; false; }}")
 
 
 def _alive(pgid: int) -> bool:
@@ -375,6 +394,8 @@ def test_readme_section_runs_as_written(clone, sections, section, tmp_path_facto
     run = _run_through(section, clone, sections, tmp_path_factory.mktemp("scratch"))
     lines = ", ".join(str(b.line) for b in _runnable(_blocks()) if b.section == section)
     print(f"README section {section!r} (blocks at lines {lines}): exit {run.rc} in {run.seconds:.0f} s")
+    print(run.out)
+    print("\n".join(line for line in run.err.splitlines() if line.startswith("readme-test:")))
     assert run.rc is not None, f"section {section!r} ran over {SECTION_TIMEOUT_S} s{run.tail()}"
     assert run.rc == 0, f"section {section!r} failed (exit {run.rc}){run.tail()}"
     assert not run.left_running, (f"section {section!r} left processes running after its last block (a server "
