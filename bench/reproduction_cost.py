@@ -1,4 +1,4 @@
-"""Measured rates behind the README's "Cost of a full reproduction" sheet (CPU; no GPU needed).
+"""Measured rates behind docs/pipelines.md's "Cost of a full reproduction" sheet (CPU; no GPU needed).
 
 1. BM25 at k=1000 with the paper's long expanded queries: MS MARCO dev-subset queries expanded with the
    official davinci-003 CoTs by the official formula (``radcot``), searched against Vaswani indexes of
