@@ -245,9 +245,9 @@ class StudentProfile:
             raise ProfileError(f"{source}: malformed student profile ({type(e).__name__}: {e})") from None
         except ProfileError as e:
             raise ProfileError(f"{source}: {e}") from None
-        checkpoint = Path(d.get("checkpoint") or directory)
-        if not checkpoint.is_absolute():
-            checkpoint = directory / checkpoint
+        checkpoint = directory  # a relative "checkpoint" is relative to the profile's directory
+        if d.get("checkpoint"):
+            checkpoint = directory / d["checkpoint"]  # (an absolute one replaces it)
         return cls(directory, checkpoint, retriever, inference)
 
     # ---------------------------------------------------------------------------------------- writing
