@@ -443,28 +443,30 @@ class QueryExpander:
     def _generate_teacher(self, queries: list[Query]) -> None:
         from radcot.teacher.base import GenerationParams, TeacherError, TeachItem
         from radcot.teacher.prompts import get_prompt
+        from radcot.teacher.runner import FAILURE_SAMPLE
 
         prompt = get_prompt(self.prompt)
         params = self.params or GenerationParams()
         batch = max(1, int(getattr(self.backend, "batch_size", 1) or 1))
-        asked, failed, last_error = 0, 0, None
-        for s in range(self.samples):
-            p = params if s == 0 else dataclasses.replace(params, seed=(params.seed or 0) + s)
-            for i in range(0, len(queries), batch):
-                chunk = queries[i:i + batch]
-                items = [TeachItem(q, prompt.render(q.text)) for q in chunk]
-                try:
-                    results = self.backend.generate(items, p)
-                except Exception as e:  # noqa: BLE001 - counted; too many failures raise below
-                    results = [TeacherError(f"{type(e).__name__}: {e}")] * len(chunk)
-                for q, res in zip(chunk, results):
-                    asked += 1
-                    if isinstance(res, BaseException):
-                        failed, last_error = failed + 1, res
-                    elif is_usable_cot(res.text):
-                        self._cots.setdefault(q.query_id, []).append(clean_cot(res.text))
-                    else:
-                        self._cots.setdefault(q.query_id, [])  # answered, but blank: falls back to the query
+        chunks = ((params if s == 0 else dataclasses.replace(params, seed=(params.seed or 0) + s), queries[i:i + batch])
+                  for s in range(self.samples) for i in range(0, len(queries), batch))
+        total, asked, failed, last_error = len(queries) * self.samples, 0, 0, None
+        for p, chunk in chunks:
+            items = [TeachItem(q, prompt.render(q.text)) for q in chunk]
+            try:
+                results = self.backend.generate(items, p)
+            except Exception as e:  # noqa: BLE001 - counted; too many failures raise below
+                results = [TeacherError(f"{type(e).__name__}: {e}")] * len(chunk)
+            for q, res in zip(chunk, results):
+                asked += 1
+                if isinstance(res, BaseException):
+                    failed, last_error = failed + 1, res
+                elif is_usable_cot(res.text):
+                    self._cots.setdefault(q.query_id, []).append(clean_cot(res.text))
+                else:
+                    self._cots.setdefault(q.query_id, [])  # answered, but blank: falls back to the query
+            if asked >= min(total, FAILURE_SAMPLE) and failed > self.max_failed_fraction * asked:
+                break  # most of the first answers failed: stop now (as radcot teach does), not after every query
         self._check_failures(asked, failed, last_error)
 
     def _check_failures(self, asked: int, failed: int, last_error: BaseException | None) -> None:
