@@ -1190,9 +1190,9 @@ def stale_reuse_cases() -> list[Case]:
         Case("index collection edited in place (same size and mtime)", index, expect="ok", mode="twice",
              setup=chain(write("c.jsonl", docs), aged("c.jsonl")), between=edit_in_place("c.jsonl", "apple", "zebra"),
              check=search_finds("idx1", "zebra", "d1")),
-        Case("index over its own index with a truncated segment", ["index", "--collection", "{W}", "--index", "ti",
-                                                                    "--no-progress"], expect="ok",
-             setup=chain(copy("{IDX}", "ti"), truncate("ti/_0.fdt", 100)), check=search_finds("ti")),
+        Case("index again over its index with a truncated segment", ["index", "--collection", "{W}", "--index", "ti",
+                                                                      "--no-progress"], expect="ok", mode="twice",
+             between=truncate("ti/_0.fdt", 100), check=both(says("rebuilding ti"), search_finds("ti"))),
         Case("search an index with a truncated segment", ["search", "--index", "ti", "--queries", "{Q}", "--run",
                                                           "o.trec", "--no-progress"],
              setup=chain(copy("{IDX}", "ti"), truncate("ti/_0.fdt", 100)),
@@ -1246,10 +1246,14 @@ def reader_cases() -> list[Case]:
     def header(rel: str, head: str, src: str) -> Setup:
         return lambda tmp, ctx: (tmp / rel).write_text(head + Path(src.format_map(ctx)).read_text())
 
-    def first_cot_used(tmp: Path, ctx: dict, res: Result) -> str | None:
-        first = json.loads(Path(ctx["COTT"]).read_text().splitlines()[0])
-        line = (tmp / "out.tsv").read_text().splitlines()[0] if (tmp / "out.tsv").is_file() else ""
-        return None if " ".join(first["text"].split()) in line else f"{first['query_id']}'s CoT is not in its expansion"
+    def cot_used(i: int, cots: str) -> Check:
+        """The expansion of query ``i`` (the CoT file's and out.tsv's order agree) holds its CoT."""
+        def check(tmp: Path, ctx: dict, res: Result) -> str | None:
+            rec = json.loads(Path(ctx["COTT"]).read_text().splitlines()[i])
+            lines = (tmp / "out.tsv").read_text().splitlines() if (tmp / "out.tsv").is_file() else [""]
+            cot = " ".join(rec["text"].split())
+            return None if cot in lines[i] else f"{rec['query_id']}'s CoT in {cots} is not in its expansion"
+        return check
 
     xml = ('<topics>\n<topic number="1" type="faceted">\n  <query>Thanvound Krourk occupation</query>\n'
            '  <description>What is the occupation of Thanvound Krourk?</description>\n</topic>\n'
@@ -1264,18 +1268,18 @@ def reader_cases() -> list[Case]:
              setup=write("c.tsv", "pid\tpassage\n1\talpha apple\n2\tbeta banana\n"),
              check=both(index_docs("ix", 2), says("skipped the column header"))),
         Case("search queries TSV with a header row", [*search, "--queries", "q.tsv"], expect="ok",
-             setup=header("q.tsv", "qid\tquery\n", "{Q}"), check=run_complete("out.trec", 20)),
+             setup=header("q.tsv", "qid\tquery\n", "{Q}"),
+             check=both(run_complete("out.trec", 20), says("skipped the column header", "20 queries"))),
         Case("search gzip queries without .gz", [*search, "--queries", "q.tsv"], expect="ok",
              setup=lambda t, c: (t / "q.tsv").write_bytes(__import__("gzip").compress(Path(c["Q"]).read_bytes())),
              check=run_complete("out.trec", 20)),
         Case("search TREC XML topics", [*search, "--queries", "topics.xml"], expect="ok", setup=write("topics.xml", xml),
              check=run_complete("out.trec", 2)),
         Case("expand CoT TSV with a BOM", ["expand", "--cots", "c.tsv", "--queries", "{Q}", "--out", "out.tsv"],
-             expect="ok", setup=cot_tsv, check=first_cot_used),
-        Case("teach resume, last record without newline", ["teach", "--backend", "kb", "--world", "{W}", "--queries",
-                                                           "{Q}", "--out", "out.jsonl", "--no-progress"],
-             expect="ok", mode="twice", between=strip_last_newline("out.jsonl"),
-             check=both(each_query_once("out.jsonl", "{Q}"), all_lines_json("out.jsonl"))),
+             expect="ok", setup=cot_tsv, check=cot_used(0, "c.tsv")),
+        Case("expand CoT JSONL whose last record lacks a newline", ["expand", "--cots", "c.jsonl", "--queries", "{Q}",
+                                                                    "--out", "out.tsv"], expect="ok",
+             setup=chain(copy("{COTT}", "c.jsonl"), strip_last_newline("c.jsonl")), check=cot_used(-1, "c.jsonl")),
         Case("search expansions TSV with a blank expansion", [*search, "--queries", "{Q}", "--expansions", "e.tsv"],
              setup=lambda t, c: (t / "e.tsv").write_text("".join(
                  f"{ln.split(chr(9))[0]}\t\n" if i == 2 else ln + "\n"
@@ -1340,9 +1344,10 @@ def lock_cases() -> list[Case]:
         Case("teach two writers, one through a symlink", [*demo, "--out", "out.jsonl"], expect="ok", mode="concurrent",
              second=[*demo, "--out", "link.jsonl"], setup=symlink("link.jsonl", "out.jsonl"),
              check=both(each_query_once("out.jsonl", "{DEMO}/queries.train.tsv"), all_lines_json("out.jsonl"))),
-        Case("generate two writers, one through a symlinked directory", [*GENERATE, "--batch-size", "2"], expect="ok",
-             mode="concurrent", second=[*GENERATE[:7], "--out", "d/out.jsonl", *GENERATE[9:], "--batch-size", "2"],
-             setup=lambda t, c: (t / "d").symlink_to(t), check=each_query_once("out.jsonl", "{Q}")),
+        Case("generate two writers, one through a symlink", [*GENERATE, "--batch-size", "2"], expect="ok",
+             mode="concurrent", second=[*GENERATE[:7], "--out", "link.jsonl", *GENERATE[9:], "--batch-size", "2"],
+             setup=symlink("link.jsonl", "out.jsonl"),
+             check=both(each_query_once("out.jsonl", "{Q}"), all_lines_json("out.jsonl"))),
     )
 
 
@@ -1489,6 +1494,7 @@ def endpoint_cases() -> list[Case]:
              check=each_query_once("out.jsonl", "{Q}")),
         Case("teacher-serve uncached hub name offline fails in seconds", ["teacher-serve", "--model", "nope/nowhere",
                                                                           "--port", "0"], mode="serve", timeout=90,
+             env={"HF_HUB_OFFLINE": None, "TRANSFORMERS_OFFLINE": None},  # a machine offline that does not say so
              check=both(says("hf download nope/nowhere", "smollm2"), faster_than(30))),
         Case("teacher-serve empty model directory is named", ["teacher-serve", "--model", "m", "--port", "0"],
              mode="serve", timeout=90, setup=lambda t, c: (t / "m").mkdir(), check=says("directory m holds no model")),
@@ -1550,8 +1556,9 @@ def mismatch_cases() -> list[Case]:
                                                      "--rm3-fb-terms", "30"], check=says("add --rm3")),
         Case("index --dense --threads 4", ["index", "--collection", "{W}", "--index", "ix", "--dense", "--threads", "4"],
              check=both(says("--threads"), absent("ix"))),
-        Case("generate --k 5 on a student trained with 2", [*GENERATE, "--k", "5"], expect="ok",
-             check=jsonl_records("out.jsonl", lambda r: len(r.get("doc_ids") or []) == 5, "read with 5 passages")),
+        Case("generate --k 5 on a student trained with 2", [*GENERATE, "--k", "5"], expect="ok",  # 32 tokens each
+             check=jsonl_records("out.jsonl", lambda r: len(r.get("doc_ids") or []) == 5 and
+                                 (r.get("prompt_tokens") or 0) > 2 * 32, "read with 5 passages (> 64 input tokens)")),
         Case("generate a BM25 student with a dense --index", [*GENERATE[:5], "--index", "{IDXD}", *GENERATE[7:]],
              check=both(says("--force-index"), absent("out.jsonl"))),
         Case("generate a BM25 student with a dense --index --force-index", [*GENERATE[:5], "--index", "{IDXD}",
@@ -1578,6 +1585,9 @@ def message_cases() -> list[Case]:
              setup=symlink("q.tsv", "nowhere.tsv"), check=says("is a symbolic link to nowhere.tsv, which does not exist")),
         Case("index collection a dangling symlink", ["index", "--collection", "c.jsonl", "--index", "ix"],
              setup=symlink("c.jsonl", "gone.jsonl"), check=both(says("symbolic link to gone.jsonl"), absent("ix"))),
+        Case("search a dense index shows no library internals", ["search", "--index", "{IDXD}", "--queries", "{Q}",
+                                                                 "--run", "out.trec", "--no-progress"], expect="ok",
+             check=both(run_complete("out.trec", 20), never_says("ModuleNotFoundError", "faiss.loader"))),
         Case("index BEIR corpus.jsonl that is a directory", ["index", "--collection", "beir", "--index", "ix"],
              setup=chain(lambda t, c: (t / "beir" / "corpus.jsonl").mkdir(parents=True),
                          write("beir/queries.jsonl", '{"_id": "1", "text": "q"}\n')),
