@@ -30,6 +30,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     remove_stale_temp_files(path)
     # the PID in the name lets a later write remove what a killed one left (remove_stale_temp_files)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~umask())  # as open() would create it (mkstemp's temp file is private: 0600)
     kwargs = {} if "b" in mode else {"encoding": encoding}
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
@@ -41,6 +42,17 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def umask() -> int:
+    """This process's umask. Read from ``/proc/self/status`` on Linux: ``os.umask`` can only read it by setting
+    it, which would race with other threads creating files."""
+    with contextlib.suppress(OSError, ValueError, StopIteration, IndexError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def pid_alive(pid: int) -> bool:
@@ -80,6 +92,7 @@ def atomic_dir(path: str | os.PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     # the PID in the name lets a later build remove what a killed one left (radcot.retrieval.process)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~umask())  # as mkdir() would create it (mkdtemp's is private: 0700)
     try:
         yield tmp
         if path.exists():

@@ -73,6 +73,33 @@ def test_a_file_nobody_recorded_is_never_replaced(tmp_path):
         check_output(out, True, "run file")
 
 
+@pytest.mark.fast
+def test_outputs_get_the_permissions_the_umask_gives(tmp_path):
+    """Files and directories written atomically (runs, CoT configs, indexes, students) were private to their
+    owner (mkstemp's 0600, mkdtemp's 0700) whatever the umask: a colleague on a shared server could not read them."""
+    import os
+    import stat
+
+    from radcot.utils import atomic_dir, atomic_write
+
+    old = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "run.trec") as f:
+            f.write("1 Q0 d 1 1.0 t\n")
+        with atomic_dir(tmp_path / "index") as d:
+            (d / "segments_1").write_text("x")
+        os.umask(0o077)
+        with atomic_write(tmp_path / "private.trec") as f:
+            f.write("1 Q0 d 1 1.0 t\n")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"run.trec": 0o644, "index": 0o755, "private.trec": 0o600}
+    from radcot.utils import umask
+
+    assert umask() == old  # read without changing it
+
+
 WRITER = """
 import sys, time
 from radcot.utils import atomic_write
