@@ -494,6 +494,22 @@ def absent(rel: str) -> Check:
     return lambda tmp, ctx, res: f"{rel} was written" if (tmp / rel).exists() else None
 
 
+UMASK = os.umask(0o022)  # read at import (single-threaded): os.umask reads only by setting
+os.umask(UMASK)
+
+
+def mode_as_umask_gives(rel: str) -> Check:
+    """``rel`` has the permissions a plain open()/mkdir() would give under this umask (not private 0600/0700)."""
+    def check(tmp: Path, ctx: dict, res: Result) -> str | None:
+        p = tmp / rel
+        if res.exit != 0 or not p.exists():
+            return None if res.exit != 0 else f"{rel} missing after exit 0"
+        want = (0o777 if p.is_dir() else 0o666) & ~UMASK
+        got = p.stat().st_mode & 0o777
+        return None if got == want else f"{rel} has mode {got:o}, the umask {UMASK:03o} gives {want:o}"
+    return check
+
+
 def no_sidecars(tmp: Path, ctx: dict, res: Result) -> str | None:
     """No hidden ``.X.lock`` / ``.X.radcot`` files beside the outputs (records live in RADCOT_STATE_DIR)."""
     left = [str(p.relative_to(tmp)) for p in tmp.rglob(".*") if p.name.endswith((".lock", ".radcot"))]
@@ -1421,6 +1437,10 @@ def output_cases() -> list[Case]:
     ) + _cases(
         SIDECARS,
         Case("search leaves nothing beside its run", search, expect="ok", check=only_entries("out.trec")),
+        Case("search run readable as the umask allows", search, expect="ok", check=mode_as_umask_gives("out.trec")),
+        Case("index directory readable as the umask allows", ["index", "--collection", "{W}", "--index", "ix",
+                                                               "--no-progress"], expect="ok",
+             check=both(mode_as_umask_gives("ix"), mode_as_umask_gives("ix/radcot_index.json"))),
         Case("teach leaves nothing beside its output", ["teach", "--backend", "kb", "--world", "{W}", "--queries", "{Q}",
                                                         "--out", "out.jsonl", "--no-progress"], expect="ok",
              check=only_entries("out.jsonl", "out.config.json")),
