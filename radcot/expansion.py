@@ -236,7 +236,7 @@ def expand_queries(queries: Iterable[Query], cots: Mapping[str, str | None], for
     (counted, logged).
 
     Args:
-        queries: the queries.
+        queries: :class:`Query` records, ``(qid, text)`` pairs or ``{qid: text}``.
         cots: ``{query_id: cot}`` (missing ids, ``None`` and blank CoTs fall back to the query).
         formula: see :data:`FORMULAS`.
 
@@ -248,9 +248,14 @@ def expand_queries(queries: Iterable[Query], cots: Mapping[str, str | None], for
         {'1': 'q q q q q  c'}
     """
     check_formula(formula)
+    if isinstance(queries, (str, bytes)):
+        raise TypeError(f"expand_queries: queries must be Query records (or a {{qid: text}} mapping), got one str "
+                        f"{queries[:40]!r}; wrap it ([Query(qid, text)]), or call expand_query(text, cot) for one")
+    from radcot.retrieval.base import as_queries
+
     out: dict[str, str] = {}
     missing: list[str] = []
-    for q in queries:
+    for q in as_queries(queries):
         exp = expand_query(q.text, cots.get(q.query_id), formula)
         if exp.fallback is not None:
             missing.append(q.query_id)
