@@ -24,6 +24,8 @@ Verdicts:
 - ``wrong data``: the data check failed (lost, duplicated, replaced or stale data) - the worst kind;
 - ``traceback``: a Python traceback for a user mistake;
 - ``wrong exit``: exit 0 for a mistake (silently accepted) or non-zero for a valid call;
+- ``poor``: safe (exit and data right) but the user is left guessing: the message does not name the file, value
+  or fix the case expects, or the failure came after too long (issue 26's "poor" class);
 - ``timeout``: the case ran past its time limit.
 
 Cases added for issue 26 carry its class (``Case.issue``: stale reuse, readers, configs, ...); the report
@@ -426,10 +428,17 @@ def run_complete(rel: str, n_queries: int = 20) -> Check:
     return check
 
 
+class Poor(str):
+    """A problem with what the user is told -- the message names the wrong thing or comes after too long -- not
+    with the data (verdict ``poor``: safe, but the user is left guessing)."""
+
+
 def both(*checks: Check) -> Check:
+    """Every check; their problems joined (``Poor`` only when every problem is about the message)."""
     def check(tmp: Path, ctx: dict, res: Result) -> str | None:
         problems = [p for c in checks if (p := c(tmp, ctx, res))]
-        return "; ".join(problems) or None
+        text = "; ".join(problems) or None
+        return Poor(text) if text and all(isinstance(p, Poor) for p in problems) else text
     return check
 
 
@@ -469,25 +478,26 @@ def says(*texts: str) -> Check:
     """The output mentions every one of ``texts`` (a message that names the file, the value and the fix)."""
     def check(tmp: Path, ctx: dict, res: Result) -> str | None:
         missing = [t for t in (t.format_map(ctx) for t in texts) if t not in res.stdout + res.stderr]
-        return f"output does not mention {missing}" if missing else None
+        return Poor(f"output does not mention {missing}") if missing else None
     return check
 
 
 def never_says(*texts: str) -> Check:
     def check(tmp: Path, ctx: dict, res: Result) -> str | None:
         found = [t for t in texts if t in res.stdout + res.stderr]
-        return f"output has {found}" if found else None
+        return Poor(f"output has {found}") if found else None
     return check
 
 
 def faster_than(seconds: float) -> Check:
     """The case finished within ``seconds`` (a failure that must come fast, not after minutes of retries)."""
-    return lambda tmp, ctx, res: None if res.seconds < seconds else f"took {res.seconds:.0f} s (limit {seconds:.0f} s)"
+    return lambda tmp, ctx, res: (None if res.seconds < seconds
+                                  else Poor(f"took {res.seconds:.0f} s (limit {seconds:.0f} s)"))
 
 
 def one_stderr_line(tmp: Path, ctx: dict, res: Result) -> str | None:
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    return None if len(lines) == 1 else f"{len(lines)} lines on stderr, expected one"
+    return None if len(lines) == 1 else Poor(f"{len(lines)} lines on stderr, expected one")
 
 
 def absent(rel: str) -> Check:
@@ -1351,8 +1361,8 @@ def _problems_one_per_line(tmp: Path, ctx: dict, res: Result) -> str | None:
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("  - ")]
     java = [ln for ln in lines if ".java:" in ln or "JVM exception occurred" in ln]
     if len(lines) < 3 or java:
-        return f"{len(lines)} problem lines, {len(java)} with Java frames"
-    return None if any("--set params." in ln for ln in lines) else "no problem names the param that fills it"
+        return Poor(f"{len(lines)} problem lines, {len(java)} with Java frames")
+    return None if any("--set params." in ln for ln in lines) else Poor("no problem names the param that fills it")
 
 
 def lock_cases() -> list[Case]:
@@ -1386,6 +1396,17 @@ def api_type_cases() -> list[Case]:
              api=True, expect="ok", check=says("results 2")),
         Case("Expander.expand_batch([None])", [load + "e.expand_batch([None])"], api=True,
              check=says("query 0 is NoneType")),
+        Case("BM25Retriever.search(k='10')", ["from radcot import BM25Retriever; BM25Retriever({IDX!r}).search("
+                                              "'who taught Vacer Sark', k='10')"], api=True, check=says("k must be an integer")),
+        Case("expand_queries('a string', cots)", ["from radcot import expand_queries; "
+                                                  "expand_queries('who taught Vacer Sark', {{'q1': 'a CoT'}})"],
+             api=True, check=says("queries")),
+        Case("reciprocal_rank_fusion('a string')", ["from radcot import reciprocal_rank_fusion; "
+                                                    "reciprocal_rank_fusion('bm25.trec')"], api=True,
+             check=says("runs")),
+        Case("write_run with a score as a string", ["from radcot import write_run; "
+                                                    "write_run({{'q1': {{'d1': '1.5'}}}}, 'out.trec')"], api=True,
+             check=both(says("score"), absent("out.trec"))),
         Case("load_dataset('vaswani') offline", ["import os; os.environ['IR_DATASETS_HOME'] = os.path.abspath('irds'); "
                                                  "import radcot; radcot.load_dataset('vaswani')"], api=True, timeout=120,
              check=both(says("npl.tar.gz", "/irds/vaswani/"), faster_than(60))),
@@ -1881,13 +1902,15 @@ def _exit_ok(case: Case, rc: int | str) -> bool:
 
 
 def _verdict(case: Case, rc, tb: bool, problem: str | None) -> str:
-    if problem:
+    if problem and not isinstance(problem, Poor):
         return "wrong data"
     if "timeout" in str(rc):
         return "timeout"
     if tb:
         return "traceback"
-    return "ok" if _exit_ok(case, rc) else "wrong exit"
+    if not _exit_ok(case, rc):
+        return "wrong exit"
+    return "poor" if problem else "ok"
 
 
 def run_case(case: Case, ctx: dict, workdir: Path, keep: bool = False) -> Result:
@@ -1910,7 +1933,7 @@ def run_case(case: Case, ctx: dict, workdir: Path, keep: bool = False) -> Result
         problem = case.check(tmp, ctx, res) if case.check else None
     except Exception as e:  # noqa: BLE001 - a check that cannot read the outputs is the harness's problem
         problem, res.verdict = f"the check failed: {type(e).__name__}: {e}", "harness error"
-    res.data_ok = None if case.check is None else problem is None
+    res.data_ok = None if case.check is None else problem is None or isinstance(problem, Poor)
     res.data_note = "; ".join(x for x in (note, problem) if x)
     res.verdict = res.verdict or _verdict(case, rc, tb, problem)
     if not keep:
@@ -1936,7 +1959,7 @@ def run_cases(cases: list[Case], ctx: dict, workdir: Path, jobs: int = 2, keep: 
 
 # ----------------------------------------------------------------------------------------------- report
 
-VERDICTS = ("ok", "wrong data", "traceback", "wrong exit", "timeout", "harness error")
+VERDICTS = ("ok", "wrong data", "traceback", "wrong exit", "poor", "timeout", "harness error")
 
 
 def _cell(text) -> str:
@@ -1948,6 +1971,7 @@ def markdown(results: list[Result]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(results, 1):
         data = "-" if r.data_ok is None else ("yes" if r.data_ok else f"NO: {r.data_note}")
+        data += f" (poor: {r.data_note})" if r.verdict == "poor" else ""
         lines.append(f"| {i} | {_cell(r.name)} | {r.command} | {r.issue or ''} | {r.expect} | {r.exit} | "
                      f"{_cell(r.message)} | {'YES' if r.traceback else 'no'} | {_cell(data)} | {r.verdict} |")
     return "\n".join(lines) + "\n\n" + totals(results)

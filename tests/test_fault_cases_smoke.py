@@ -52,6 +52,10 @@ def test_http_verdicts_client_lines_and_issue_classes():
     assert fc._verdict(mistake, "http 200", False, None) == "wrong exit"  # a wrong type coerced and served
     assert fc._verdict(valid, "http 503", False, None) == "wrong exit"
     assert fc._verdict(valid, "http 200", False, "queued work left") == "wrong data"
+    assert fc._verdict(mistake, 1, False, fc.Poor("output does not mention ['k']")) == "poor"  # safe but unclear
+    assert fc._verdict(mistake, 0, False, fc.Poor("slow")) == "wrong exit"  # worse than an unclear message
+    assert isinstance(fc.both(fc.says("x"), fc.faster_than(1))(None, {}, _result(fc, 2.0)), fc.Poor)
+    assert not isinstance(fc.both(fc.says("x"), fc.absent("."))(REPO, {}, _result(fc, 0.1)), fc.Poor)
     out = fc.CLIENT + 'HTTP 422: {"error": {"field": "k"}}\nradcot serve: listening on http://127.0.0.1:1'
     assert fc.message_line(out, "12:00:00 INFO radcot.serving: student loaded") == 'HTTP 422: {"error": {"field": "k"}}'
     assert fc.message_line("", "12:00 WARNING x: ConnectError, retrying\nradcot expand: error: cannot connect") == \
@@ -64,3 +68,7 @@ def test_http_verdicts_client_lines_and_issue_classes():
     assert len({c.name for c in cases}) == len(cases)  # names are unique (they key the report)
     r = fc.Result("x", "serve", "radcot serve", "fail", "http 422", "m", False, None, "", "ok", 1.0, issue="serve")
     assert "| serve | 1 | 1 |" in fc.totals([r]) and "Cases added for issue 26 (1), by class" in fc.totals([r])
+
+
+def _result(fc, seconds: float):
+    return fc.Result("x", "search", "radcot search", "fail", 1, "m", False, None, "", "", seconds)
