@@ -1041,7 +1041,7 @@ def expand_cases() -> list[Case]:
              check=lambda t, c, r: "exit 0 with unexpanded queries" if r.exit == 0 else None),
         Case("expand teacher openai HTTP 500", ["expand", "--teacher", "openai", "--teacher-option", "base_url={S500}",
                                                 "--teacher-option", "model=m", "--queries", "q3.tsv", "--out", "out.tsv"],
-             env=key, setup=_three_queries, timeout=60),
+             env=key, setup=_three_queries, timeout=180),  # 6 attempts with jittered backoff: 10-35 s a query
         Case("expand teacher-option without =", ["expand", "--teacher", "kb", "--teacher-option", "world", *ok[3:]]),
         Case("expand teacher kb without world", ["expand", "--teacher", "kb", "--queries", "{Q}", "--out", "out.tsv"]),
         Case("expand student missing", ["expand", "--student", "nope", *ok[3:]]),
