@@ -571,6 +571,11 @@ def search_finds(index: str, query: str | None = None, doc: str | None = None) -
     return check
 
 
+def has_best(tmp: Path, ctx: dict, res: Result) -> str | None:
+    """A training run that succeeded has its selected model, ``out/best``."""
+    return None if res.exit != 0 or (tmp / "out" / "best").is_dir() else "no out/best after exit 0"
+
+
 def jsonl_records(rel: str, pred: Callable[[dict], bool], what: str) -> Check:
     """Every record of the JSONL output ``rel`` satisfies ``pred`` (``what`` says what it should be)."""
     def check(tmp: Path, ctx: dict, res: Result) -> str | None:
@@ -599,10 +604,12 @@ def same_texts_as(rel: str, reference: str) -> Check:
     def check(tmp: Path, ctx: dict, res: Result) -> str | None:
         if res.exit != 0:
             return None
-        want = {r["query_id"]: r["text"] for r in map(json.loads, Path(reference.format_map(ctx)).read_text().splitlines())}
+        ref = Path(reference.format_map(ctx))
+        want = {r["query_id"]: r["text"] for r in map(json.loads, ref.read_text().splitlines())}
         got = {r["query_id"]: r["text"] for r in map(json.loads, (tmp / rel).read_text().splitlines())}
         differ = sorted(q for q in want if got.get(q) != want[q])
-        return f"{len(differ)} of {len(want)} CoTs differ from an uninterrupted run, e.g. {differ[:3]}" if differ else None
+        return (f"{len(differ)} of {len(want)} CoTs differ from an uninterrupted run, e.g. {differ[:3]}" if differ
+                else None)
     return check
 
 
@@ -1266,8 +1273,8 @@ def reader_cases() -> list[Case]:
 
     def cot_tsv(tmp: Path, ctx: dict) -> None:
         recs = [json.loads(line) for line in Path(ctx["COTT"]).read_text().splitlines()]
-        (tmp / "c.tsv").write_text("\ufeff" + "".join(f"{r['query_id']}\t{' '.join(r['text'].split())}\n" for r in recs),
-                                   encoding="utf-8")
+        lines = "".join(f"{r['query_id']}\t{' '.join(r['text'].split())}\n" for r in recs)
+        (tmp / "c.tsv").write_text("\ufeff" + lines, encoding="utf-8")
 
     def header(rel: str, head: str, src: str) -> Setup:
         return lambda tmp, ctx: (tmp / rel).write_text(head + Path(src.format_map(ctx)).read_text())
@@ -1299,8 +1306,8 @@ def reader_cases() -> list[Case]:
         Case("search gzip queries without .gz", [*search, "--queries", "q.tsv"], expect="ok",
              setup=lambda t, c: (t / "q.tsv").write_bytes(__import__("gzip").compress(Path(c["Q"]).read_bytes())),
              check=run_complete("out.trec", 20)),
-        Case("search TREC XML topics", [*search, "--queries", "topics.xml"], expect="ok", setup=write("topics.xml", xml),
-             check=run_complete("out.trec", 2)),
+        Case("search TREC XML topics", [*search, "--queries", "topics.xml"], expect="ok",
+             setup=write("topics.xml", xml), check=run_complete("out.trec", 2)),
         Case("expand CoT TSV with a BOM", ["expand", "--cots", "c.tsv", "--queries", "{Q}", "--out", "out.tsv"],
              expect="ok", setup=cot_tsv, check=cot_used(0, "c.tsv")),
         Case("expand CoT JSONL whose last record lacks a newline", ["expand", "--cots", "c.jsonl", "--queries", "{Q}",
@@ -1318,15 +1325,16 @@ def config_cases() -> list[Case]:
     """Pipeline files: duplicate keys, alias bombs, names that escape --runs-dir, settings that contradict."""
     good = MINI_PIPELINE
     deep = ["run", "p.yaml", "--runs-dir", "a/b/runs", "--no-report", "--no-progress"]
-    bomb = "params:\n  a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"  {chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)) + "  data: world\n"
+    bomb = "params:\n  a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(  # 9 levels of 9 aliases
+        f"  {b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi")) + "  data: world\n"
     tune = ("experiment: tune-eval\ndataset: {path: world}\nteacher: {backend: kb, args: {world: world}}\n"
             "teacher_eval: {backend: kb, args: {world: world}}\ntraining_queries: {mode: split}\n"
             "evaluation: {metrics: [nDCG@10], k: 100, baseline: bm25}\n"
             "rows:\n  - {name: bm25}\n  - {name: llm, cots: teacher, tune: {formula: [radcot, query2doc]}}\n")
     return _cases(
         CONFIGS,
-        Case("run experiment name '..'", deep, setup=pipeline_yaml(good.replace("experiment: mini", 'experiment: ".."')),
+        Case("run experiment name '..'", deep,
+             setup=pipeline_yaml(good.replace("experiment: mini", 'experiment: ".."')),
              check=both(says("experiment: the experiment name becomes a directory name"),
                         written_only_under("a/b/runs", "world", "p.yaml"))),
         Case("run row name '../../../escape'", deep,
@@ -1337,8 +1345,8 @@ def config_cases() -> list[Case]:
              check=says("p.yaml:8: duplicate key 'k1' (first at line 6)")),
         Case("run YAML alias bomb", RUN, setup=pipeline_yaml(good.replace("params: {data: world}\n", bomb)),
              timeout=120, check=both(says("alias"), faster_than(30))),
-        Case("run --set with a duplicated key", [*RUN, "--set", "retriever={{k1: 1, k1: 2}}"], setup=pipeline_yaml(good),
-             check=says("duplicate key 'k1'")),
+        Case("run --set with a duplicated key", [*RUN, "--set", "retriever={{k1: 1, k1: 2}}"],
+             setup=pipeline_yaml(good), check=says("duplicate key 'k1'")),
         Case("train --config JSON with a duplicated key", [*TRAIN, "--config", "c.json"],
              setup=write("c.json", '{"lr": 0.001, "lr": 0.0001}\n'),
              check=both(says("duplicate key 'lr'"), absent("out/best"))),
@@ -1397,7 +1405,8 @@ def api_type_cases() -> list[Case]:
         Case("Expander.expand_batch([None])", [load + "e.expand_batch([None])"], api=True,
              check=says("query 0 is NoneType")),
         Case("BM25Retriever.search(k='10')", ["from radcot import BM25Retriever; BM25Retriever({IDX!r}).search("
-                                              "'who taught Vacer Sark', k='10')"], api=True, check=says("k must be an integer")),
+                                              "'who taught Vacer Sark', k='10')"], api=True,
+             check=says("k must be an integer")),
         Case("expand_queries('a string', cots)", ["from radcot import expand_queries; "
                                                   "expand_queries('who taught Vacer Sark', {{'q1': 'a CoT'}})"],
              api=True, check=says("queries")),
@@ -1408,7 +1417,8 @@ def api_type_cases() -> list[Case]:
                                                     "write_run({{'q1': {{'d1': '1.5'}}}}, 'out.trec')"], api=True,
              check=both(says("score"), absent("out.trec"))),
         Case("load_dataset('vaswani') offline", ["import os; os.environ['IR_DATASETS_HOME'] = os.path.abspath('irds'); "
-                                                 "import radcot; radcot.load_dataset('vaswani')"], api=True, timeout=120,
+                                                 "import radcot; radcot.load_dataset('vaswani')"],
+             api=True, timeout=120,
              check=both(says("npl.tar.gz", "/irds/vaswani/"), faster_than(60))),
     )
 
@@ -1429,18 +1439,19 @@ def argument_cases() -> list[Case]:
                                                      *TRAIN[5:]], check=says("pointer_debias", "no longer exists")),
         Case("train --copy-augment (removed)", [*TRAIN, "--copy-augment", "0.5"], check=says("--augment copy")),
         Case("generate --copy-bias (removed)", [*GENERATE, "--copy-bias", "2"], check=says("--copy-bias was removed")),
-        Case("train --config with lr: 1e-4", [*TRAIN, "--config", "c.yaml"], expect="ok", setup=write("c.yaml", "lr: 1e-4\n"),
-             check=lambda t, c, r: None if (t / "out" / "best").is_dir() else "no out/best"),
+        Case("train --config with lr: 1e-4", [*TRAIN, "--config", "c.yaml"], expect="ok",
+             setup=write("c.yaml", "lr: 1e-4\n"),
+             check=has_best),
         Case("train --select-by retrieval --select-metric NDCG@10",
              [*TRAIN[:9], "--eval-every", "1", *TRAIN[11:], "--select-by", "retrieval", "--select-metric", "NDCG@10",
               "--select-index", "{IDX}", "--select-qrels", "{TRAINQRELS}"], expect="ok", timeout=300,
-             check=lambda t, c, r: None if (t / "out" / "best").is_dir() else "no out/best"),
+             check=has_best),
         Case("train --overwrite a finished run", TRAIN, expect="ok", mode="twice", rerun=["--overwrite"],
-             check=lambda t, c, r: None if (t / "out" / "best").is_dir() else "no out/best"),
+             check=has_best),
         Case("train rerun with another --lr after a stop before any checkpoint", [*TRAIN, "--stop-after", "1",
                                                                                   "--save-every", "10"],
              expect="ok", mode="twice", second=[*TRAIN, "--lr", "5e-4"],
-             check=lambda t, c, r: None if (t / "out" / "best").is_dir() else "no out/best"),
+             check=has_best),
     )
 
 
@@ -1465,8 +1476,8 @@ def output_cases() -> list[Case]:
         Case("index directory readable as the umask allows", ["index", "--collection", "{W}", "--index", "ix",
                                                                "--no-progress"], expect="ok",
              check=both(mode_as_umask_gives("ix"), mode_as_umask_gives("ix/radcot_index.json"))),
-        Case("teach leaves nothing beside its output", ["teach", "--backend", "kb", "--world", "{W}", "--queries", "{Q}",
-                                                        "--out", "out.jsonl", "--no-progress"], expect="ok",
+        Case("teach leaves nothing beside its output", ["teach", "--backend", "kb", "--world", "{W}", "--queries",
+                                                        "{Q}", "--out", "out.jsonl", "--no-progress"], expect="ok",
              check=only_entries("out.jsonl", "out.config.json")),
         Case("generate leaves nothing beside its output", GENERATE, expect="ok",
              check=only_entries("out.jsonl", "out.config.json")),
@@ -1515,8 +1526,12 @@ def endpoint_cases() -> list[Case]:
     key = {"OPENAI_API_KEY": "sk-fault-cases"}
     oa = ["teach", "--backend", "openai", "--model", "m", "--queries", "{Q}", "--out", "out.jsonl", "--max-attempts",
           "1", "--timeout", "2", "--no-progress"]
-    expand = ["expand", "--teacher", "openai", "--teacher-option", "model=m", "--queries", "q30.tsv", "--out", "out.tsv"]
-    q30 = lambda t, c: (t / "q30.tsv").write_text("".join(Path(c["QTRAIN"]).read_text().splitlines(True)[:30]))  # noqa: E731
+    expand = ["expand", "--teacher", "openai", "--teacher-option", "model=m", "--queries", "q30.tsv", "--out",
+              "out.tsv"]
+
+    def q30(tmp: Path, ctx: dict) -> None:
+        (tmp / "q30.tsv").write_text("".join(Path(ctx["QTRAIN"]).read_text().splitlines(True)[:30]))
+
     return _cases(
         ENDPOINT,
         Case("teach openai dead endpoint fails in seconds", [*oa, "--base-url", "{DEAD}"], env=key, timeout=120,
@@ -1525,7 +1540,8 @@ def endpoint_cases() -> list[Case]:
              check=never_says("HTTP Request:")),
         Case("expand --teacher openai dead endpoint, 30 queries", [*expand, "--teacher-option", "base_url={DEAD}"],
              env=key, setup=q30, timeout=120,
-             check=both(says("cannot connect to the teacher endpoint", "retrying"), faster_than(30), absent("out.tsv"))),
+             check=both(says("cannot connect to the teacher endpoint", "retrying"), faster_than(30),
+                        absent("out.tsv"))),
         Case("expand --teacher openai HTTP 500 without per-request INFO lines",
              [*expand, "--teacher-option", "base_url={S500}", "--teacher-option", "max_attempts=2"], env=key, setup=q30,
              timeout=120, check=both(never_says("HTTP Request:"), says("attempt 1/2 failed"), absent("out.tsv"))),
@@ -1570,15 +1586,14 @@ def resume_cases() -> list[Case]:
     """``train --resume`` over damaged checkpoints and a disk that fills during a save."""
     first = [*TRAIN[:7], "--steps", "6", *TRAIN[9:], "--save-every", "2", "--stop-after", "4"]
     resume = [*first[:-2], "--resume"]
-    best = lambda t, c, r: None if r.exit != 0 or (t / "out" / "best").is_dir() else "no out/best after exit 0"  # noqa: E731
     return _cases(
         RESUME,
         Case("train --resume, newest checkpoint truncated", first, expect="ok", mode="twice", second=resume,
              between=truncate("out/checkpoints/step-4/model.safetensors", 1000),
-             check=both(says("step-4 is damaged", "resuming from step-2"), best)),
+             check=both(says("step-4 is damaged", "resuming from step-2"), has_best)),
         Case("train --resume, newest checkpoint without trainer_state.pt", first, expect="ok", mode="twice",
              second=resume, between=remove("out/checkpoints/step-4/trainer_state.pt"),
-             check=both(says("no trainer_state.pt", "resuming from step-2"), best)),
+             check=both(says("no trainer_state.pt", "resuming from step-2"), has_best)),
         Case("train --resume with the disk full at the next save", [*first[:-1], "2"], mode="twice", second=resume,
              limit_fsize=64 * 1024,
              check=both(says("could not write", "step-2 is intact"), weights_intact("out/checkpoints/step-2/"
@@ -1595,11 +1610,12 @@ def mismatch_cases() -> list[Case]:
         MISMATCH,
         Case("train --n-context 50 on data built with k=2", [*TRAIN, "--n-context", "50"],
              check=both(says("--n-context 2", "--k 50"), absent("out/best"))),
-        Case("search --bm25-k1 on a dense index", [*search_dense, "--bm25-k1", "1.5"], check=says("dense (FAISS) index")),
-        Case("search --rm3-fb-terms without --rm3", ["search", "--index", "{IDX}", "--queries", "{Q}", "--run", "o.trec",
-                                                     "--rm3-fb-terms", "30"], check=says("add --rm3")),
-        Case("index --dense --threads 4", ["index", "--collection", "{W}", "--index", "ix", "--dense", "--threads", "4"],
-             check=both(says("--threads"), absent("ix"))),
+        Case("search --bm25-k1 on a dense index", [*search_dense, "--bm25-k1", "1.5"],
+             check=says("dense (FAISS) index")),
+        Case("search --rm3-fb-terms without --rm3", ["search", "--index", "{IDX}", "--queries", "{Q}", "--run",
+                                                     "o.trec", "--rm3-fb-terms", "30"], check=says("add --rm3")),
+        Case("index --dense --threads 4", ["index", "--collection", "{W}", "--index", "ix", "--dense", "--threads",
+                                           "4"], check=both(says("--threads"), absent("ix"))),
         Case("generate --k 5 on a student trained with 2", [*GENERATE, "--k", "5"], expect="ok",  # 32 tokens each
              check=jsonl_records("out.jsonl", lambda r: len(r.get("doc_ids") or []) == 5 and
                                  (r.get("prompt_tokens") or 0) > 2 * 32, "read with 5 passages (> 64 input tokens)")),
@@ -1625,8 +1641,9 @@ def message_cases() -> list[Case]:
     """Messages that named the wrong thing: each names what the file really is."""
     return _cases(
         MESSAGES,
-        Case("search queries a dangling symlink", ["search", "--index", "{IDX}", "--queries", "q.tsv", "--run", "o.trec"],
-             setup=symlink("q.tsv", "nowhere.tsv"), check=says("is a symbolic link to nowhere.tsv, which does not exist")),
+        Case("search queries a dangling symlink", ["search", "--index", "{IDX}", "--queries", "q.tsv", "--run",
+                                                   "o.trec"], setup=symlink("q.tsv", "nowhere.tsv"),
+             check=says("is a symbolic link to nowhere.tsv, which does not exist")),
         Case("index collection a dangling symlink", ["index", "--collection", "c.jsonl", "--index", "ix"],
              setup=symlink("c.jsonl", "gone.jsonl"), check=both(says("symbolic link to gone.jsonl"), absent("ix"))),
         Case("search a dense index shows no library internals", ["search", "--index", "{IDXD}", "--queries", "{Q}",
@@ -1725,8 +1742,8 @@ def serve_cases() -> list[Case]:
     return _cases(
         SERVE,
         Case("serve --port 99999", [*SERVE_ARGS, "--port", "99999"], check=both(one_stderr_line, says("--port"))),
-        Case("serve /v1/search with k: true", SERVE_ARGS, client=request("/v1/search", '{"query": "x", "k": true}', "k"),
-             **http),
+        Case("serve /v1/search with k: true", SERVE_ARGS,
+             client=request("/v1/search", '{"query": "x", "k": true}', "k"), **http),
         Case("serve /v1/search with k: \"10\"", SERVE_ARGS,
              client=request("/v1/search", '{"query": "x", "k": "10"}', "k"), **http),
         Case("serve /v1/expand with deadline_ms: \"x\"", SERVE_ARGS, client=request(
@@ -1742,7 +1759,8 @@ def serve_cases() -> list[Case]:
         Case("cache stats on another program's SQLite database", ["cache", "stats", "--cache", "notes.db"],
              setup=chain(lambda t, c: subprocess.run([sys.executable, "-c", other_db], cwd=t, check=True),
                          record_sha("notes.db")),
-             check=both(one_stderr_line, file_bytes_unchanged("notes.db"), only_entries("notes.db", "notes.db.sha256"))),
+             check=both(one_stderr_line, file_bytes_unchanged("notes.db"),
+                        only_entries("notes.db", "notes.db.sha256"))),
     )
 
 
