@@ -236,7 +236,7 @@ def expand_queries(queries: Iterable[Query], cots: Mapping[str, str | None], for
     (counted, logged).
 
     Args:
-        queries: the queries.
+        queries: :class:`Query` records, ``(qid, text)`` pairs or ``{qid: text}``.
         cots: ``{query_id: cot}`` (missing ids, ``None`` and blank CoTs fall back to the query).
         formula: see :data:`FORMULAS`.
 
@@ -248,9 +248,14 @@ def expand_queries(queries: Iterable[Query], cots: Mapping[str, str | None], for
         {'1': 'q q q q q  c'}
     """
     check_formula(formula)
+    if isinstance(queries, (str, bytes)):
+        raise TypeError(f"expand_queries: queries must be Query records (or a {{qid: text}} mapping), got one str "
+                        f"{queries[:40]!r}; wrap it ([Query(qid, text)]), or call expand_query(text, cot) for one")
+    from radcot.retrieval.base import as_queries
+
     out: dict[str, str] = {}
     missing: list[str] = []
-    for q in queries:
+    for q in as_queries(queries):
         exp = expand_query(q.text, cots.get(q.query_id), formula)
         if exp.fallback is not None:
             missing.append(q.query_id)
@@ -443,28 +448,30 @@ class QueryExpander:
     def _generate_teacher(self, queries: list[Query]) -> None:
         from radcot.teacher.base import GenerationParams, TeacherError, TeachItem
         from radcot.teacher.prompts import get_prompt
+        from radcot.teacher.runner import FAILURE_SAMPLE
 
         prompt = get_prompt(self.prompt)
         params = self.params or GenerationParams()
         batch = max(1, int(getattr(self.backend, "batch_size", 1) or 1))
-        asked, failed, last_error = 0, 0, None
-        for s in range(self.samples):
-            p = params if s == 0 else dataclasses.replace(params, seed=(params.seed or 0) + s)
-            for i in range(0, len(queries), batch):
-                chunk = queries[i:i + batch]
-                items = [TeachItem(q, prompt.render(q.text)) for q in chunk]
-                try:
-                    results = self.backend.generate(items, p)
-                except Exception as e:  # noqa: BLE001 - counted; too many failures raise below
-                    results = [TeacherError(f"{type(e).__name__}: {e}")] * len(chunk)
-                for q, res in zip(chunk, results):
-                    asked += 1
-                    if isinstance(res, BaseException):
-                        failed, last_error = failed + 1, res
-                    elif is_usable_cot(res.text):
-                        self._cots.setdefault(q.query_id, []).append(clean_cot(res.text))
-                    else:
-                        self._cots.setdefault(q.query_id, [])  # answered, but blank: falls back to the query
+        chunks = ((params if s == 0 else dataclasses.replace(params, seed=(params.seed or 0) + s), queries[i:i + batch])
+                  for s in range(self.samples) for i in range(0, len(queries), batch))
+        total, asked, failed, last_error = len(queries) * self.samples, 0, 0, None
+        for p, chunk in chunks:
+            items = [TeachItem(q, prompt.render(q.text)) for q in chunk]
+            try:
+                results = self.backend.generate(items, p)
+            except Exception as e:  # noqa: BLE001 - counted; too many failures raise below
+                results = [TeacherError(f"{type(e).__name__}: {e}")] * len(chunk)
+            for q, res in zip(chunk, results):
+                asked += 1
+                if isinstance(res, BaseException):
+                    failed, last_error = failed + 1, res
+                elif is_usable_cot(res.text):
+                    self._cots.setdefault(q.query_id, []).append(clean_cot(res.text))
+                else:
+                    self._cots.setdefault(q.query_id, [])  # answered, but blank: falls back to the query
+            if asked >= min(total, FAILURE_SAMPLE) and failed > self.max_failed_fraction * asked:
+                break  # most of the first answers failed: stop now (as radcot teach does), not after every query
         self._check_failures(asked, failed, last_error)
 
     def _check_failures(self, asked: int, failed: int, last_error: BaseException | None) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -26,7 +27,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temp_files(path)
+    # the PID in the name lets a later write remove what a killed one left (remove_stale_temp_files)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~umask())  # as open() would create it (mkstemp's temp file is private: 0600)
     kwargs = {} if "b" in mode else {"encoding": encoding}
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
@@ -40,6 +44,47 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         raise
 
 
+def umask() -> int:
+    """This process's umask. Read from ``/proc/self/status`` on Linux: ``os.umask`` can only read it by setting
+    it, which would race with other threads creating files."""
+    with contextlib.suppress(OSError, ValueError, StopIteration, IndexError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` is running (this one included; another user's process counts as running)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Remove the temp files that :func:`atomic_write` calls on ``path`` left behind when their process was
+    killed mid-write (``.<name>.<pid>-*.tmp`` whose PID no longer runs); returns them."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)-[^/]*\.tmp")
+    removed = []
+    with os.scandir(path.parent) as entries:
+        stale = [Path(e.path) for e in entries if (m := pattern.fullmatch(e.name)) and e.is_file(follow_symlinks=False)
+                 and not pid_alive(int(m.group(1)))]
+    for tmp in stale:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            logger.info("removed %s, left behind by an interrupted write (its process is gone)", tmp)
+            removed.append(tmp)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike):
     """Yield a temp directory that replaces ``path`` (renamed) when the block succeeds."""
@@ -47,6 +92,7 @@ def atomic_dir(path: str | os.PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     # the PID in the name lets a later build remove what a killed one left (radcot.retrieval.process)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~umask())  # as mkdir() would create it (mkdtemp's is private: 0700)
     try:
         yield tmp
         if path.exists():

@@ -73,6 +73,69 @@ def test_a_file_nobody_recorded_is_never_replaced(tmp_path):
         check_output(out, True, "run file")
 
 
+@pytest.mark.fast
+def test_outputs_get_the_permissions_the_umask_gives(tmp_path):
+    """Files and directories written atomically (runs, CoT configs, indexes, students) were private to their
+    owner (mkstemp's 0600, mkdtemp's 0700) whatever the umask: a colleague on a shared server could not read them."""
+    import os
+    import stat
+
+    from radcot.utils import atomic_dir, atomic_write
+
+    old = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "run.trec") as f:
+            f.write("1 Q0 d 1 1.0 t\n")
+        with atomic_dir(tmp_path / "index") as d:
+            (d / "segments_1").write_text("x")
+        os.umask(0o077)
+        with atomic_write(tmp_path / "private.trec") as f:
+            f.write("1 Q0 d 1 1.0 t\n")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"run.trec": 0o644, "index": 0o755, "private.trec": 0o600}
+    from radcot.utils import umask
+
+    assert umask() == old  # read without changing it
+
+
+WRITER = """
+import sys, time
+from radcot.utils import atomic_write
+with atomic_write(sys.argv[1]) as f:
+    f.write("half a run" * 1000)
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.fast
+def test_a_write_killed_midway_leaves_nothing_after_the_next_write(tmp_path):
+    """A process SIGKILLed inside atomic_write (radcot search killed while writing its run) left its hidden
+    .run.trec.XXXX.tmp beside the run for good; the next write of that file removes it (its PID is gone)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from radcot.utils import atomic_write
+
+    out = tmp_path / "run.trec"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    child = subprocess.Popen([sys.executable, "-c", WRITER, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    assert child.stdout.readline().strip() == "writing"  # inside the write
+    child.kill()
+    child.wait()
+    assert [p for p in _entries(tmp_path) if p.endswith(".tmp")]  # what the killed writer left
+    live = tmp_path / f".run.trec.{os.getpid()}-live.tmp"  # a live writer's temp file is never touched
+    live.write_text("x")
+    with atomic_write(out) as f:
+        f.write("1 Q0 d 1 1.0 t\n")
+    assert _entries(tmp_path) == [live.name, "run.trec"] and out.read_text() == "1 Q0 d 1 1.0 t\n"
+
+
 @pytest.mark.java
 def test_index_search_evaluate_leave_only_their_outputs(cranfield, tmp_path, capsys):
     from radcot.cli import main

@@ -225,6 +225,23 @@ def test_teacher_failures_over_the_fraction_raise_below_it_warn(caplog):
 
 
 @pytest.mark.fast
+def test_a_teacher_that_fails_from_the_start_stops_after_a_sample():
+    """`radcot expand --teacher openai` against a server answering HTTP 500 asked every query (6 attempts with
+    backoff each: minutes for 30 queries) before giving up; like radcot teach it stops once most of the first
+    answers (radcot.teacher.runner.FAILURE_SAMPLE) failed."""
+    from radcot.expansion import TeacherUnavailable
+    from radcot.teacher.runner import FAILURE_SAMPLE
+
+    backend = _HalfBroken()
+    asked = []
+    generate = backend.generate
+    backend.generate = lambda items, params: asked.extend(items) or generate(items, params)
+    with pytest.raises(TeacherUnavailable, match=f"failed on {FAILURE_SAMPLE} of {FAILURE_SAMPLE} queries"):
+        QueryExpander(backend, formula="query2doc").expand_all([Query(str(i), f"bad {i}") for i in range(40)])
+    assert len(asked) == FAILURE_SAMPLE
+
+
+@pytest.mark.fast
 def test_openai_teacher_against_a_server_that_is_down():
     """Issue 9 class 5: a teacher server that is down must not give silently unexpanded queries."""
     import socket

@@ -90,3 +90,24 @@ def test_index_and_search_into_a_log_file_write_periodic_lines_not_redraws(demo_
     assert re.search(r"writing JsonCollection: 5438 doc in", text), text
     searched = [ln for ln in text.splitlines() if re.search(r"BM25: \d+/2195 q \(", ln)]
     assert 2 <= len(searched) <= 12 and "2195/2195 q (100%)" in searched[-1], text
+
+
+@pytest.mark.fast
+def test_library_internals_stay_out_of_the_default_output():
+    """Every dense load printed faiss's CPU-feature probing at INFO (six lines, two saying ModuleNotFoundError)
+    and every dev evaluation rouge-score's "Using default tokenizer."; they show with -v only."""
+    from radcot.cli import _quiet_per_request_loggers
+
+    names = ("faiss.loader", "absl", "httpx")
+    before = {n: logging.getLogger(n).level for n in (*names, "")}
+    try:
+        logging.getLogger().setLevel(logging.INFO)  # as radcot's CLI sets it by default
+        _quiet_per_request_loggers(logging.INFO)
+        assert not any(logging.getLogger(n).isEnabledFor(logging.INFO) for n in names)
+        for n in names:
+            logging.getLogger(n).setLevel(logging.NOTSET)
+        _quiet_per_request_loggers(logging.DEBUG)  # -v: everything
+        assert all(logging.getLogger(n).level == logging.NOTSET for n in names)
+    finally:
+        for n, level in before.items():
+            logging.getLogger(n).setLevel(level)

@@ -78,3 +78,17 @@ def test_set_values_are_guarded_too():
         apply_overrides({"a": {}}, ["a.b={x: 1, x: 2}"])
     with pytest.raises(PipelineError, match="aliases expand"):
         apply_overrides({}, ["p=" + BOMB])
+
+
+def test_a_json_train_config_with_a_duplicate_key_is_refused(tmp_path):
+    """`radcot train --config c.json` with "lr" twice trained with the last value, silently (the YAML reader
+    refuses duplicates since this round; the JSON one did not)."""
+    from radcot.student.train import TrainConfig
+
+    p = tmp_path / "c.json"
+    p.write_text('{"lr": 0.001, "max_steps": 5, "lr": 0.0001}\n')
+    need = {"data": "d", "model": "m", "out": "o"}
+    with pytest.raises(ValueError, match=r"c.json: duplicate key 'lr' in one JSON object"):
+        TrainConfig.from_file(p, **need)
+    p.write_text('{"lr": 0.001, "eval_every": 0}\n')
+    assert TrainConfig.from_file(p, **need).lr == 0.001

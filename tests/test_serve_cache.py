@@ -84,6 +84,23 @@ def test_bad_files_name_the_file_and_the_fix(tmp_path):
         SQLiteCache(other)
 
 
+def test_another_programs_database_is_refused_untouched(tmp_path):
+    """`radcot cache stats --cache notes.db` (a user's own SQLite file) created radcot's tables in it and switched
+    it to WAL, exit 0; it is refused, byte for byte unchanged."""
+    notes = tmp_path / "notes.db"
+    with sqlite3.connect(notes) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+        conn.execute("INSERT INTO notes VALUES ('mine')")
+    conn.close()
+    before = notes.read_bytes()
+    with pytest.raises(CacheError, match=r"notes\.db is a SQLite database that is not a radcot expansion cache "
+                                         r"\(its tables: \['notes'\]\); it was left untouched"):
+        SQLiteCache(notes)
+    assert notes.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
+    SQLiteCache(tmp_path / "new.sqlite")
+    SQLiteCache(tmp_path / "new.sqlite")  # its own file, reopened
+
+
 def test_normalised_keys_and_open_cache(tmp_path):
     assert normalize_query(" what  is\tBM25\n") == "what is BM25"
     assert normalize_query("cafe\u0301") == "caf\u00e9"  # NFC

@@ -68,6 +68,21 @@ def test_run_dir_resolves_to_best(tmp_path):
 
 
 @pytest.mark.fast
+def test_a_student_given_by_a_relative_path_is_its_own_checkpoint(tmp_path, monkeypatch):
+    """`radcot generate --student student` (a relative run directory) looked for its weights in
+    student/best/student/best: the profile's own directory was joined to itself."""
+    p = _profile(tmp_path, _index(tmp_path, "dense", "dense", "abc"))
+    p.save()
+    run = tmp_path / "run"
+    run.mkdir()
+    p.checkpoint.rename(run / "best")
+    monkeypatch.chdir(tmp_path)
+    assert StudentProfile.load("run").checkpoint == Path("run") / "best"
+    assert StudentProfile.load(Path("run") / "best").checkpoint == Path("run") / "best"
+    assert StudentProfile.load(Path("run") / "best" / PROFILE_FILE).checkpoint == Path("run") / "best"
+
+
+@pytest.mark.fast
 def test_checkpoint_without_profile_is_unrecorded(tmp_path):
     p = StudentProfile.load(_checkpoint(tmp_path, n_context=7))
     assert not p.recorded and p.retriever is None and p.inference.n_context == 7

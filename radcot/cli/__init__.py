@@ -82,12 +82,16 @@ def main(argv: list[str] | None = None) -> int:
 
 #: libraries that log one INFO line per HTTP request (100k lines for a DL teacher run): shown only with -v
 PER_REQUEST_LOGGERS = ("httpx", "httpcore")
+#: libraries whose INFO lines are their own internals: faiss probes its CPU builds on every load (six lines, two
+#: of them "ModuleNotFoundError"), rouge-score says "Using default tokenizer." at every evaluation: shown with -v
+INTERNAL_LOGGERS = ("faiss.loader", "absl")
 
 
 def _quiet_per_request_loggers(level: int) -> None:
-    """Keep per-request INFO lines out of the default output, so retries and warnings stay visible."""
+    """Keep per-request and library-internal INFO lines out of the default output, so retries and warnings stay
+    visible."""
     if level > logging.DEBUG:
-        for name in PER_REQUEST_LOGGERS:
+        for name in PER_REQUEST_LOGGERS + INTERNAL_LOGGERS:
             logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 

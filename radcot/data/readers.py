@@ -33,6 +33,7 @@ import gzip
 import json
 import logging
 import math
+import numbers
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -719,12 +720,21 @@ def check_trec_id(value: str, what: str) -> str:
     return value
 
 
+def _check_scores(qid: str, docs: Mapping[str, float]) -> None:
+    """Every score of a query's hits is a number (``"1.5"`` or ``True`` raise TypeError naming the doc)."""
+    for did, score in docs.items():
+        if isinstance(score, bool) or not isinstance(score, numbers.Real):
+            raise TypeError(f"write_run: the score of doc {did!r} for query {qid!r} is {score!r:.40} "
+                            f"({type(score).__name__}), expected a number")
+
+
 def write_run(run: Mapping[str, Mapping[str, float]], path: PathLike, tag: str = "radcot") -> None:
     """Write ``{qid: {docid: score}}`` as a TREC run, sorted by score (ties by doc id), atomically.
 
     Raises:
         InvalidIdError: the tag, a query id or a doc id is empty or holds whitespace; a score is nan/inf
             (nothing is written).
+        TypeError: a score is not a number (``"1.5"``), named (nothing is written).
     """
     from radcot.utils import atomic_write
 
@@ -732,6 +742,7 @@ def write_run(run: Mapping[str, Mapping[str, float]], path: PathLike, tag: str =
     with atomic_write(path) as f:
         for qid, docs in run.items():
             check_trec_id(qid, "query id")
+            _check_scores(qid, docs)
             ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
             for rank, (did, score) in enumerate(ranked, 1):
                 if not math.isfinite(score):

@@ -81,6 +81,27 @@ class Retriever(Protocol):
 # ---------------------------------------------------------------------------------------------- inputs
 
 
+def check_k(k: Any) -> int:
+    """``k`` (hits per query) checked: an integer >= 1 (numpy integers too).
+
+    Raises:
+        TypeError: a string (``k="10"``), bool or float, named.
+        ValueError: ``k < 1``.
+
+    Example:
+        >>> check_k(10)
+        10
+    """
+    import numbers
+
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        hint = "; pass a number, not a string" if isinstance(k, str) else ""
+        raise TypeError(f"k must be an integer, got {k!r:.40} ({type(k).__name__}){hint}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return int(k)
+
+
 def as_queries(queries: Iterable[Query] | Mapping[str, str] | PathLike) -> list[Query]:
     """Queries as a list of :class:`Query`, from records, ``(qid, text)`` pairs, ``{qid: text}`` or a file.
 

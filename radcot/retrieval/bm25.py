@@ -35,7 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from radcot.data.fingerprint import read_index_meta, same_collection
 from radcot.records import DataFormatError, Doc, Query, RadcotError, ScoredDoc
-from radcot.retrieval.base import META_FILE, PathLike, Run, as_queries, collection_fingerprint, iter_docs
+from radcot.retrieval.base import META_FILE, PathLike, Run, as_queries, check_k, collection_fingerprint, iter_docs
 from radcot.retrieval.errors import RetrievalIndexError
 from radcot.retrieval.meta import IndexDamagedError, check_index_files, damaged, index_files, rebuild_hint
 from radcot.retrieval.process import (build_temp_prefix, remove_own_build_dirs, remove_stale_build_dirs, rmtree_retry,
@@ -548,8 +548,7 @@ class BM25Retriever:
         """
         if isinstance(query, Query):
             query_id, query = query.query_id, query.text
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        k = check_k(k)
         if self.rm3 or self.rocchio:
             return self.batch_search([Query(query_id, query)], k=k, threads=1)[query_id]
         return [ScoredDoc(query_id, d, s) for d, s in self._search_fast(query_id, query, k)]
@@ -570,8 +569,7 @@ class BM25Retriever:
             ``{qid: [ScoredDoc, ...]}`` with every query id present (``[]`` when nothing matched).
         """
         qs = as_queries(queries)
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        k = check_k(k)
         if not fast:
             return self._batch_search_simple(qs, k, threads)
         return {qid: [ScoredDoc(qid, d, s) for d, s in hits]
@@ -587,8 +585,7 @@ class BM25Retriever:
             >>> write_run(run, "runs/vaswani.bm25.trec")                         # doctest: +SKIP
         """
         qs = as_queries(queries)
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        k = check_k(k)
         return {qid: dict(hits) for qid, hits in self._ranked(qs, k, threads, show_progress).items()}
 
     def _ranked(self, qs: list[Query], k: int, threads: int, show_progress) -> dict[str, list[tuple[str, float]]]:

@@ -28,7 +28,7 @@ from typing import Iterable, Mapping, Sequence
 
 from radcot.data.fingerprint import legacy_fingerprint, read_index_meta
 from radcot.records import DataFormatError, Doc, OfflineResourceError, Query, ScoredDoc
-from radcot.retrieval.base import META_FILE, PathLike, Run, as_queries, collection_fingerprint, iter_docs
+from radcot.retrieval.base import META_FILE, PathLike, Run, as_queries, check_k, collection_fingerprint, iter_docs
 from radcot.retrieval.errors import RetrievalIndexError
 from radcot.retrieval.meta import IndexDamagedError, check_index_files, damaged, index_files, rebuild_hint
 from radcot.retrieval.process import remove_own_build_dirs, remove_stale_build_dirs, sigterm_as_interrupt
@@ -330,8 +330,7 @@ class DenseRetriever:
             threads: FAISS threads (default: FAISS's).
             show_progress: progress bar while encoding queries.
         """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        k = check_k(k)
         qs = as_queries(queries)
         self._load()
         if not qs:

@@ -12,6 +12,7 @@ Example:
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Mapping, Sequence
 
@@ -44,6 +45,20 @@ def _renamed(new_name: str, new_value, old_name: str, old_value, where: str):
     return old_value
 
 
+def _check_runs(runs: Any) -> None:
+    """``runs`` is a list of runs (``{qid: ...}`` mappings): a path, one run, or anything else is a TypeError."""
+    if isinstance(runs, (str, bytes, os.PathLike)):
+        raise TypeError(f"runs: expected a list of runs ({{qid: {{docid: score}}}}), got the path {runs!r:.80}; "
+                        f"read run files with radcot.read_run")
+    if isinstance(runs, Mapping) or not isinstance(runs, Sequence):
+        raise TypeError(f"runs: expected a list of runs ({{qid: {{docid: score}}}}), got {type(runs).__name__}"
+                        + ("; wrap one run in a list" if isinstance(runs, Mapping) else ""))
+    for i, run in enumerate(runs):
+        if not isinstance(run, Mapping):
+            raise TypeError(f"runs[{i}]: expected a run ({{qid: {{docid: score}}}}), got {type(run).__name__}: "
+                            f"{run!r:.60}")
+
+
 def reciprocal_rank_fusion(runs: Sequence[Mapping[str, Mapping[str, float] | Sequence[ScoredDoc]]],
                            rrf_constant: float | None = None, depth: int = 1000, max_docs: int | None = None,
                            weights: Sequence[float] | None = None, *, k: float | None = None) -> Run:
@@ -66,6 +81,7 @@ def reciprocal_rank_fusion(runs: Sequence[Mapping[str, Mapping[str, float] | Seq
         >>> reciprocal_rank_fusion([{"q": {"a": 1.0}}, {"q": {"b": 5.0, "a": 4.0}}])["q"]
         {'a': 0.03252247488101534, 'b': 0.01639344262295082}
     """
+    _check_runs(runs)
     rrf_constant = _renamed("rrf_constant", rrf_constant, "k", k, "reciprocal_rank_fusion")
     rrf_constant = DEFAULT_RRF_CONSTANT if rrf_constant is None else rrf_constant
     if rrf_constant < 0:

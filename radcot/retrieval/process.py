@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from radcot.utils import pid_alive
+
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
@@ -56,7 +58,7 @@ def remove_stale_build_dirs(index_dir: PathLike) -> list[Path]:
     removed = []
     for entry in parent.iterdir():
         m = next((m for p in patterns if (m := p.fullmatch(entry.name))), None)
-        if m is None or not entry.is_dir() or _pid_alive(int(m.group(1))):
+        if m is None or not entry.is_dir() or pid_alive(int(m.group(1))):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         logger.info("removed %s, left behind by an interrupted build (process %s is gone)", entry, m.group(1))
@@ -77,18 +79,6 @@ def remove_own_build_dirs(index_dir: PathLike) -> None:
         m = next((m for p in patterns if (m := p.fullmatch(entry.name))), None)
         if m is not None and int(m.group(1)) == os.getpid():
             rmtree_retry(entry)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def rmtree_retry(path: PathLike, attempts: int = 20) -> None:

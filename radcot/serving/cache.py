@@ -226,9 +226,11 @@ class SQLiteCache:
             raise self._error(e) from None
 
     def _setup(self) -> None:
-        """Create the schema (once, under a write lock) or check an existing file's format."""
+        """Create the schema (once, under a write lock) or check an existing file's format; another program's
+        database is refused before anything is written to it."""
         conn = self._conn()
         try:
+            self._refuse_foreign(conn)
             if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
         except sqlite3.Error as e:
@@ -241,6 +243,14 @@ class SQLiteCache:
         if fmt != str(CACHE_FORMAT):
             raise CacheError(f"cache file {self.path} has format {fmt}; this radcot uses format {CACHE_FORMAT}: "
                              f"delete the file (it is only a cache) or pass another --cache path")
+
+    def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
+        """Raise :class:`CacheError` when the file holds tables other than a radcot cache's (the schema is created
+        in one transaction, so a cache being created by another process shows all of its tables or none)."""
+        tables = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+        if tables and ("meta" not in tables or set(tables) - {"cots", "meta"}):  # meta alone: its format is checked
+            raise CacheError(f"cache file {self.path} is a SQLite database that is not a radcot expansion cache "
+                             f"(its tables: {tables[:5]}); it was left untouched: pass another --cache path")
 
     # ------------------------------------------------------------------------------------------ API
 

@@ -277,13 +277,24 @@ def _read_config_file(path: Path) -> dict:
 
             d = parse_yaml(text, str(path)) or {}  # duplicate keys, alias bombs: refused with file:line (ValueError)
         else:
-            d = json.loads(text)
+            d = json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); a .yaml/.yml name is read as YAML") from None
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a mapping of TrainConfig fields (lr: ..., max_steps: ...), "
                          f"got {type(d).__name__}")
     return d
+
+
+def _unique_keys(pairs: list[tuple[str, Any]], path: Path) -> dict:
+    """A JSON object's mapping; a key given twice raises ValueError (json would silently keep the last value)."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"{path}: duplicate key {key!r} in one JSON object: JSON would silently keep the last "
+                             f"value; remove one of them")
+        seen[key] = value
+    return seen
 
 
 class ConfigTypeError(RadcotError, TypeError):
