@@ -220,6 +220,9 @@ def test_every_checkpoint_carries_the_student_profile(cranfield_distill, cranfie
         p = StudentProfile.load(d)
         assert p.recorded and p.checkpoint == d and p.retriever == record
         assert p.inference == Inference(n_context=K, decoding=Decoding(max_new_tokens=5), formula="query2doc")
+    decoded = train(_config(data, tiny_t5, tmp_path / "decoded", max_steps=1,
+                            decoding={"max_new_tokens": 7, "no_repeat_ngram_size": 3}), show_progress=False)
+    assert StudentProfile.load(decoded / "best").inference.decoding == Decoding(max_new_tokens=7, no_repeat_ngram_size=3)
     older = Path(shutil.copytree(cranfield_distill, tmp_path / "older-data"))  # data built before the record existed
     (older / "radcot_data.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "student_retriever"}))
     plain = train(_config(older, tiny_t5, tmp_path / "plain", max_steps=1), show_progress=False)
