@@ -316,3 +316,16 @@ def test_config_files_and_train_arguments_are_typed(tmp_path):
 
     with pytest.raises(ConfigTypeError, match="launch_training\\(\\) takes a TrainConfig, got dict"):
         launch_training({"data": "d", "model": "m", "out": "o", "nproc_per_node": 2})
+
+
+# ------------------------------------------------------------------------------------------ stdout
+
+
+def test_dev_evaluation_lines_go_to_stderr_not_stdout(cranfield_distill, tiny_t5, tmp_path, capfd):
+    """``step N: dev loss ...`` is progress: on stderr, so ``radcot run``'s stdout holds only its table."""
+    from radcot.student.train import train
+
+    train(_config(cranfield_distill, tiny_t5, tmp_path / "run", max_steps=2, eval_every=1), show_progress=False)
+    out, err = capfd.readouterr()
+    assert "dev loss" not in out
+    assert "step 1: dev loss" in err and "step 2: dev loss" in err

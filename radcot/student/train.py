@@ -40,6 +40,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import time
 import types
 import typing
@@ -1108,7 +1109,8 @@ class _Run:
             self.metrics.write({"kind": "eval", "step": self.step, "epoch": self.epoch, **result,
                                 "elapsed_s": round(time.time() - self.t_start, 3)})
             extra = f"  {config.select_metric} {result[config.select_metric]:.4f}" if config.select_by == "retrieval" else ""
-            bar.write(f"step {self.step}: dev loss {result['dev_loss']:.4f}  ROUGE-L {result['rougeL']:.4f}{extra}")
+            bar.write(f"step {self.step}: dev loss {result['dev_loss']:.4f}  ROUGE-L {result['rougeL']:.4f}{extra}",
+                      file=sys.stderr)  # progress, not output: stdout stays the command's result (radcot run's table)
             value = result[config.selection_metric]
             if self._is_better(value):
                 self.best = {"step": self.step, "value": value, "metric": config.selection_metric}
