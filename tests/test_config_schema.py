@@ -216,3 +216,4 @@ def test_collection_pipelines_default_to_an_ir_datasets_id_a_user_can_resolve(na
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert f"dataset {name}: ir_datasets' cache {tmp_path / 'irds'} lacks 1 file(s)" in p.stdout + p.stderr
+
