@@ -28,8 +28,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m fast --durations=10
 
+# every benchmark this machine can run; one line per skipped one (no GPU; no test data: set RADCOT_TEST_DATA)
 bench: $(STAMP)
-	set -e; for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
+	$(PY) bench/_run.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -621,6 +621,8 @@ class Pipeline:
         """The training stage (``<dir>/run``, its ``best/`` checkpoint); resumable."""
         base = self._train_config(spec)
         cfg = {k: v for k, v in dataclasses.asdict(base).items() if k not in ("data", "out")}
+        if not cfg["decoding"]:  # the field came later: unset, it leaves the stage keys of existing runs as they were
+            del cfg["decoding"]
         upstream: dict[str, Any] = {"data": data.ref}
         if base.select_index == "PIPELINE":
             upstream["select_index"] = self._index().ref

@@ -196,3 +196,24 @@ def test_metrics_are_validated_to_their_canonical_names():
                                training_queries={"mode": "kfold"}), "cfg.yaml")
     assert list(cfg.evaluation.metrics) == ["nDCG@10", "RR@10", "R@1000", "AP"]
     assert cfg.rows[1].tune.metric == "RR@10"
+
+
+@pytest.mark.parametrize("name", ["vaswani", "cranfield"])
+def test_collection_pipelines_default_to_an_ir_datasets_id_a_user_can_resolve(name, tmp_path):
+    """The default is the ir_datasets id (not the team's ../shared/data); --set params.data picks a BEIR copy.
+    Offline with an empty ir_datasets cache, --check names the file to download (exit 1), from any directory."""
+    import os
+    import subprocess
+    import sys
+
+    assert Pipeline.from_yaml(REPO / "pipelines" / f"{name}.yaml").cfg.dataset.path == name
+    beir = Pipeline.from_yaml(REPO / "pipelines" / f"{name}.yaml", [f"params.data={tmp_path / name}"])
+    assert beir.cfg.dataset.path == str(tmp_path / name)
+    assert "../shared" not in "".join(l for l in (REPO / "pipelines" / f"{name}.yaml").open() if not l.startswith("#"))
+    env = dict(os.environ, RADCOT_OFFLINE="1", IR_DATASETS_HOME=str(tmp_path / "irds"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    p = subprocess.run([sys.executable, "-m", "radcot", "run", str(REPO / "pipelines" / f"{name}.yaml"), "--check"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert f"dataset {name}: ir_datasets' cache {tmp_path / 'irds'} lacks 1 file(s)" in p.stdout + p.stderr
+

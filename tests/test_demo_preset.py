@@ -52,6 +52,33 @@ def test_preset_fields_make_a_valid_train_config_and_flags_override_them(tmp_pat
 
 
 @pytest.mark.fast
+def test_a_student_trained_with_the_preset_records_the_presets_decoding():
+    """radcot train --preset demo records the decoding generate --preset demo uses (not the dev evaluation's
+    48 tokens with repeats allowed), so a plain serve/Expander.load answers as the preset was evaluated."""
+    from radcot.cli.train import _config_from_flags
+    from radcot.student.profile import Decoding
+
+    given = {"data": "D", "out": "O", "select_index": "I", "select_qrels": "Q"}
+    cfg = _config_from_flags(argparse.ArgumentParser(), given, "demo")
+    preset = get_preset("demo")
+    assert cfg.inference_decoding() == Decoding(max_new_tokens=64, no_repeat_ngram_size=3)
+    assert preset.decoding() == {k: v for k, v in preset.generate.items() if k != "batch_size"}
+    assert cfg.eval_max_new_tokens == 48  # the training-time evaluation (checkpoint selection) is unchanged
+    flagged = _config_from_flags(argparse.ArgumentParser(), {**given, "decoding": {"max_new_tokens": 20}}, "demo")
+    assert flagged.inference_decoding() == Decoding(max_new_tokens=20)
+
+
+@pytest.mark.fast
+def test_bad_decoding_fields_are_refused_when_the_config_is_built():
+    from radcot.student.train import TrainConfig
+
+    with pytest.raises(ValueError, match=r"TrainConfig.decoding has unknown fields \['beams'\]; valid fields"):
+        TrainConfig(data="d", model="m", out="o", decoding={"beams": 2})
+    with pytest.raises(ValueError, match="TrainConfig.decoding.no_repeat_ngram_size must be an integer >= 0"):
+        TrainConfig(data="d", model="m", out="o", decoding={"no_repeat_ngram_size": -1})
+
+
+@pytest.mark.fast
 def test_train_preset_without_selection_inputs_says_what_to_pass(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--preset", "demo", "--data", "D", "--out", "O"])

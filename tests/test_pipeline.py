@@ -228,3 +228,18 @@ def test_samples_on_a_cots_row_is_refused():
     cfg = {"experiment": "x", "dataset": {"path": "d"}, "rows": [{"name": "t", "cots": "teacher", "samples": 3}]}
     with pytest.raises(PipelineError, match=r"rows\[0\].*samples: only student rows"):
         validate_config(cfg)
+
+
+def test_train_stage_keys_leave_out_an_unset_decoding(tmp_path, monkeypatch):
+    """TrainConfig.decoding came after runs were stored: unset, it is not part of the train stages' keys (the
+    runs of an earlier radcot are reused, not retrained); set, it is."""
+    monkeypatch.chdir(REPO)  # demo.yaml's data/demo
+    plan = Pipeline.from_yaml(REPO / "pipelines" / "demo.yaml", runs_dir=tmp_path).plan()
+    trains = {n: e for n, e in plan.items() if n.startswith("train-")}
+    assert trains and all("decoding" not in e["config"] for e in trains.values())
+    from radcot.experiment.config import apply_overrides, load_config
+
+    cfg = apply_overrides(load_config(REPO / "pipelines" / "demo.yaml"), ["student.train.decoding.max_new_tokens=64"])
+    changed = Pipeline(cfg, source="demo.yaml", runs_dir=tmp_path).plan()
+    assert all(changed[n]["config"]["decoding"] == {"max_new_tokens": 64} for n in trains)
+    assert all(changed[n]["key"] != trains[n]["key"] for n in trains)

@@ -269,6 +269,37 @@ def test_two_workers_share_one_cache_with_pyterrier(demo_student, demo_index, te
             os.kill(pid, 0)
 
 
+def test_workers_answer_only_once_loaded_so_health_200_is_honest(demo_student, demo_index, tmp_path):
+    """``--workers 2``: a worker loads its student before it accepts connections, at start and when the parent
+    restarts a killed one, so no connection ever meets a loading worker (no 503 on /health or /v1/info after
+    another worker said 200)."""
+    server = Server(["--student", str(demo_student), "--index", str(demo_index), "--max-new-tokens", "48",
+                     "--threads", "1", "--workers", "2"], tmp_path / "honest.log", env=_env())
+    statuses: list[tuple[str, int, int]] = []  # (path, status, worker pid) of every answer
+    try:
+        assert set(server.wait_ready()) == {200}  # the first answer waits for a loaded worker: no 503 'loading'
+        pids = _until_two_workers(server)
+        assert len(pids) == 2, f"only worker(s) {sorted(pids)} answered"
+        killed = min(pids)
+        os.kill(killed, signal.SIGKILL)  # the parent starts another, which loads while the survivor answers
+        deadline, restarted = time.monotonic() + 120, None
+        while restarted is None and time.monotonic() < deadline:
+            for path in ("/health", "/v1/info"):
+                with server.client() as c:  # a new connection each time: either worker may take it
+                    r = c.get(path)
+                worker = int(r.headers["x-radcot-worker"])
+                statuses.append((path, r.status_code, worker))
+                if r.status_code == 200 and worker not in pids:
+                    restarted = worker
+        assert restarted is not None, f"the restarted worker never answered; stderr: {server.stderr()[-2000:]}"
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        rc = server.proc.wait(timeout=30)
+    assert [s for s in statuses if s[1] != 200] == [], "a loading worker answered"
+    assert killed not in {w for _, _, w in statuses}
+    assert rc == 0 and "Traceback" not in server.stderr()
+
+
 def test_a_changed_student_never_reads_old_entries(demo_student, demo_index, texts, tmp_path):
     """``radcot cache warm`` fills the cache as the server would read it; after the student is retrained in
     place (same directory, new weights) the same cache file gives it none of the old entries."""

@@ -220,6 +220,9 @@ def test_every_checkpoint_carries_the_student_profile(cranfield_distill, cranfie
         p = StudentProfile.load(d)
         assert p.recorded and p.checkpoint == d and p.retriever == record
         assert p.inference == Inference(n_context=K, decoding=Decoding(max_new_tokens=5), formula="query2doc")
+    decoded = train(_config(data, tiny_t5, tmp_path / "decoded", max_steps=1,
+                            decoding={"max_new_tokens": 7, "no_repeat_ngram_size": 3}), show_progress=False)
+    assert StudentProfile.load(decoded / "best").inference.decoding == Decoding(max_new_tokens=7, no_repeat_ngram_size=3)
     older = Path(shutil.copytree(cranfield_distill, tmp_path / "older-data"))  # data built before the record existed
     (older / "radcot_data.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "student_retriever"}))
     plain = train(_config(older, tiny_t5, tmp_path / "plain", max_steps=1), show_progress=False)
@@ -313,3 +316,16 @@ def test_config_files_and_train_arguments_are_typed(tmp_path):
 
     with pytest.raises(ConfigTypeError, match="launch_training\\(\\) takes a TrainConfig, got dict"):
         launch_training({"data": "d", "model": "m", "out": "o", "nproc_per_node": 2})
+
+
+# ------------------------------------------------------------------------------------------ stdout
+
+
+def test_dev_evaluation_lines_go_to_stderr_not_stdout(cranfield_distill, tiny_t5, tmp_path, capfd):
+    """``step N: dev loss ...`` is progress: on stderr, so ``radcot run``'s stdout holds only its table."""
+    from radcot.student.train import train
+
+    train(_config(cranfield_distill, tiny_t5, tmp_path / "run", max_steps=2, eval_every=1), show_progress=False)
+    out, err = capfd.readouterr()
+    assert "dev loss" not in out
+    assert "step 1: dev loss" in err and "step 2: dev loss" in err

@@ -15,7 +15,9 @@ flight and exit (within 10 s). See :mod:`radcot.serving.app` for the API, deadli
 
 ``--workers N`` forks N server processes that accept on the one listening socket and share the expansion
 cache (``--cache FILE``, or a temporary one) and the metrics; the parent restarts a worker that dies and
-stops them all on SIGTERM.
+stops them all on SIGTERM. A worker loads its student before it accepts a connection, so every answer,
+``/health`` included, comes from a loaded worker (a restarted one loads while the others answer); until the
+first worker is loaded, connections wait in the socket's queue.
 """
 from __future__ import annotations
 
@@ -179,11 +181,26 @@ def _loader(args):
     return load
 
 
-def serve_one(args, key: str | None, sock) -> int:
-    """Run one server process on ``sock`` until SIGTERM; 1 when the student could not be loaded."""
+def serve_one(args, key: str | None, sock, preload: bool = False) -> int:
+    """Run one server process on ``sock`` until SIGTERM; 1 when the student could not be loaded.
+
+    Args:
+        preload: load the student before accepting connections (a ``--workers`` worker: the loaded workers
+            answer meanwhile, so ``/health`` 200 from one worker never meets a loading worker's 503 on the next
+            request). Without it (one process), the server answers at once and ``/health`` says 503 until loaded.
+    """
     from radcot.serving.app import create_app
     from radcot.serving.server import run, uvicorn_server
 
+    load = _loader(args)
+    if preload:
+        try:
+            expander = load()
+        except Exception as e:  # noqa: BLE001 - reported as the one-process server reports it
+            print(f"radcot serve: error: could not load the student: {type(e).__name__}: {e}", file=sys.stderr,
+                  flush=True)
+            return 1
+        load = lambda: expander  # noqa: E731 - the app's loader returns the loaded student at once
     failed: list[str] = []
 
     def on_load_error(msg: str) -> None:
@@ -198,7 +215,7 @@ def serve_one(args, key: str | None, sock) -> int:
         print(f"radcot serve: worker {os.getpid()} serving {app.state.service.expander.settings.summary()}",
               flush=True)
 
-    app = create_app(_loader(args), _settings(args, key), on_load_error=on_load_error, on_loaded=on_loaded)
+    app = create_app(load, _settings(args, key), on_load_error=on_load_error, on_loaded=on_loaded)
     server = uvicorn_server(app)
     run(server, sock)
     _exit_if_still_loading(app.state.service)
@@ -227,7 +244,7 @@ class Supervisor:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             try:
-                rc = serve_one(self.args, self.key, self.sock)
+                rc = serve_one(self.args, self.key, self.sock, preload=True)
             except BaseException:  # noqa: BLE001 - a worker never returns into the parent's code
                 logger.exception("worker %d failed", os.getpid())
                 rc = 1

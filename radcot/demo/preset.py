@@ -33,7 +33,9 @@ class StudentPreset:
         context_retriever: where its passages come from (``bm25``, ``dense`` or ``fused``; the index given to
             ``radcot build-data``/``generate``).
         train: :class:`~radcot.student.train.TrainConfig` fields (besides ``data``, ``model``, ``out``).
-        generate: :func:`~radcot.student.generate.generate_cots` keyword arguments (decoding).
+        generate: :func:`~radcot.student.generate.generate_cots` keyword arguments (decoding and batch size); its
+            decoding fields are also recorded in the profile of a student trained with the preset
+            (:meth:`train_fields`), so ``radcot serve``/``Expander`` answer as ``generate --preset`` evaluated.
         seed: the seed of the data split and of training (the pipeline's top-level ``seed``).
         about: one line for ``--help``.
     """
@@ -47,9 +49,18 @@ class StudentPreset:
     seed: int
     about: str
 
+    def decoding(self) -> dict[str, Any]:
+        """The :class:`~radcot.student.profile.Decoding` fields of :attr:`generate` (the preset's decoding)."""
+        from radcot.student.profile import Decoding
+
+        fields = {f.name for f in dataclasses.fields(Decoding)}
+        return {k: v for k, v in self.generate.items() if k in fields}
+
     def train_fields(self) -> dict[str, Any]:
-        """The TrainConfig fields this preset sets (``model``, ``n_context``, ``seed`` and :attr:`train`)."""
-        return {"model": self.model, "n_context": self.n_context, "seed": self.seed, **copy.deepcopy(dict(self.train))}
+        """The TrainConfig fields this preset sets (``model``, ``n_context``, ``seed``, :attr:`train`, and
+        ``decoding``: the decoding of :attr:`generate`, recorded in the trained student's profile)."""
+        return {"model": self.model, "n_context": self.n_context, "seed": self.seed, **copy.deepcopy(dict(self.train)),
+                "decoding": self.decoding()}
 
 
 DEMO = StudentPreset(

@@ -40,6 +40,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import time
 import types
 import typing
@@ -58,7 +59,7 @@ CSV_COLUMNS = ("kind", "step", "epoch", "loss", "lr", "grad_norm", "examples", "
                "n_dev", "elapsed_s")
 #: fields that may differ when resuming (they do not change what is computed)
 RESUME_MUTABLE = {"eval_every", "save_every", "log_every", "keep_checkpoints", "eval_batch_size", "device",
-                  "log_examples"}
+                  "log_examples", "decoding"}
 #: parameter-name substrings that get no weight decay by default (T5's layer norms; biases, which T5 has none of)
 NO_DECAY_DEFAULT = ("layer_norm", ".bias")
 
@@ -93,6 +94,10 @@ class TrainConfig:
         eval_every: evaluate on the dev split every this many steps (0: only at the end).
         eval_batch_size: dev examples per generation batch.
         eval_max_new_tokens: generated tokens per dev example (teacher length, 150 by default).
+        decoding: :class:`~radcot.student.profile.Decoding` fields the student's profile records for inference
+            (``radcot generate``/``serve``, ``Expander``), e.g. ``{"max_new_tokens": 64, "no_repeat_ngram_size": 3}``
+            (``--preset demo`` sets the preset's); a field left out records ``eval_max_new_tokens`` tokens and
+            ``Decoding``'s default. The dev evaluation itself stays greedy with ``eval_max_new_tokens``.
         eval_max_examples: evaluate on at most this many dev examples (None: all).
         metric_for_best: ``rougeL`` (higher is better) or ``dev_loss`` (lower is better).
         save_every: checkpoint every this many steps (the last step is always saved).
@@ -138,6 +143,7 @@ class TrainConfig:
     eval_every: int = 100
     eval_batch_size: int = 16
     eval_max_new_tokens: int = 150
+    decoding: dict = dataclasses.field(default_factory=dict)
     eval_max_examples: int | None = 200
     metric_for_best: str = "rougeL"
     save_every: int = 100
@@ -183,8 +189,27 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         self._check_selection()
         self._check_augment()
+        self.inference_decoding()  # a bad decoding field fails here, not at the first checkpoint
         if self.eval_max_examples is not None and self.eval_max_examples < 1:
             raise ValueError(f"TrainConfig.eval_max_examples must be >= 1 or None, got {self.eval_max_examples}")
+
+    def inference_decoding(self):
+        """The :class:`~radcot.student.profile.Decoding` recorded in the student's profile (:attr:`decoding` over
+        ``eval_max_new_tokens`` greedy).
+
+        Raises:
+            ValueError: an unknown or invalid decoding field (names it and the valid ones).
+        """
+        from radcot.student.profile import Decoding
+
+        fields = {f.name for f in dataclasses.fields(Decoding)}
+        unknown = sorted(set(self.decoding) - fields)
+        if unknown:
+            raise ValueError(f"TrainConfig.decoding has unknown fields {unknown}; valid fields: {sorted(fields)}")
+        try:
+            return Decoding(**{"max_new_tokens": self.eval_max_new_tokens, **self.decoding})
+        except ValueError as e:
+            raise ValueError(f"TrainConfig.{e}") from None
 
     def _check_augment(self) -> None:
         """The augmenter resolves and accepts ``augment_args`` (built once on no targets)."""
@@ -1095,7 +1120,8 @@ class _Run:
             self.metrics.write({"kind": "eval", "step": self.step, "epoch": self.epoch, **result,
                                 "elapsed_s": round(time.time() - self.t_start, 3)})
             extra = f"  {config.select_metric} {result[config.select_metric]:.4f}" if config.select_by == "retrieval" else ""
-            bar.write(f"step {self.step}: dev loss {result['dev_loss']:.4f}  ROUGE-L {result['rougeL']:.4f}{extra}")
+            bar.write(f"step {self.step}: dev loss {result['dev_loss']:.4f}  ROUGE-L {result['rougeL']:.4f}{extra}",
+                      file=sys.stderr)  # progress, not output: stdout stays the command's result (radcot run's table)
             value = result[config.selection_metric]
             if self._is_better(value):
                 self.best = {"step": self.step, "value": value, "metric": config.selection_metric}
@@ -1174,10 +1200,11 @@ class _Run:
 
     def _profile(self, directory: Path):
         """The student's profile (radcot_student.json) for a checkpoint written to ``directory``: the data's
-        retriever, and inference as in training (``n_context``, ``eval_max_new_tokens``, ``select_formula``)."""
-        from radcot.student.profile import Decoding, Inference, StudentProfile
+        retriever, and inference as configured (``n_context``, ``decoding`` over ``eval_max_new_tokens``,
+        ``select_formula``)."""
+        from radcot.student.profile import Inference, StudentProfile
 
-        inference = Inference(n_context=self.n_context, decoding=Decoding(max_new_tokens=self.config.eval_max_new_tokens),
+        inference = Inference(n_context=self.n_context, decoding=self.config.inference_decoding(),
                               formula=self.config.select_formula)
         return StudentProfile(directory, directory, self.retriever_record, inference)
 
