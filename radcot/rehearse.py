@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from radcot.records import RadcotError
+from radcot.utils import env_var
 
 logger = logging.getLogger("radcot.rehearse")
 
@@ -396,20 +397,6 @@ def _cuda() -> bool:
 
 
 @contextlib.contextmanager
-def _env(name: str, value: str) -> Iterator[None]:
-    """Set an environment variable for the block, then restore it."""
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
-@contextlib.contextmanager
 def _quiet(name: str) -> Iterator[None]:
     """Raise a logger to WARNING for the block (httpx logs every local request at INFO), then restore it."""
     log = logging.getLogger(name)
@@ -430,7 +417,7 @@ def run_rehearsal(path: str | os.PathLike, overrides: Sequence[str] = (), runs_d
     original = Pipeline.from_yaml(path, overrides, runs_dir=runs_dir, show_progress=show_progress)
     mini = make_miniature(original.runs_dir)
     prompt = original.cfg.teacher.prompt
-    with teacher_server(mini.world, prompt=prompt) as (url, model), _env("OPENAI_BASE_URL", url), _quiet("httpx"):
+    with teacher_server(mini.world, prompt=prompt) as (url, model), env_var("OPENAI_BASE_URL", url), _quiet("httpx"):
         config, _ = rehearsal_config(original.config, mini, url, model, cuda=_cuda())
         pipeline = Pipeline(config, source=path, runs_dir=original.runs_dir, show_progress=show_progress)
         exp_dir = pipeline.run(rows=rows)
